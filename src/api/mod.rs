@@ -1,0 +1,278 @@
+//! The gRPC services — thin: validate ([`convert`]), route, call the node,
+//! map the result — and [`status`], the ONE table from [`Error`] to
+//! `tonic::Status`.
+
+pub mod convert;
+
+use std::sync::Arc;
+
+use arbor_proto as pb;
+use arbor_proto::cluster_server::{Cluster, ClusterServer};
+use arbor_proto::kv_server::{Kv, KvServer};
+use arbor_proto::raft_transport_server::{RaftTransport, RaftTransportServer};
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::routing::Span;
+use crate::sequencer::driver::Committed;
+use crate::server::{Group, Node};
+use crate::tree::{self, OpResult, StoredTree, TreeRead, TxnOutcome};
+
+/// Metadata key a client sets to name the cluster it expects.
+pub const CLUSTER_ID_HEADER: &str = "arbor-cluster-id";
+/// Metadata keys of a `NOT_LEADER` error: the leader's id and address.
+pub const LEADER_ID_HEADER: &str = "arbor-leader-id";
+pub const LEADER_ADDR_HEADER: &str = "arbor-leader-addr";
+
+/// The one mapping from Arbor errors to gRPC status codes.
+pub fn status(e: Error) -> Status {
+    use tonic::Code;
+    let code = match &e {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::NotLeader { .. } => Code::Unavailable,
+        Error::NoRange { .. } => Code::NotFound,
+        Error::CrossRange { .. } | Error::WrongCluster { .. } => Code::FailedPrecondition,
+        Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
+        Error::Indeterminate(_) => Code::Unknown,
+        Error::Storage(_) | Error::Corruption(_) | Error::Fatal(_) => Code::Internal,
+    };
+    let mut s = Status::new(code, e.to_string());
+    if let Error::NotLeader { leader, leader_addr, .. } = &e {
+        if let Some(id) = leader {
+            s.metadata_mut().insert(LEADER_ID_HEADER, MetadataValue::from(*id));
+        }
+        if let Some(addr) = leader_addr.as_ref().and_then(|a| a.parse().ok()) {
+            s.metadata_mut().insert(LEADER_ADDR_HEADER, addr);
+        }
+    }
+    s
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn check_cluster<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
+    if let Some(theirs) = req.metadata().get(CLUSTER_ID_HEADER) {
+        let theirs = theirs.to_str().unwrap_or("<not ASCII>");
+        if theirs != node.meta.cluster_id {
+            return Err(status(Error::WrongCluster { ours: node.meta.cluster_id.clone(), theirs: theirs.to_string() }));
+        }
+    }
+    Ok(())
+}
+
+fn header(group: u64, c: &Committed) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader { group_id: group, read_stamp: c.stamp, log_index: c.index, epoch: c.epoch })
+}
+
+fn read_header(group: &Group, stamp: u64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader { group_id: group.range.group, read_stamp: stamp, log_index: 0, epoch: 0 })
+}
+
+/// The results of a transaction that ran, or the error it ended in.
+fn done(c: &Committed) -> Result<(bool, Vec<OpResult>), Status> {
+    match &c.outcome {
+        TxnOutcome::Done { succeeded, results } => Ok((*succeeded, results.clone())),
+        TxnOutcome::Aborted { reason } => Err(Status::failed_precondition(format!("transaction aborted, nothing applied: {reason}"))),
+        TxnOutcome::Retry { reason } => Err(status(Error::Unavailable(reason.clone()))),
+    }
+}
+
+/// The `Kv` service.
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    /// A single write op, sequenced as a one-op transaction.
+    async fn write_op(&self, request_id: String, op: pb::op::Op) -> Result<(u64, Committed, OpResult), Status> {
+        let req = pb::TxnRequest { success: vec![pb::Op { op: Some(op) }], request_id, ..Default::default() };
+        let txn = convert::txn(&req, &self.node.config.limits).map_err(status)?;
+        let (group, c) = self.node.submit(txn).await.map_err(status)?;
+        let (_, mut results) = done(&c)?;
+        let result = results.pop().ok_or_else(|| Status::internal("a one-op transaction returned no result"))?;
+        Ok((group, c, result))
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
+        check_cluster(&self.node, &req)?;
+        let key = req.into_inner().key;
+        convert::check_key(&key, &self.node.config.limits, "key").map_err(status)?;
+        let group = self.node.route(&[Span::Key(&key)]).map_err(status)?;
+        let (found, stamp) = self
+            .node
+            .read(group, move |view| StoredTree::new(view).get(&key).map(|r| r.map(|record| tree::KeyValue { key, record })))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetResponse { header: read_header(group, stamp), kv: found.map(convert::kv) }))
+    }
+
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Reply<pb::RangeResponse> {
+        check_cluster(&self.node, &req)?;
+        let spec = convert::range_spec(req.get_ref(), &self.node.config.limits).map_err(status)?;
+        let group = self.node.route(&[Span::Range(&spec.range.start, &spec.range.end)]).map_err(status)?;
+        let (result, stamp) = self
+            .node
+            .read(group, move |view| tree::exec::read_range(&StoredTree::new(view), &spec))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::range_response(result, read_header(group, stamp))))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Reply<pb::PutResponse> {
+        check_cluster(&self.node, &req)?;
+        let r = req.into_inner();
+        match self.write_op(r.request_id, pb::op::Op::Put(pb::PutOp { key: r.key, value: r.value })).await? {
+            (group, c, OpResult::Put { prev, version }) => {
+                Ok(Response::new(pb::PutResponse { header: header(group, &c), prev: prev.map(convert::kv), version }))
+            }
+            (_, _, other) => Err(Status::internal(format!("put returned {other:?}"))),
+        }
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Reply<pb::DeleteResponse> {
+        check_cluster(&self.node, &req)?;
+        let r = req.into_inner();
+        match self.write_op(r.request_id, pb::op::Op::Delete(pb::DeleteOp { key: r.key })).await? {
+            (group, c, OpResult::Delete { deleted }) => Ok(Response::new(pb::DeleteResponse { header: header(group, &c), deleted })),
+            (_, _, other) => Err(Status::internal(format!("delete returned {other:?}"))),
+        }
+    }
+
+    async fn delete_range(&self, req: Request<pb::DeleteRangeRequest>) -> Reply<pb::DeleteRangeResponse> {
+        check_cluster(&self.node, &req)?;
+        let r = req.into_inner();
+        let op = pb::op::Op::DeleteRange(pb::DeleteRangeOp { prefix: r.prefix, start: r.start, end: r.end });
+        match self.write_op(r.request_id, op).await? {
+            (group, c, OpResult::DeleteRange { deleted }) => {
+                Ok(Response::new(pb::DeleteRangeResponse { header: header(group, &c), deleted }))
+            }
+            (_, _, other) => Err(Status::internal(format!("delete_range returned {other:?}"))),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
+        check_cluster(&self.node, &req)?;
+        let txn = convert::txn(req.get_ref(), &self.node.config.limits).map_err(status)?;
+        let (group, c) = self.node.submit(txn).await.map_err(status)?;
+        let (succeeded, results) = done(&c)?;
+        Ok(Response::new(pb::TxnResponse {
+            header: header(group, &c),
+            succeeded,
+            results: results.into_iter().map(convert::op_result).collect(),
+        }))
+    }
+}
+
+/// The `Cluster` service.
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+fn members(node: &Node) -> Vec<pb::Member> {
+    node.meta.members.iter().map(|(id, addr)| pb::Member { id: *id, addr: addr.clone() }).collect()
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Reply<pb::StatusResponse> {
+        check_cluster(&self.node, &req)?;
+        let groups = self
+            .node
+            .groups
+            .values()
+            .map(|g| {
+                let m = g.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+                pb::GroupStatus {
+                    group_id: g.range.group,
+                    start: g.range.start.clone(),
+                    end: g.range.end.clone(),
+                    leader: m.current_leader.unwrap_or(0),
+                    leader_addr: leader_addr.unwrap_or_default(),
+                    term: m.current_term,
+                    role: format!("{:?}", m.state),
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    applied_index: m.last_applied.map_or(0, |l| l.index),
+                    epoch: self.node.epoch(g),
+                    voters: membership.voter_ids().collect(),
+                    vshards: g.vshards as u64,
+                    epoch_gaps: g.shared.epoch_gaps.load(std::sync::atomic::Ordering::Acquire),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.node.node_id(),
+            cluster_id: self.node.meta.cluster_id.clone(),
+            groups,
+            members: members(&self.node),
+        }))
+    }
+
+    async fn members(&self, req: Request<pb::MembersRequest>) -> Reply<pb::MembersResponse> {
+        check_cluster(&self.node, &req)?;
+        Ok(Response::new(pb::MembersResponse { members: members(&self.node) }))
+    }
+}
+
+/// The internal `RaftTransport` service: routes each message to its group.
+pub struct RaftService {
+    node: Arc<Node>,
+}
+
+impl RaftService {
+    fn group(&self, msg: &pb::RaftMessage) -> Result<&Group, Status> {
+        if msg.cluster_id != self.node.meta.cluster_id {
+            tracing::warn!(theirs = %msg.cluster_id, "refusing a raft message from another cluster");
+            return Err(status(Error::WrongCluster { ours: self.node.meta.cluster_id.clone(), theirs: msg.cluster_id.clone() }));
+        }
+        self.node.group(msg.group_id).map_err(status)
+    }
+
+    fn decode<T: DeserializeOwned>(msg: &pb::RaftMessage) -> Result<T, Status> {
+        rmp_serde::from_slice(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    }
+
+    fn reply<T: Serialize>(group: u64, result: T) -> Reply<pb::RaftMessage> {
+        let payload = rmp_serde::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::RaftMessage { cluster_id: String::new(), group_id: group, payload }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftService {
+    async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let g = self.group(&msg)?;
+        let r = g.raft.append_entries(Self::decode(&msg)?).await;
+        Self::reply(msg.group_id, r)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let g = self.group(&msg)?;
+        let r = g.raft.vote(Self::decode(&msg)?).await;
+        Self::reply(msg.group_id, r)
+    }
+
+    async fn install_snapshot(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let g = self.group(&msg)?;
+        let r = g.raft.install_snapshot(Self::decode(&msg)?).await;
+        Self::reply(msg.group_id, r)
+    }
+}
+
+/// Every service of a node on one router.
+pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
+    let max = node.config.limits.max_request_bytes;
+    tonic::transport::Server::builder()
+        .add_service(KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(max))
+        .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+        .add_service(RaftTransportServer::new(RaftService { node }).max_decoding_message_size(usize::MAX))
+}

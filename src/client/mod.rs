@@ -1,0 +1,430 @@
+//! The Rust client. It connects to any node, follows `NOT_LEADER`
+//! redirections (the leader's address comes back in the error's metadata),
+//! retries unavailable nodes with exponential backoff, and gives every write
+//! a request id so that a retry after an unknown outcome executes once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), arbor::client::ClientError> {
+//! use arbor::client::{op, Client, Txn};
+//! let client = Client::connect(["127.0.0.1:7001"]).await?;
+//! client.put("/users/alice", r#"{"age":30}"#).await?;
+//! let alice = client.get("/users/alice").await?;
+//! let txn = Txn::new().if_value("/users/alice", "=", r#"{"age":30}"#)?.then(op::put("/users/bob", "{}"));
+//! let resp = client.txn(txn).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use arbor_proto as pb;
+use arbor_proto::cluster_client::ClusterClient;
+use arbor_proto::kv_client::KvClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::api::{CLUSTER_ID_HEADER, LEADER_ADDR_HEADER};
+
+/// A failed client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(Status),
+    /// No node could be reached before the deadline.
+    #[error("no Arbor node answered within {timeout:?} (tried {endpoints}); last error: {last}")]
+    Unreachable { timeout: Duration, endpoints: String, last: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// The gRPC code, if the server answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+fn code_name(code: Code) -> String {
+    format!("{code:?}").to_uppercase()
+}
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Total time a call may take, retries included.
+    pub timeout: Duration,
+    /// First retry delay; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Sent with every request; a node of another cluster refuses it.
+    pub cluster_id: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            cluster_id: None,
+        }
+    }
+}
+
+/// A connection to an Arbor cluster. Cheap to share across tasks.
+pub struct Client {
+    endpoints: Vec<String>,
+    options: ClientOptions,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Where the next call goes first.
+    preferred: Mutex<String>,
+    client_id: u64,
+    next_request: AtomicU64,
+}
+
+fn normalize(addr: &str) -> String {
+    addr.trim().trim_start_matches("http://").to_string()
+}
+
+impl Client {
+    /// A client of the cluster reachable at any of `endpoints`
+    /// (`host:port`). Connections are made lazily.
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::with_options(endpoints, ClientOptions::default())
+    }
+
+    pub fn with_options<I, S>(endpoints: I, options: ClientOptions) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints: Vec<String> = endpoints.into_iter().map(|e| normalize(e.as_ref())).filter(|e| !e.is_empty()).collect();
+        let Some(first) = endpoints.first().cloned() else {
+            return Err(ClientError::InvalidArgument("no endpoints given".into()));
+        };
+        Ok(Client {
+            endpoints,
+            options,
+            channels: Mutex::new(HashMap::new()),
+            preferred: Mutex::new(first),
+            client_id: rand::random(),
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh request id for a write.
+    pub fn request_id(&self) -> String {
+        format!("{:016x}-{}", self.client_id, self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::InvalidArgument(format!("bad endpoint {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Some(id) = self.options.cluster_id.as_ref().and_then(|c| c.parse().ok()) {
+            req.metadata_mut().insert(CLUSTER_ID_HEADER, id);
+        }
+        req
+    }
+
+    /// Runs `call` against the preferred node, following redirections and
+    /// retrying retryable errors until the deadline. `idempotent` calls
+    /// (reads, writes with a request id) are also retried after an unknown
+    /// outcome.
+    async fn retry<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.options.timeout;
+        let mut backoff = self.options.initial_backoff;
+        let mut rotation = 0usize;
+        let mut attempts = 0u32;
+        loop {
+            let addr = self.preferred.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let status = match call(self.channel(&addr)?).await {
+                Ok(v) => return Ok(v),
+                Err(s) => s,
+            };
+            let redirect = status
+                .metadata()
+                .get(LEADER_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(normalize)
+                .filter(|a| *a != addr);
+            let retryable = match status.code() {
+                Code::Unavailable | Code::Cancelled => true,
+                Code::Unknown | Code::DeadlineExceeded => idempotent,
+                _ => false,
+            };
+            if !retryable || Instant::now() >= deadline {
+                return Err(if retryable {
+                    ClientError::Unreachable {
+                        timeout: self.options.timeout,
+                        endpoints: self.endpoints.join(","),
+                        last: status.message().to_string(),
+                    }
+                } else {
+                    ClientError::Status(status)
+                });
+            }
+            attempts += 1;
+            // Follow a redirection at once the first time; back off when
+            // redirections bounce (an election in progress) or nobody knows.
+            if redirect.is_none() || attempts > 2 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.options.max_backoff);
+            }
+            let next = match redirect {
+                Some(leader) => leader,
+                None => {
+                    rotation += 1;
+                    self.endpoints[rotation % self.endpoints.len()].clone()
+                }
+            };
+            *self.preferred.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        }
+    }
+
+    /// A linearizable read of one key.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<pb::KeyValue>, ClientError> {
+        let req = pb::GetRequest { key: key.as_ref().to_vec() };
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { KvClient::new(ch).get(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner().kv)
+    }
+
+    /// A linearizable range read.
+    pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { KvClient::new(ch).range(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Every key under `prefix` (up to `limit`, 0 = the server's maximum).
+    pub async fn scan(&self, prefix: impl AsRef<[u8]>, limit: u32) -> Result<pb::RangeResponse, ClientError> {
+        self.range(pb::RangeRequest { prefix: prefix.as_ref().to_vec(), limit, ..Default::default() }).await
+    }
+
+    /// The immediate children of a path, like a directory listing.
+    pub async fn list(&self, path: impl AsRef<[u8]>) -> Result<pb::RangeResponse, ClientError> {
+        let mut prefix = path.as_ref().to_vec();
+        if !prefix.ends_with(b"/") {
+            prefix.push(b'/');
+        }
+        self.range(pb::RangeRequest { prefix, delimiter: "/".into(), keys_only: true, ..Default::default() }).await
+    }
+
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<pb::PutResponse, ClientError> {
+        let req = pb::PutRequest { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), request_id: self.request_id() };
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { KvClient::new(ch).put(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<pb::DeleteResponse, ClientError> {
+        let req = pb::DeleteRequest { key: key.as_ref().to_vec(), request_id: self.request_id() };
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { KvClient::new(ch).delete(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    pub async fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<pb::DeleteRangeResponse, ClientError> {
+        let req = pb::DeleteRangeRequest { prefix: prefix.as_ref().to_vec(), request_id: self.request_id(), ..Default::default() };
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { KvClient::new(ch).delete_range(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Runs a transaction (built with [`Txn`]).
+    pub async fn txn(&self, txn: Txn) -> Result<pb::TxnResponse, ClientError> {
+        let mut req = txn.0;
+        if req.request_id.is_empty() {
+            req.request_id = self.request_id();
+        }
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { KvClient::new(ch).txn(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Adds `delta` to a counter; returns the new value.
+    pub async fn increment(&self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
+        let resp = self.txn(Txn::new().then(op::increment(key, delta))).await?;
+        match resp.results.into_iter().next().and_then(|r| r.result) {
+            Some(pb::op_result::Result::Increment(i)) => Ok(i.value),
+            other => Err(ClientError::InvalidArgument(format!("unexpected increment result {other:?}"))),
+        }
+    }
+
+    /// The status of the node the client talks to.
+    pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(pb::StatusRequest {});
+                async move { ClusterClient::new(ch).status(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
+    /// The status of the node at `addr` (no redirection).
+    pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        let ch = self.channel(&normalize(addr))?;
+        let resp = tokio::time::timeout(self.options.timeout, ClusterClient::new(ch).status(self.request(pb::StatusRequest {})))
+            .await
+            .map_err(|_| ClientError::Unreachable { timeout: self.options.timeout, endpoints: addr.to_string(), last: "timeout".into() })?
+            .map_err(ClientError::Status)?;
+        Ok(resp.into_inner())
+    }
+}
+
+/// Builders of transaction ops.
+pub mod op {
+    use super::pb;
+    use pb::op::Op;
+
+    fn wrap(op: Op) -> pb::Op {
+        pb::Op { op: Some(op) }
+    }
+    pub fn get(key: impl AsRef<[u8]>) -> pb::Op {
+        wrap(Op::Get(pb::GetRequest { key: key.as_ref().to_vec() }))
+    }
+    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
+        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec() }))
+    }
+    pub fn delete(key: impl AsRef<[u8]>) -> pb::Op {
+        wrap(Op::Delete(pb::DeleteOp { key: key.as_ref().to_vec() }))
+    }
+    pub fn delete_prefix(prefix: impl AsRef<[u8]>) -> pb::Op {
+        wrap(Op::DeleteRange(pb::DeleteRangeOp { prefix: prefix.as_ref().to_vec(), ..Default::default() }))
+    }
+    pub fn scan(prefix: impl AsRef<[u8]>, limit: u32) -> pb::Op {
+        wrap(Op::Range(pb::RangeRequest { prefix: prefix.as_ref().to_vec(), limit, ..Default::default() }))
+    }
+    pub fn increment(key: impl AsRef<[u8]>, delta: i64) -> pb::Op {
+        wrap(Op::Increment(pb::IncrementOp { key: key.as_ref().to_vec(), delta }))
+    }
+    pub fn append(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
+        wrap(Op::Append(pb::AppendOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec() }))
+    }
+}
+
+/// A transaction builder: compares, then `then` ops (all compares held) or
+/// `otherwise` ops.
+#[derive(Clone, Debug, Default)]
+pub struct Txn(pub pb::TxnRequest);
+
+fn cmp_op(op: &str) -> Result<pb::compare::Op, ClientError> {
+    Ok(match op {
+        "=" | "==" => pb::compare::Op::Equal,
+        "!=" => pb::compare::Op::NotEqual,
+        "<" => pb::compare::Op::Less,
+        ">" => pb::compare::Op::Greater,
+        other => return Err(ClientError::InvalidArgument(format!("unknown compare operator {other:?} (use = != < >)"))),
+    })
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Compare the value of `key` (`op` is one of `= != < >`).
+    pub fn if_value(mut self, key: impl AsRef<[u8]>, op: &str, value: impl AsRef<[u8]>) -> Result<Self, ClientError> {
+        self.0.compare.push(pb::Compare {
+            key: key.as_ref().to_vec(),
+            target: pb::compare::Target::Value as i32,
+            op: cmp_op(op)? as i32,
+            value: value.as_ref().to_vec(),
+            ..Default::default()
+        });
+        Ok(self)
+    }
+
+    /// Compare the version of `key` (0 when missing).
+    pub fn if_version(mut self, key: impl AsRef<[u8]>, op: &str, version: u64) -> Result<Self, ClientError> {
+        self.0.compare.push(pb::Compare {
+            key: key.as_ref().to_vec(),
+            target: pb::compare::Target::Version as i32,
+            op: cmp_op(op)? as i32,
+            version,
+            ..Default::default()
+        });
+        Ok(self)
+    }
+
+    /// Require `key` to exist (or not).
+    pub fn if_exists(mut self, key: impl AsRef<[u8]>, exists: bool) -> Self {
+        self.0.compare.push(pb::Compare {
+            key: key.as_ref().to_vec(),
+            target: pb::compare::Target::Exists as i32,
+            op: pb::compare::Op::Equal as i32,
+            exists,
+            ..Default::default()
+        });
+        self
+    }
+
+    pub fn then(mut self, op: pb::Op) -> Self {
+        self.0.success.push(op);
+        self
+    }
+
+    pub fn otherwise(mut self, op: pb::Op) -> Self {
+        self.0.failure.push(op);
+        self
+    }
+
+    /// Sets the request id (by default the client assigns one).
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.0.request_id = id.into();
+        self
+    }
+}

@@ -1,0 +1,227 @@
+//! Server configuration: one struct with defaults in code, overridable by a
+//! TOML file, then environment variables (`ARBOR_*`), then flags (the last
+//! two through the CLI, see `src/bin/arbor.rs`). [`Config::validate`] runs
+//! before anything starts. `docs/arbor.example.toml` documents every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::raft::NodeId;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, unique in the cluster, non-zero.
+    pub node_id: NodeId,
+    /// Address the gRPC server listens on (clients and peers).
+    pub listen: SocketAddr,
+    /// Address peers and clients should use; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Where RocksDB lives.
+    pub data_dir: PathBuf,
+    /// Every request and Raft message carries it; a mismatch is refused.
+    pub cluster_id: String,
+    /// Every initial member as `id=host:port` (this node included).
+    pub peers: Vec<String>,
+    /// Split points of the initial ranges (`/m`, `/t` → 3 groups).
+    pub initial_ranges: Vec<String>,
+    /// Vshards (executor threads) per group.
+    pub vshards: u32,
+    pub epoch: EpochConfig,
+    pub limits: Limits,
+    pub raft: RaftTimings,
+    /// Largest remote HLC offset accepted, in milliseconds.
+    pub max_clock_offset_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EpochConfig {
+    pub max_txns_per_epoch: usize,
+    pub max_bytes_per_epoch: usize,
+    /// How long a busy leader keeps an epoch open, in milliseconds.
+    pub window_ms: u64,
+    /// Epochs proposed but not yet applied, at most.
+    pub max_inflight: usize,
+    /// Batches at least this large (bytes) are zstd-compressed.
+    pub compress_threshold: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_ops_per_txn: usize,
+    pub max_request_bytes: usize,
+    /// Results of one range read at most (also the default limit).
+    pub max_range_results: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listen: "127.0.0.1:7001".parse().expect("valid address"),
+            advertise: None,
+            data_dir: PathBuf::from("data/n1"),
+            cluster_id: "arbor".to_string(),
+            peers: Vec::new(),
+            initial_ranges: Vec::new(),
+            vshards: 8,
+            epoch: EpochConfig::default(),
+            limits: Limits::default(),
+            raft: RaftTimings::default(),
+            max_clock_offset_ms: 500,
+        }
+    }
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        Self { max_txns_per_epoch: 1024, max_bytes_per_epoch: 4 << 20, window_ms: 2, max_inflight: 4, compress_threshold: 4096 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_ops_per_txn: 128,
+            max_request_bytes: 4 << 20,
+            max_range_results: 10_000,
+        }
+    }
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self { heartbeat_ms: 100, election_timeout_min_ms: 400, election_timeout_max_ms: 800 }
+    }
+}
+
+/// A parsed `id=host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+pub fn parse_peer(s: &str) -> Result<Peer> {
+    let bad = || Error::InvalidArgument(format!("peer {s:?} is not of the form id=host:port"));
+    let (id, addr) = s.split_once('=').ok_or_else(bad)?;
+    let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+    if id == 0 || addr.trim().is_empty() || !addr.contains(':') {
+        return Err(bad());
+    }
+    Ok(Peer { id, addr: addr.trim().to_string() })
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("cannot read config {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn parsed_peers(&self) -> Result<Vec<Peer>> {
+        let mut peers: Vec<Peer> = self.peers.iter().map(|p| parse_peer(p)).collect::<Result<_>>()?;
+        if peers.is_empty() {
+            peers.push(Peer { id: self.node_id, addr: self.advertise_addr() });
+        }
+        peers.sort_by_key(|p| p.id);
+        Ok(peers)
+    }
+
+    /// Checks every field; the error names the field and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::InvalidArgument(m));
+        if self.node_id == 0 {
+            return fail("node_id must be non-zero".into());
+        }
+        if self.cluster_id.is_empty() {
+            return fail("cluster_id must not be empty".into());
+        }
+        if !(1..=1024).contains(&self.vshards) {
+            return fail(format!("vshards must be within 1..=1024, got {}", self.vshards));
+        }
+        let peers = self.parsed_peers()?;
+        if !peers.iter().any(|p| p.id == self.node_id) {
+            return fail(format!("peers must include this node (id {})", self.node_id));
+        }
+        if peers.windows(2).any(|w| w[0].id == w[1].id) {
+            return fail("peers must have distinct ids".into());
+        }
+        let e = &self.epoch;
+        if e.max_txns_per_epoch == 0 || e.max_txns_per_epoch > 1 << 20 {
+            return fail(format!("epoch.max_txns_per_epoch must be within 1..=1048576, got {}", e.max_txns_per_epoch));
+        }
+        if e.max_bytes_per_epoch == 0 || e.max_inflight == 0 {
+            return fail("epoch.max_bytes_per_epoch and epoch.max_inflight must be positive".into());
+        }
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_value_bytes == 0 || l.max_ops_per_txn == 0 || l.max_range_results == 0 {
+            return fail("limits must be positive".into());
+        }
+        if l.max_request_bytes < l.max_key_bytes + l.max_value_bytes {
+            return fail("limits.max_request_bytes must fit one maximal key and value".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms || r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return fail("raft timings need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_fields() {
+        let c: Config = toml::from_str("node_id = 2\n[limits]\nmax_key_bytes = 100\n").unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.limits.max_key_bytes, 100);
+        assert_eq!(c.limits.max_value_bytes, Limits::default().max_value_bytes);
+        assert!(toml::from_str::<Config>("node_idd = 2").is_err());
+    }
+
+    #[test]
+    fn the_example_config_documents_the_defaults() {
+        let example: Config = toml::from_str(include_str!("../docs/arbor.example.toml")).unwrap();
+        assert_eq!(example, Config::default());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = Config { peers: vec!["2=127.0.0.1:1".into()], ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("peers must include this node"));
+        c.peers = vec!["1=x".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("id=host:port"));
+        let c = Config { vshards: 0, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("vshards"));
+    }
+}

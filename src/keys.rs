@@ -1,0 +1,157 @@
+//! Every RocksDB key Arbor writes is a variant of [`Key`], encoded with the
+//! order-preserving [`arbor_storage::keycode`], so that each kind of key is a
+//! contiguous, ordered part of the keyspace:
+//!
+//! | tag  | key                              | value                                   |
+//! |------|----------------------------------|-----------------------------------------|
+//! | 0x01 | `NodeMeta`                       | node identity, peers, range catalog     |
+//! | 0x02 | `RaftVote(group)`                | the group's persisted vote              |
+//! | 0x03 | `RaftCommitted(group)`           | the group's last known committed log id |
+//! | 0x04 | `RaftPurged(group)`              | the last purged log id                  |
+//! | 0x05 | `RaftLog(group, index)`          | one log entry                           |
+//! | 0x10 | `Applied(group)`                 | applied log id, membership, epoch       |
+//! | 0x11 | `Watermark(group, vshard)`       | the vshard's applied (index, epoch)     |
+//! | 0x12 | `Dedup(group, request_id)`       | the first result of a request id        |
+//! | 0x13 | `DedupExpiry(group, stamp, id)`  | index of dedup entries by age, for GC   |
+//! | 0x14 | `Snapshot(group)`                | the group's current Raft snapshot       |
+//! | 0x20 | `Data(user_key)`                 | a state tree record                     |
+//!
+//! `Data` keys carry the user key raw (last component), so a prefix or range
+//! of user keys is a prefix or range of the keyspace, whatever group owns it.
+
+use arbor_storage::keycode::{DecodeError, Decoder, Encoder};
+
+/// A key in Arbor's RocksDB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    NodeMeta,
+    RaftVote(u64),
+    RaftCommitted(u64),
+    RaftPurged(u64),
+    RaftLog(u64, u64),
+    Applied(u64),
+    Watermark(u64, u32),
+    Dedup(u64, &'a str),
+    DedupExpiry(u64, u64, &'a str),
+    Snapshot(u64),
+    Data(&'a [u8]),
+}
+
+const NODE_META: u8 = 0x01;
+const RAFT_VOTE: u8 = 0x02;
+const RAFT_COMMITTED: u8 = 0x03;
+const RAFT_PURGED: u8 = 0x04;
+const RAFT_LOG: u8 = 0x05;
+const APPLIED: u8 = 0x10;
+const WATERMARK: u8 = 0x11;
+const DEDUP: u8 = 0x12;
+const DEDUP_EXPIRY: u8 = 0x13;
+const SNAPSHOT: u8 = 0x14;
+const DATA: u8 = 0x20;
+
+impl Key<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let e = Encoder::new();
+        match *self {
+            Key::NodeMeta => e.u8(NODE_META),
+            Key::RaftVote(g) => e.u8(RAFT_VOTE).u64(g),
+            Key::RaftCommitted(g) => e.u8(RAFT_COMMITTED).u64(g),
+            Key::RaftPurged(g) => e.u8(RAFT_PURGED).u64(g),
+            Key::RaftLog(g, i) => e.u8(RAFT_LOG).u64(g).u64(i),
+            Key::Applied(g) => e.u8(APPLIED).u64(g),
+            Key::Watermark(g, v) => e.u8(WATERMARK).u64(g).u64(v as u64),
+            Key::Dedup(g, id) => e.u8(DEDUP).u64(g).bytes(id.as_bytes()),
+            Key::DedupExpiry(g, stamp, id) => e.u8(DEDUP_EXPIRY).u64(g).u64(stamp).bytes(id.as_bytes()),
+            Key::Snapshot(g) => e.u8(SNAPSHOT).u64(g),
+            Key::Data(k) => e.u8(DATA).raw(k),
+        }
+        .finish()
+    }
+}
+
+/// The encoded prefix of every key of a group's log.
+pub fn raft_log_prefix(group: u64) -> Vec<u8> {
+    Encoder::new().u8(RAFT_LOG).u64(group).finish()
+}
+
+/// The log index of an encoded `RaftLog` key.
+pub fn decode_raft_log_index(key: &[u8]) -> Result<u64, DecodeError> {
+    let mut d = Decoder::new(key);
+    if d.u8()? != RAFT_LOG {
+        return Err(DecodeError("not a raft log key"));
+    }
+    d.u64()?;
+    let index = d.u64()?;
+    d.finish()?;
+    Ok(index)
+}
+
+/// The encoded prefix of every dedup-expiry key of a group.
+pub fn dedup_expiry_prefix(group: u64) -> Vec<u8> {
+    Encoder::new().u8(DEDUP_EXPIRY).u64(group).finish()
+}
+
+/// `(stamp, request_id)` of an encoded `DedupExpiry` key.
+pub fn decode_dedup_expiry(key: &[u8]) -> Result<(u64, String), DecodeError> {
+    let mut d = Decoder::new(key);
+    if d.u8()? != DEDUP_EXPIRY {
+        return Err(DecodeError("not a dedup expiry key"));
+    }
+    d.u64()?;
+    let stamp = d.u64()?;
+    let id = String::from_utf8(d.bytes()?).map_err(|_| DecodeError("request id is not UTF-8"))?;
+    d.finish()?;
+    Ok((stamp, id))
+}
+
+/// The prefix of every `Data` key.
+pub fn data_prefix() -> Vec<u8> {
+    vec![DATA]
+}
+
+/// The user key of an encoded `Data` key.
+pub fn decode_data(key: &[u8]) -> Result<&[u8], DecodeError> {
+    match key.split_first() {
+        Some((&DATA, user)) => Ok(user),
+        _ => Err(DecodeError("not a data key")),
+    }
+}
+
+/// The encoded keys of every per-group metadata kind that moves with a
+/// snapshot (applied state, watermarks, dedup table), as `[start, end)`.
+pub fn group_state_ranges(group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    [APPLIED, WATERMARK, DEDUP, DEDUP_EXPIRY]
+        .iter()
+        .map(|&tag| (Encoder::new().u8(tag).u64(group).finish(), Encoder::new().u8(tag).u64(group + 1).finish()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_by_group_then_index() {
+        let mut keys = vec![Key::RaftLog(2, 1), Key::RaftLog(1, 300), Key::RaftLog(1, 2), Key::RaftVote(1)];
+        keys.sort_by_key(|k| k.encode());
+        assert_eq!(keys, [Key::RaftVote(1), Key::RaftLog(1, 2), Key::RaftLog(1, 300), Key::RaftLog(2, 1)]);
+        assert_eq!(decode_raft_log_index(&Key::RaftLog(9, 77).encode()), Ok(77));
+        assert!(Key::RaftLog(9, 77).encode().starts_with(&raft_log_prefix(9)));
+    }
+
+    #[test]
+    fn data_keys_keep_user_order_and_prefixes() {
+        let a = Key::Data(b"/users/a").encode();
+        let b = Key::Data(b"/users/b").encode();
+        assert!(a < b);
+        assert!(a.starts_with(&Key::Data(b"/users/").encode()));
+        assert_eq!(decode_data(&a), Ok(&b"/users/a"[..]));
+    }
+
+    #[test]
+    fn dedup_expiry_round_trips() {
+        let k = Key::DedupExpiry(3, 99, "req-1").encode();
+        assert!(k.starts_with(&dedup_expiry_prefix(3)));
+        assert_eq!(decode_dedup_expiry(&k), Ok((99, "req-1".to_string())));
+    }
+}

@@ -1,0 +1,169 @@
+//! A group's Raft log in the node's RocksDB: entries under
+//! `Key::RaftLog(group, index)`, the vote, the committed log id and the
+//! purge point under their own keys (see [`crate::keys`]).
+//!
+//! Appends and votes are written with `Durability::Sync` (the WAL is
+//! fsync'd) before openraft is told they are persistent. Writes run on
+//! tokio's blocking pool.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use arbor_storage::{Direction, Durability, Engine, WriteBatch};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogReader, StorageIOError, Vote};
+
+use crate::keys::{self, Key};
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// The log of one group. Cheap to clone (readers share the engine).
+#[derive(Clone)]
+pub struct LogStore {
+    group: u64,
+    engine: Arc<dyn Engine>,
+}
+
+fn read_err(e: impl ToString) -> StorageError {
+    StorageIOError::read_logs(openraft::AnyError::error(e.to_string())).into()
+}
+
+fn write_err(e: impl ToString) -> StorageError {
+    StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
+}
+
+impl LogStore {
+    pub fn new(group: u64, engine: Arc<dyn Engine>) -> Self {
+        Self { group, engine }
+    }
+
+    fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: Key<'_>) -> Result<Option<T>, StorageError> {
+        match self.engine.get(&key.encode()).map_err(read_err)? {
+            Some(b) => Ok(Some(rmp_serde::from_slice(&b).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.write(batch, Durability::Sync))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let prefix = keys::raft_log_prefix(self.group);
+        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
+        let mut it = self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Reverse);
+        match it.next() {
+            Some(item) => {
+                let (_, v) = item.map_err(read_err)?;
+                Ok(Some(rmp_serde::from_slice(&v).map_err(read_err)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Entries with indexes in `range`, in order.
+    pub fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(Key::RaftLog(self.group, i).encode()),
+            Bound::Excluded(&i) => Bound::Excluded(Key::RaftLog(self.group, i).encode()),
+            Bound::Unbounded => Bound::Excluded(Key::RaftLog(self.group, u64::MAX).encode()),
+        };
+        let start = Bound::Included(Key::RaftLog(self.group, start).encode());
+        let mut out = Vec::new();
+        for item in self.engine.scan(start, end, Direction::Forward) {
+            let (k, v) = item.map_err(read_err)?;
+            let index = keys::decode_raft_log_index(&k).map_err(read_err)?;
+            let entry: Entry = rmp_serde::from_slice(&v).map_err(|e| {
+                StorageIOError::read_log_at_index(index, openraft::AnyError::error(format!("corrupt log entry in group {}: {e}", self.group)))
+            })?;
+            if entry.log_id.index != index {
+                return Err(read_err(format!("group {} log key {index} holds entry {}", self.group, entry.log_id.index)));
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
+        self.entries(range)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(Key::RaftPurged(self.group))?;
+        let last_log_id = self.last_entry()?.map(|e| e.log_id).or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let mut b = WriteBatch::new();
+        b.put(Key::RaftVote(self.group).encode(), rmp_serde::to_vec(vote).map_err(write_err)?);
+        self.write(b).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta(Key::RaftVote(self.group))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut b = WriteBatch::new();
+        b.put(Key::RaftCommitted(self.group).encode(), rmp_serde::to_vec(&committed).map_err(write_err)?);
+        // Not synced: losing it only makes a restarted node re-learn the
+        // commit index from the leader.
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.write(b, Durability::Buffered))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(Key::RaftCommitted(self.group))?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut b = WriteBatch::new();
+        for entry in entries {
+            b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), rmp_serde::to_vec(&entry).map_err(write_err)?);
+        }
+        let result = self.write(b).await;
+        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = WriteBatch::new();
+        b.delete_range(Key::RaftLog(self.group, log_id.index).encode(), Key::RaftLog(self.group, u64::MAX).encode());
+        b.delete(Key::RaftLog(self.group, u64::MAX).encode());
+        self.write(b).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = WriteBatch::new();
+        b.put(Key::RaftPurged(self.group).encode(), rmp_serde::to_vec(&log_id).map_err(write_err)?);
+        b.delete_range(Key::RaftLog(self.group, 0).encode(), Key::RaftLog(self.group, log_id.index + 1).encode());
+        self.write(b).await
+    }
+}

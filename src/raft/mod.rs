@@ -1,0 +1,47 @@
+//! The multi-raft host. A node runs one openraft instance per group; all of
+//! them share the node's RocksDB (keys prefixed by group, see
+//! [`crate::keys`]), its gRPC port and one connection per peer.
+//!
+//! - [`log_store`]: the RocksDB Raft log (fsync'd appends, vote, purge).
+//! - [`state_machine`]: openraft's state machine trait over the sequencer
+//!   state machine ([`crate::sequencer::apply`]).
+//! - [`network`]: Raft RPCs over gRPC, every message tagged with cluster and
+//!   group id.
+//!
+//! openraft 0.9 (the stable line) is pinned exactly; see
+//! `docs/architecture.md` for why not 0.10.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use crate::sequencer::{EpochPayload, EpochResponse};
+
+/// A node's id in the cluster (non-zero).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Arbor's openraft types: a log entry carries one encoded epoch.
+    pub TypeConfig:
+        D = EpochPayload,
+        R = EpochResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Membership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+
+/// Wraps a node failure as openraft's storage error (which stops the group).
+pub fn storage_error(e: impl std::fmt::Display, verb: openraft::ErrorVerb) -> StorageError {
+    openraft::StorageIOError::new(openraft::ErrorSubject::Store, verb, openraft::AnyError::error(e.to_string())).into()
+}

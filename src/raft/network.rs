@@ -1,0 +1,152 @@
+//! Raft RPCs between nodes over gRPC (`RaftTransport` in
+//! `proto/arbor.proto`). Every group of a node shares one HTTP/2 connection
+//! per peer ([`Peers`]); each message carries the cluster id and the group
+//! id, and its payload is the openraft request or result in MessagePack.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbor_proto::raft_transport_client::RaftTransportClient;
+use arbor_proto::RaftMessage;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft::{NodeId, TypeConfig};
+
+/// How long a connection attempt to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One lazily connected channel per peer, shared by every group.
+pub struct Peers {
+    cluster_id: String,
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+}
+
+impl Peers {
+    pub fn new(cluster_id: String) -> Arc<Self> {
+        Arc::new(Self { cluster_id, channels: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The channel to `id` at `addr` (reconnecting if its address changed).
+    pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, ch)) = channels.get(&id) {
+            if known == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert(id, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+/// The network factory of one group.
+pub struct GroupNetwork {
+    pub group: u64,
+    pub peers: Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            group: self.group,
+            target,
+            cluster_id: self.peers.cluster_id().to_string(),
+            channel: self.peers.channel(target, &node.addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// One group's link to one peer.
+pub struct PeerConnection {
+    group: u64,
+    target: NodeId,
+    cluster_id: String,
+    channel: Result<Channel, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+impl PeerConnection {
+    async fn call<Req, Resp, E, F, Fut>(&self, req: &Req, option: RPCOption, send: F) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let channel = self
+            .channel
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(format!("bad peer address: {e}")))))?;
+        let payload = rmp_serde::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        let msg = RaftMessage { cluster_id: self.cluster_id.clone(), group_id: self.group, payload };
+        let client = RaftTransportClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+        let reply = match tokio::time::timeout(option.hard_ttl(), send(client, msg)).await {
+            Err(_) => {
+                let e = TransportError(format!("raft rpc to node {} timed out after {:?}", self.target, option.hard_ttl()));
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+            Ok(Err(status)) => {
+                let e = TransportError(format!("raft rpc to node {} (group {}): {status}", self.target, self.group));
+                return Err(match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&e)),
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                });
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, E> = rmp_serde::from_slice(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(format!("undecodable raft reply: {e}")))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+        self.call(&rpc, option, |mut c, m| async move { c.install_snapshot(m).await }).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, option, |mut c, m| async move { c.vote(m).await }).await
+    }
+}

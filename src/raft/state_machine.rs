@@ -1,0 +1,89 @@
+//! openraft's [`RaftStateMachine`] over the sequencer state machine
+//! ([`GroupStateMachine`]). All work runs on tokio's blocking pool: applying
+//! an epoch blocks on the vshard executors and on a synced RocksDB write.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
+
+use crate::error::Error;
+use crate::raft::{storage_error, Entry, LogId, Membership, NodeId, StorageError, TypeConfig};
+use crate::sequencer::{EpochResponse, GroupStateMachine};
+
+/// Handle to a group's state machine; clones share it.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<GroupStateMachine>>,
+}
+
+impl StateMachine {
+    pub fn new(sm: GroupStateMachine) -> Self {
+        Self { inner: Arc::new(Mutex::new(sm)) }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        verb: ErrorVerb,
+        f: impl FnOnce(&mut GroupStateMachine) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let inner = self.inner.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut sm = inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut sm)
+        })
+        .await
+        .map_err(|e| storage_error(e, verb))?;
+        result.map_err(|e| {
+            tracing::error!(error = %e, "state machine failed; stopping this group's replica");
+            storage_error(e, verb)
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = self.run(ErrorVerb::Write, |sm| sm.build_snapshot()).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        self.run(ErrorVerb::Read, |sm| Ok((sm.applied().last_applied, sm.applied().membership.clone()))).await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EpochResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.run(ErrorVerb::Write, move |sm| entries.into_iter().map(|e| sm.apply(e)).collect()).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let meta = meta.clone();
+        self.run(ErrorVerb::Write, move |sm| sm.install_snapshot(&meta, snapshot.into_inner())).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.run(ErrorVerb::Read, |sm| sm.current_snapshot()).await?;
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

@@ -1,0 +1,418 @@
+//! The sequencer state machine: what every replica of a group does with each
+//! committed log entry, in log order.
+//!
+//! For an epoch entry:
+//! 1. **Redelivery guard**: an index at or below the applied index is
+//!    skipped; an index that is not applied + 1 is fatal.
+//! 2. **Epoch check**: an epoch at or below the last applied one is fatal
+//!    (the replica stops: it would otherwise diverge); a jump over missing
+//!    epochs (an old leader's unfinished proposals) is logged and counted.
+//! 3. **Dedup**: a transaction whose request id already has a result gets
+//!    that first result and is not executed again.
+//! 4. **Fan-out and execution** on the vshard executors ([`Scheduler`]).
+//! 5. **One WriteBatch** with the epoch's data, every vshard's watermark, the
+//!    dedup entries and the applied state, written durably before the entry
+//!    counts as applied (and before any client hears of it).
+//!
+//! Any storage error or broken invariant is returned as an error, which
+//! stops the group's Raft instance: the replica stops rather than diverge.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arbor_storage::{Direction, Durability, Engine, ReadView, WriteBatch};
+use openraft::{EntryPayload, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::hlc::{self, Hlc};
+use crate::keys::{self, Key};
+use crate::raft::{Entry, LogId, Membership, NodeId};
+use crate::routing::RangeDesc;
+use crate::scheduler::Scheduler;
+use crate::sequencer::driver::epoch_term;
+use crate::sequencer::EpochBatch;
+use crate::tree::{encode_record, Footprint, Txn, TxnOutcome};
+
+/// How long (in HLC physical time) a request id's first result is kept for
+/// retries. A constant, not a setting: every replica must expire the same
+/// entries at the same epoch.
+pub const DEDUP_RETENTION_MS: u64 = 10 * 60 * 1000;
+/// At most this many expired dedup entries are removed per epoch.
+const DEDUP_GC_PER_EPOCH: usize = 1024;
+
+/// What the state machine has applied, persisted as `Key::Applied(group)` in
+/// the same WriteBatch as the data it describes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+    pub epoch: u64,
+    pub stamp: u64,
+    pub epoch_gaps: u64,
+}
+
+/// The result of applying one log entry, returned to the proposing leader.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochResponse {
+    pub index: u64,
+    pub epoch: u64,
+    pub stamp: u64,
+    /// One outcome per transaction of the epoch, in order.
+    pub outcomes: Vec<TxnOutcome>,
+}
+
+enum EpochCheck {
+    /// Execute the epoch with this (monotonic) stamp.
+    Apply { stamp: u64 },
+    /// Reject every transaction of the epoch, retryably.
+    Stale(String),
+}
+
+/// A request id's first result.
+#[derive(Serialize, Deserialize)]
+struct DedupRecord {
+    stamp: u64,
+    outcome: TxnOutcome,
+}
+
+/// Progress of a group's state machine, readable without locks by the
+/// sequencer driver and the status API.
+#[derive(Debug, Default)]
+pub struct GroupShared {
+    pub applied_index: AtomicU64,
+    pub epoch: AtomicU64,
+    pub stamp: AtomicU64,
+    pub epoch_gaps: AtomicU64,
+}
+
+/// A snapshot as stored under `Key::Snapshot(group)`.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The image inside a snapshot: every key of the group's range and state.
+#[derive(Serialize, Deserialize)]
+struct SnapshotImage {
+    format: u8,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+pub struct GroupStateMachine {
+    group: u64,
+    range: RangeDesc,
+    engine: Arc<dyn Engine>,
+    scheduler: Scheduler,
+    shared: Arc<GroupShared>,
+    hlc: Arc<Hlc>,
+    state: AppliedState,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Corruption(format!("{what}: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("in-memory values always encode")
+}
+
+impl GroupStateMachine {
+    /// Opens the state machine of `group`, resuming from its persisted
+    /// applied state.
+    pub fn open(range: RangeDesc, engine: Arc<dyn Engine>, vshards: u32, shared: Arc<GroupShared>, hlc: Arc<Hlc>) -> Result<Self> {
+        let group = range.group;
+        let state = match engine.get(&Key::Applied(group).encode())? {
+            Some(bytes) => decode(&bytes, "applied state")?,
+            None => AppliedState::default(),
+        };
+        let sm = Self { group, range, engine, scheduler: Scheduler::start(group, vshards), shared, hlc, state };
+        sm.publish();
+        Ok(sm)
+    }
+
+    pub fn applied(&self) -> &AppliedState {
+        &self.state
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.applied_index.store(self.state.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        s.epoch.store(self.state.epoch, Ordering::Release);
+        s.stamp.store(self.state.stamp, Ordering::Release);
+        s.epoch_gaps.store(self.state.epoch_gaps, Ordering::Release);
+        self.hlc.observe(self.state.stamp);
+    }
+
+    /// Applies one committed entry.
+    pub fn apply(&mut self, entry: Entry) -> Result<EpochResponse> {
+        let index = entry.log_id.index;
+        let applied = self.state.last_applied.map(|l| l.index);
+        if applied.is_some_and(|a| index <= a) {
+            tracing::warn!(group = self.group, index, "entry delivered again; skipped");
+            return Ok(EpochResponse { index, ..Default::default() });
+        }
+        let expected = applied.map_or(index, |a| a + 1);
+        if index != expected {
+            // openraft applies contiguously; its storage suite also applies
+            // blank and membership entries with holes, which carry no
+            // transactions. An epoch after a hole could mean skipped epochs.
+            if matches!(entry.payload, EntryPayload::Normal(_)) {
+                return Err(Error::Fatal(format!(
+                    "group {}: applied index jumped from {} to {index}",
+                    self.group,
+                    expected - 1
+                )));
+            }
+            tracing::warn!(group = self.group, index, expected, "non-epoch entry applied out of sequence");
+        }
+        let mut next = self.state.clone();
+        next.last_applied = Some(entry.log_id);
+        let mut wb = WriteBatch::new();
+        let response = match entry.payload {
+            EntryPayload::Blank => EpochResponse { index, ..Default::default() },
+            EntryPayload::Membership(m) => {
+                next.membership = Membership::new(Some(entry.log_id), m);
+                EpochResponse { index, ..Default::default() }
+            }
+            EntryPayload::Normal(payload) => {
+                let batch = EpochBatch::decode(&payload)
+                    .map_err(|e| Error::Corruption(format!("group {} log index {index}: {e}", self.group)))?;
+                match self.check_epoch(&batch, entry.log_id.leader_id.term, index, &mut next)? {
+                    EpochCheck::Stale(reason) => EpochResponse {
+                        index,
+                        epoch: batch.epoch,
+                        stamp: next.stamp,
+                        outcomes: batch.txns.iter().map(|_| TxnOutcome::Retry { reason: reason.clone() }).collect(),
+                    },
+                    EpochCheck::Apply { stamp } => {
+                        let outcomes = self.execute(index, &batch, stamp, &mut wb)?;
+                        EpochResponse { index, epoch: batch.epoch, stamp, outcomes }
+                    }
+                }
+            }
+        };
+        wb.put(Key::Applied(self.group).encode(), encode(&next));
+        self.engine.write(wb, Durability::Sync)?;
+        self.state = next;
+        self.publish();
+        Ok(response)
+    }
+
+    /// Checks an epoch against the applied state and advances `next`.
+    fn check_epoch(&self, batch: &EpochBatch, entry_term: u64, index: u64, next: &mut AppliedState) -> Result<EpochCheck> {
+        let proposed_in = epoch_term(batch.epoch);
+        if proposed_in != entry_term {
+            // Numbered by a leader of another term (leadership changed between
+            // numbering and appending): executing it could reorder epochs.
+            let reason = format!(
+                "epoch {} was numbered in term {proposed_in} but committed in term {entry_term}; the leader changed, retry",
+                batch.epoch
+            );
+            tracing::warn!(group = self.group, index, "{reason}");
+            return Ok(EpochCheck::Stale(reason));
+        }
+        let last = self.state.epoch;
+        if batch.epoch <= last {
+            return Err(Error::Fatal(format!(
+                "group {} log index {index}: epoch {} is not after the applied epoch {last}; stopping the replica",
+                self.group, batch.epoch
+            )));
+        }
+        if epoch_term(last) == proposed_in && batch.epoch != last + 1 {
+            next.epoch_gaps += 1;
+            tracing::warn!(group = self.group, index, from = last, to = batch.epoch, "epoch gap within a term");
+        }
+        // Stamps never go backwards along the log, whatever the leader's clock.
+        let stamp = batch.stamp.max(self.state.stamp + 1);
+        next.epoch = batch.epoch;
+        next.stamp = stamp;
+        Ok(EpochCheck::Apply { stamp })
+    }
+
+    /// Dedup, execution and the epoch's writes into `wb`.
+    fn execute(&self, index: u64, batch: &EpochBatch, stamp: u64, wb: &mut WriteBatch) -> Result<Vec<TxnOutcome>> {
+        enum Plan {
+            Run(usize),
+            Known(TxnOutcome),
+            SameAs(usize),
+        }
+        let mut plans = Vec::with_capacity(batch.txns.len());
+        let mut to_run = Vec::new();
+        let mut first_pos: HashMap<&str, usize> = HashMap::new();
+        for (pos, txn) in batch.txns.iter().enumerate() {
+            let id = txn.request_id.as_str();
+            if !id.is_empty() {
+                if let Some(&earlier) = first_pos.get(id) {
+                    plans.push(Plan::SameAs(earlier));
+                    continue;
+                }
+                first_pos.insert(id, pos);
+                if let Some(bytes) = self.engine.get(&Key::Dedup(self.group, id).encode())? {
+                    let record: DedupRecord = decode(&bytes, "dedup record")?;
+                    plans.push(Plan::Known(record.outcome));
+                    continue;
+                }
+            }
+            if let Some(reason) = self.outside_range(txn) {
+                plans.push(Plan::Known(TxnOutcome::Aborted { reason }));
+                continue;
+            }
+            plans.push(Plan::Run(to_run.len()));
+            to_run.push(Arc::new(txn.clone()));
+        }
+        let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
+        for overlay in &output.writes {
+            for (key, record) in overlay {
+                let k = Key::Data(key).encode();
+                match record {
+                    Some(r) => wb.put(k, encode_record(r)),
+                    None => wb.delete(k),
+                }
+            }
+        }
+        for v in 0..self.scheduler.vshards() {
+            wb.put(Key::Watermark(self.group, v).encode(), encode(&(index, batch.epoch)));
+        }
+        let mut outcomes: Vec<TxnOutcome> = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let outcome = match plan {
+                Plan::Run(i) => output.outcomes[i].clone(),
+                Plan::Known(o) => o,
+                Plan::SameAs(p) => outcomes[p].clone(),
+            };
+            outcomes.push(outcome);
+        }
+        for (pos, txn) in batch.txns.iter().enumerate() {
+            let id = txn.request_id.as_str();
+            if !id.is_empty() && first_pos.get(id) == Some(&pos) && self.engine.get(&Key::Dedup(self.group, id).encode())?.is_none() {
+                let record = DedupRecord { stamp, outcome: outcomes[pos].clone() };
+                wb.put(Key::Dedup(self.group, id).encode(), encode(&record));
+                wb.put(Key::DedupExpiry(self.group, stamp, id).encode(), Vec::new());
+            }
+        }
+        self.expire_dedup(stamp, wb)?;
+        Ok(outcomes)
+    }
+
+    /// A deterministic refusal for a transaction that touches keys outside
+    /// this group's range (the API routes correctly; this guards the log).
+    fn outside_range(&self, txn: &Txn) -> Option<String> {
+        txn.footprint().find_map(|f| {
+            let inside = match f {
+                Footprint::Key(k) => self.range.contains(k),
+                Footprint::Range(r) => {
+                    r.start.as_slice() >= self.range.start.as_slice()
+                        && (self.range.end.is_empty() || (!r.end.is_empty() && r.end <= self.range.end))
+                }
+            };
+            (!inside).then(|| format!("the transaction touches keys outside {}", self.range.display()))
+        })
+    }
+
+    fn expire_dedup(&self, stamp: u64, wb: &mut WriteBatch) -> Result<()> {
+        let cutoff = stamp.saturating_sub(hlc::pack(DEDUP_RETENTION_MS, 0));
+        let start = keys::dedup_expiry_prefix(self.group);
+        let end = Key::DedupExpiry(self.group, cutoff, "").encode();
+        let view: &dyn ReadView = self.engine.as_ref();
+        for item in view
+            .scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
+            .take(DEDUP_GC_PER_EPOCH)
+        {
+            let (k, _) = item?;
+            let (_, id) = keys::decode_dedup_expiry(&k).map_err(|e| Error::Corruption(e.to_string()))?;
+            wb.delete(Key::Dedup(self.group, &id).encode());
+            wb.delete(k);
+        }
+        Ok(())
+    }
+
+    fn group_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut ranges = keys::group_state_ranges(self.group);
+        let end = if self.range.end.is_empty() {
+            arbor_storage::prefix_end(&keys::data_prefix()).expect("data tag < 0xff")
+        } else {
+            Key::Data(&self.range.end).encode()
+        };
+        ranges.push((Key::Data(&self.range.start).encode(), end));
+        ranges
+    }
+
+    /// Builds a snapshot of the group's range and state from one consistent
+    /// engine snapshot, and stores it as the current snapshot.
+    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)> {
+        let view = self.engine.snapshot();
+        let applied: AppliedState = match view.get(&Key::Applied(self.group).encode())? {
+            Some(b) => decode(&b, "applied state")?,
+            None => AppliedState::default(),
+        };
+        let mut entries = Vec::new();
+        for (start, end) in self.group_ranges() {
+            for item in view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward) {
+                entries.push(item?);
+            }
+        }
+        drop(view);
+        let image = encode(&SnapshotImage { format: 1, entries });
+        let data = zstd::bulk::compress(&image, 3).map_err(|e| Error::Fatal(format!("zstd: {e}")))?;
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: format!("g{}-i{}-s{}", self.group, index, applied.stamp),
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Snapshot(self.group).encode(), encode(&stored));
+        self.engine.write(wb, Durability::Sync)?;
+        Ok((meta, data))
+    }
+
+    /// Replaces the group's range and state with a snapshot, atomically.
+    pub fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: Vec<u8>) -> Result<()> {
+        let image = zstd::stream::decode_all(data.as_slice()).map_err(|e| Error::Corruption(format!("snapshot zstd: {e}")))?;
+        let image: SnapshotImage = decode(&image, "snapshot image")?;
+        if image.format != 1 {
+            return Err(Error::Corruption(format!("unknown snapshot format {}", image.format)));
+        }
+        let applied_key = Key::Applied(self.group).encode();
+        let mut state = AppliedState::default();
+        let mut wb = WriteBatch::new();
+        for (start, end) in self.group_ranges() {
+            wb.delete_range(start, end);
+        }
+        for (k, v) in image.entries {
+            if k == applied_key {
+                state = decode(&v, "applied state")?;
+            } else {
+                wb.put(k, v);
+            }
+        }
+        // The snapshot's meta is authoritative for what it covers.
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        wb.put(applied_key, encode(&state));
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        wb.put(Key::Snapshot(self.group).encode(), encode(&stored));
+        self.engine.write(wb, Durability::Sync)?;
+        self.state = state;
+        self.publish();
+        Ok(())
+    }
+
+    pub fn current_snapshot(&self) -> Result<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>> {
+        match self.engine.get(&Key::Snapshot(self.group).encode())? {
+            Some(bytes) => {
+                let s: StoredSnapshot = decode(&bytes, "stored snapshot")?;
+                Ok(Some((s.meta, s.data)))
+            }
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The leader's sequencer loop for one group: it takes client transactions,
+//! closes epochs as the [`Batcher`] decides, proposes each epoch as one Raft
+//! entry and answers every client with its transaction's outcome once the
+//! epoch is applied (durably) on this node.
+//!
+//! Epoch numbers are `term << 32 | sequence`: a leader numbers its epochs
+//! 1, 2, 3... within its term, so epochs grow along the log without the
+//! leader having to learn the previous leader's last epoch. An epoch whose
+//! entry lands in a different term than it was numbered for (leadership
+//! changed in between) is rejected deterministically by every replica, and
+//! its clients are told to retry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::raft::{NodeId, Raft};
+use crate::sequencer::batcher::{Batcher, BatcherConfig};
+use crate::sequencer::EpochBatch;
+use crate::tree::{Txn, TxnOutcome};
+
+/// Capacity of a group's submission queue, in transactions.
+pub const SUBMIT_QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// The epoch number of sequence `seq` in `term`.
+pub fn epoch_number(term: u64, seq: u64) -> u64 {
+    (term << 32) | (seq & 0xffff_ffff)
+}
+
+/// The term an epoch number was minted in.
+pub fn epoch_term(epoch: u64) -> u64 {
+    epoch >> 32
+}
+
+/// A transaction's result as its client sees it.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub outcome: TxnOutcome,
+    pub index: u64,
+    pub epoch: u64,
+    pub stamp: u64,
+}
+
+struct Submission {
+    txn: Txn,
+    reply: oneshot::Sender<Result<Committed>>,
+}
+
+/// Sends transactions to a group's sequencer.
+#[derive(Clone)]
+pub struct SequencerHandle {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl SequencerHandle {
+    /// Sequences `txn` and waits for its outcome.
+    pub async fn submit(&self, txn: Txn) -> Result<Committed> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Submission { txn, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the group's sequencer has stopped".into()))?;
+        rx.await.map_err(|_| Error::Indeterminate("the sequencer stopped before answering".into()))?
+    }
+}
+
+/// Epoch limits and the compression threshold.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    pub batcher: BatcherConfig,
+    pub compress_threshold: usize,
+}
+
+/// Starts the sequencer of `group` on this node.
+pub fn spawn(group: u64, node: NodeId, raft: Raft, hlc: Arc<Hlc>, cfg: DriverConfig) -> SequencerHandle {
+    let (tx, rx) = mpsc::channel(SUBMIT_QUEUE_CAPACITY);
+    let driver = Driver { group, node, raft, hlc, cfg, rx, term: 0, seq: 0, started: Instant::now() };
+    tokio::spawn(driver.run());
+    SequencerHandle { tx }
+}
+
+struct Driver {
+    group: u64,
+    node: NodeId,
+    raft: Raft,
+    hlc: Arc<Hlc>,
+    cfg: DriverConfig,
+    rx: mpsc::Receiver<Submission>,
+    /// The term `seq` counts in.
+    term: u64,
+    seq: u64,
+    started: Instant,
+}
+
+impl Driver {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self) {
+        let mut batcher: Batcher<Submission> = Batcher::new(self.cfg.batcher.clone());
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        loop {
+            let sleep = batcher.deadline().map(|d| d.saturating_sub(self.now_ms()));
+            tokio::select! {
+                biased;
+                Some(()) = done_rx.recv() => batcher.committed(),
+                msg = self.rx.recv(), if !batcher.full() => match msg {
+                    Some(sub) => {
+                        let now = self.now_ms();
+                        let bytes = sub.txn.approx_bytes();
+                        batcher.push(sub, bytes, now);
+                        while !batcher.full() {
+                            match self.rx.try_recv() {
+                                Ok(sub) => {
+                                    let bytes = sub.txn.approx_bytes();
+                                    batcher.push(sub, bytes, now);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(sleep.unwrap_or(0))), if sleep.is_some() => {}
+            }
+            while let Some(subs) = batcher.poll(self.now_ms()) {
+                self.propose(subs, done_tx.clone());
+            }
+        }
+        for sub in batcher.drain() {
+            let _ = sub.reply.send(Err(Error::Unavailable("shutting down".into())));
+        }
+        tracing::debug!(group = self.group, "sequencer stopped");
+    }
+
+    /// The leader's current term, or who to ask instead.
+    fn leader_term(&self) -> Result<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node) && m.state.is_leader() {
+            return Ok(m.current_term);
+        }
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        Err(Error::NotLeader { group: self.group, leader: m.current_leader, leader_addr })
+    }
+
+    fn propose(&mut self, subs: Vec<Submission>, done: mpsc::UnboundedSender<()>) {
+        let term = match self.leader_term() {
+            Ok(t) => t,
+            Err(e) => {
+                for sub in subs {
+                    let _ = sub.reply.send(Err(clone_request_error(&e)));
+                }
+                let _ = done.send(());
+                return;
+            }
+        };
+        if term != self.term {
+            self.term = term;
+            self.seq = 0;
+        }
+        self.seq += 1;
+        let epoch = epoch_number(term, self.seq);
+        let (txns, replies): (Vec<Txn>, Vec<_>) = subs.into_iter().map(|s| (s.txn, s.reply)).unzip();
+        let batch = EpochBatch { epoch, stamp: self.hlc.now(), txns };
+        let raft = self.raft.clone();
+        let group = self.group;
+        let threshold = self.cfg.compress_threshold;
+        tokio::spawn(async move {
+            let result = match batch.encode(threshold) {
+                Ok(payload) => raft.client_write(payload).await.map_err(|e| write_error(group, e)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(resp) => {
+                    let r = resp.data;
+                    if r.outcomes.len() != replies.len() {
+                        tracing::error!(group, index = r.index, "epoch response has {} outcomes for {} transactions", r.outcomes.len(), replies.len());
+                    }
+                    for (reply, outcome) in replies.into_iter().zip(r.outcomes) {
+                        let _ = reply.send(Ok(Committed { outcome, index: r.index, epoch: r.epoch, stamp: r.stamp }));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(group, epoch, error = %e, "epoch proposal failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(clone_request_error(&e)));
+                    }
+                }
+            }
+            let _ = done.send(());
+        });
+    }
+}
+
+/// Maps a failed `client_write`. A leader that lost leadership may still
+/// see its entry committed by the next leader, so anything but a clean
+/// "forward to leader" before appending is indeterminate.
+fn write_error(group: u64, e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            group,
+            leader: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::Unavailable(e.to_string()),
+        RaftError::Fatal(f) => Error::Indeterminate(format!("group {group} raft stopped: {f}")),
+    }
+}
+
+/// Request errors are re-created per waiting client.
+fn clone_request_error(e: &Error) -> Error {
+    match e {
+        Error::NotLeader { group, leader, leader_addr } => {
+            Error::NotLeader { group: *group, leader: *leader, leader_addr: leader_addr.clone() }
+        }
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        other => Error::Indeterminate(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_grow_across_terms() {
+        assert!(epoch_number(2, 1) > epoch_number(1, 5000));
+        assert_eq!(epoch_term(epoch_number(7, 3)), 7);
+        assert_eq!(epoch_number(7, 3) & 0xffff_ffff, 3);
+    }
+}

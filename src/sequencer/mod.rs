@@ -1,0 +1,17 @@
+//! The Calvin sequencer.
+//!
+//! - [`batch`]: the `EpochBatch` log entry format.
+//! - [`batcher`]: the pure core deciding when the leader closes an epoch.
+//! - [`driver`]: the leader's loop: collects client transactions, closes
+//!   epochs, proposes them through Raft and answers clients.
+//! - [`apply`]: the sequencer state machine every replica runs in log order:
+//!   redelivery guard, epoch checks, dedup, fan-out to the vshard executors
+//!   and the epoch's single durable WriteBatch.
+
+pub mod apply;
+pub mod batch;
+pub mod batcher;
+pub mod driver;
+
+pub use apply::{EpochResponse, GroupShared, GroupStateMachine};
+pub use batch::{EpochBatch, EpochPayload};

@@ -1,0 +1,184 @@
+//! The transaction model: what a client can ask for, as it travels in the
+//! Raft log (serde, MessagePack) and as the executor returns it.
+//!
+//! Transactions are one-shot (Calvin style): every key they may touch is
+//! known from the request, so the sequencer can route and lock them before
+//! execution.
+
+use serde::{Deserialize, Serialize};
+
+/// A key's stored state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub value: Vec<u8>,
+    /// 1 on creation, +1 on every modification; a delete removes the record.
+    pub version: u64,
+    /// HLC stamp of the epoch that created the key.
+    pub create_stamp: u64,
+    /// HLC stamp of the epoch that last modified the key.
+    pub mod_stamp: u64,
+}
+
+/// A key with its record, as returned to clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub record: Record,
+}
+
+/// `[start, end)` over user keys; an empty `end` is unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+}
+
+impl KeyRange {
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        Self { start: prefix.to_vec(), end: arbor_storage::prefix_end(prefix).unwrap_or_default() }
+    }
+}
+
+/// A range read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeSpec {
+    pub range: KeyRange,
+    /// Maximum number of results (keys plus folded prefixes); never 0 here:
+    /// the API fills in the server's maximum.
+    pub limit: u32,
+    /// When set, keys with this byte after `range.start` are folded into one
+    /// common prefix (a directory listing). Only valid with a prefix range.
+    pub delimiter: Option<u8>,
+    pub keys_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpTarget {
+    /// The value, compared bytewise. A missing key fails every value compare.
+    Value(Vec<u8>),
+    /// The version; a missing key has version 0.
+    Version(u64),
+    /// Existence; only `Equal` / `NotEqual`.
+    Exists(bool),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CmpOp,
+    pub target: CmpTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Get { key: Vec<u8> },
+    Range(RangeSpec),
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    DeleteRange(KeyRange),
+    /// Adds `delta` to a signed 64-bit counter stored as decimal text.
+    Increment { key: Vec<u8>, delta: i64 },
+    /// Concatenates bytes to the value (a missing key starts empty).
+    Append { key: Vec<u8>, value: Vec<u8> },
+}
+
+/// A transaction: if every compare holds, `success` runs, else `failure`.
+/// A plain Put is a transaction with one success op and no compares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    /// Idempotency key; empty = none.
+    pub request_id: String,
+    pub compares: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    Get(Option<KeyValue>),
+    Range { kvs: Vec<KeyValue>, common_prefixes: Vec<Vec<u8>>, more: bool },
+    Put { prev: Option<KeyValue>, version: u64 },
+    Delete { deleted: u64 },
+    DeleteRange { deleted: u64 },
+    Increment { value: i64, version: u64 },
+    Append { prev: Option<KeyValue>, version: u64 },
+}
+
+/// The deterministic outcome of a transaction: the same on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOutcome {
+    /// It ran; `succeeded` says which branch.
+    Done { succeeded: bool, results: Vec<OpResult> },
+    /// An op failed deterministically (e.g. increment of a non-integer);
+    /// nothing of the transaction was applied.
+    Aborted { reason: String },
+    /// The epoch was refused as a whole before execution (e.g. the leader
+    /// changed while proposing it); nothing was applied, retrying is safe.
+    Retry { reason: String },
+}
+
+/// Where a transaction reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Footprint<'a> {
+    Key(&'a [u8]),
+    Range(&'a KeyRange),
+}
+
+impl Op {
+    pub fn footprint(&self) -> Footprint<'_> {
+        match self {
+            Op::Get { key }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Increment { key, .. }
+            | Op::Append { key, .. } => Footprint::Key(key),
+            Op::Range(spec) => Footprint::Range(&spec.range),
+            Op::DeleteRange(range) => Footprint::Range(range),
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Get { .. } | Op::Range(_))
+    }
+}
+
+impl Txn {
+    /// Every key and range the transaction may touch, in either branch.
+    pub fn footprint(&self) -> impl Iterator<Item = Footprint<'_>> {
+        self.compares
+            .iter()
+            .map(|c| Footprint::Key(&c.key))
+            .chain(self.success.iter().chain(&self.failure).map(Op::footprint))
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        !self.success.iter().chain(&self.failure).any(Op::is_write)
+    }
+
+    /// An approximation of the encoded size, for epoch byte limits.
+    pub fn approx_bytes(&self) -> usize {
+        fn op_bytes(op: &Op) -> usize {
+            match op {
+                Op::Get { key } | Op::Delete { key } | Op::Increment { key, .. } => key.len() + 16,
+                Op::Put { key, value } | Op::Append { key, value } => key.len() + value.len() + 16,
+                Op::Range(s) => s.range.start.len() + s.range.end.len() + 16,
+                Op::DeleteRange(r) => r.start.len() + r.end.len() + 16,
+            }
+        }
+        let cmp: usize = self
+            .compares
+            .iter()
+            .map(|c| c.key.len() + if let CmpTarget::Value(v) = &c.target { v.len() } else { 8 } + 8)
+            .sum();
+        self.request_id.len() + cmp + self.success.iter().chain(&self.failure).map(op_bytes).sum::<usize>()
+    }
+}

@@ -1,0 +1,17 @@
+//! Arbor's storage layer: an ordered key-value [`Engine`] with atomic write
+//! batches and consistent snapshots, implemented in memory ([`Memory`]) and
+//! on RocksDB ([`Rocks`]), plus the order-preserving [`keycode`] used to
+//! build composite keys.
+//!
+//! Both engines pass the same [`conformance`] suite. This crate knows nothing
+//! of Raft, tokio or protobuf: it stores bytes in order, durably.
+
+pub mod conformance;
+mod engine;
+pub mod keycode;
+mod memory;
+mod rocks;
+
+pub use engine::{prefix_end, BatchOp, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch};
+pub use memory::Memory;
+pub use rocks::{Rocks, RocksOptions};

@@ -1,0 +1,105 @@
+//! [`Memory`]: an in-memory [`Engine`] over a `BTreeMap`, for tests and for
+//! running the protocol cores without disk. Durability flags are accepted
+//! and ignored (nothing survives the process).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
+
+use crate::engine::{BatchOp, Direction, Durability, Engine, ReadView, Result, ScanIter, WriteBatch};
+
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// An in-memory engine. Snapshots are copy-on-write: a snapshot shares the
+/// map until the next write clones it.
+#[derive(Default)]
+pub struct Memory {
+    data: RwLock<Arc<Map>>,
+}
+
+impl Memory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn current(&self) -> Arc<Map> {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn scan_map(map: Arc<Map>, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'static> {
+    if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) = (&start, &end) {
+        if s > e {
+            return Box::new(std::iter::empty());
+        }
+    }
+    let items: Vec<_> = map.range((start, end)).map(|(k, v)| Ok((k.clone(), v.clone()))).collect();
+    match direction {
+        Direction::Forward => Box::new(items.into_iter()),
+        Direction::Reverse => Box::new(items.into_iter().rev()),
+    }
+}
+
+impl ReadView for Memory {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.current().get(key).cloned())
+    }
+
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
+        scan_map(self.current(), start, end, direction)
+    }
+}
+
+impl Engine for Memory {
+    fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<()> {
+        let mut guard = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let map = Arc::make_mut(&mut guard);
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put(k, v) => {
+                    map.insert(k.clone(), v.clone());
+                }
+                BatchOp::Delete(k) => {
+                    map.remove(k);
+                }
+                BatchOp::DeleteRange(start, end) => {
+                    if start < end {
+                        let doomed: Vec<_> = map.range(start.clone()..end.clone()).map(|(k, _)| k.clone()).collect();
+                        for k in doomed {
+                            map.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Box<dyn ReadView + '_> {
+        Box::new(MemorySnapshot(self.current()))
+    }
+}
+
+struct MemorySnapshot(Arc<Map>);
+
+impl ReadView for MemorySnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
+        scan_map(self.0.clone(), start, end, direction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conformance() {
+        crate::conformance::run(super::Memory::new);
+    }
+}

@@ -1,0 +1,231 @@
+//! Integration tests against real 3-node clusters: `arbor server`
+//! processes with real gRPC and real RocksDB.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbor::client::{op, Txn};
+use common::{data_of, phase, Cluster};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(1).await;
+    let client = c.client();
+
+    phase("writes through the client are acknowledged with their log index");
+    let mut last_index = 0;
+    for i in 0..50 {
+        let r = client.put(format!("/t/k{i:02}"), format!("v{i}")).await.unwrap();
+        last_index = r.header.unwrap().log_index;
+    }
+
+    phase("every replica applies them");
+    c.wait_applied(1, last_index).await;
+
+    phase("kill -9 the leader; the others elect a new one and keep every write");
+    c.kill(c.index_of(leader));
+    let new_leader = c.wait_for_leader(1).await;
+    assert_ne!(new_leader, leader);
+    let survivors: Vec<String> = c.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.addr.clone()).collect();
+    let client = c.client_of(&survivors);
+    for i in 0..50 {
+        let kv = client.get(format!("/t/k{i:02}")).await.unwrap().expect("acknowledged write survives");
+        assert_eq!(kv.value, format!("v{i}").into_bytes());
+    }
+    let r = client.put("/t/after", "x").await.unwrap();
+
+    phase("the killed node restarts from its data dir and catches up");
+    c.restart(c.index_of(leader));
+    c.wait_applied(1, r.header.unwrap().log_index).await;
+
+    phase("a full-cluster restart keeps every acknowledged write");
+    for i in 0..3 {
+        c.stop(i);
+    }
+    let replicas: Vec<_> = c.nodes.iter().map(|n| data_of(&n.dir)).collect();
+    assert_eq!(replicas[0].len(), 51);
+    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas hold byte-identical data");
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    let scan = client.scan("/t/", 0).await.unwrap();
+    assert_eq!(scan.kvs.len(), 51);
+    assert_eq!(client.get("/t/after").await.unwrap().unwrap().value, b"x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_ranges_start_one_group_per_range() {
+    let c = Cluster::start(3, &["--initial-ranges", "/m,/t"]);
+    for g in 1..=3 {
+        c.wait_for_leader(g).await;
+    }
+    let client = c.client();
+
+    phase("each group serves the keys of its range");
+    for (key, group) in [("/a", 1), ("/n", 2), ("/z", 3)] {
+        let r = client.put(key, key).await.unwrap();
+        assert_eq!(r.header.unwrap().group_id, group, "{key} routed to group {group}");
+        assert_eq!(client.get(key).await.unwrap().unwrap().value, key.as_bytes());
+    }
+    let s = client.status().await.unwrap();
+    assert_eq!(s.groups.len(), 3);
+    assert!(s.groups.iter().all(|g| g.leader != 0 && g.epoch > 0), "{s:?}");
+
+    phase("a transaction over two ranges is refused, naming them");
+    let err = client.txn(Txn::new().then(op::put("/a", "1")).then(op::put("/z", "1"))).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("group 1") && msg.contains("group 3"), "{msg}");
+    assert_eq!(client.get("/a").await.unwrap().unwrap().value, b"/a", "nothing changed");
+    let err = client.scan("/", 0).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_in_a_write_load_loses_nothing_and_applies_nothing_twice() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(1).await;
+    let client = Arc::new(c.client());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..8).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    phase("4 writers increment 8 counters; each acknowledged increment is counted");
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = w;
+                let mut unknown = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = i % 8;
+                    match client.increment(format!("/ctr/{k}"), 1).await {
+                        Ok(_) => {
+                            acked[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => unknown += 1,
+                    }
+                    i += 1;
+                }
+                unknown
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    phase("kill -9 a follower mid-load, then restart it");
+    let leader = c.wait_for_leader(1).await;
+    let victim = c.nodes.iter().position(|n| n.id != leader).unwrap();
+    c.kill(victim);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.restart(victim);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    phase("kill -9 the leader mid-load, then restart it");
+    let leader = c.wait_for_leader(1).await;
+    c.kill(c.index_of(leader));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.restart(c.index_of(leader));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut unknown = 0;
+    for w in writers {
+        unknown += w.await.unwrap();
+    }
+
+    phase("every replica converges; counters hold every acknowledged increment, at most the unknown ones more");
+    c.wait_for_leader(1).await;
+    let r = client.put("/ctr/fence", "").await.unwrap();
+    c.wait_applied(1, r.header.unwrap().log_index).await;
+    for i in 0..3 {
+        c.stop(i);
+    }
+    let replicas: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = c.nodes.iter().map(|n| data_of(&n.dir).into_iter().collect()).collect();
+    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas diverged");
+    let total_acked: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    assert!(total_acked > 50, "the load made progress ({total_acked} increments)");
+    let mut total_applied = 0;
+    for (k, a) in acked.iter().enumerate() {
+        let key = arbor::keys::Key::Data(format!("/ctr/{k}").as_bytes()).encode();
+        let record = arbor::tree::decode_record(&replicas[0][&key]).unwrap();
+        let value: u64 = String::from_utf8(record.value).unwrap().parse().unwrap();
+        let acked = a.load(Ordering::Relaxed);
+        assert!(value >= acked, "counter {k}: {value} < {acked} acknowledged increments (lost write)");
+        assert_eq!(record.version, value, "counter {k}: one version per applied increment");
+        total_applied += value;
+    }
+    assert!(total_applied <= total_acked + unknown, "{total_applied} applied > {total_acked} acked + {unknown} unknown: applied twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let c = Cluster::start(1, &[]);
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    client.put("/keep", "1").await.unwrap();
+    let before = client.scan("/", 0).await.unwrap();
+
+    let cases: Vec<(&str, Txn, &str)> = vec![
+        ("key over 4 KiB", Txn::new().then(op::put(format!("/{}", "k".repeat(5000)), "v")), "limits.max_key_bytes"),
+        ("value over 1 MiB", Txn::new().then(op::put("/v", vec![b'x'; (1 << 20) + 1])), "limits.max_value_bytes"),
+        ("too many ops", (0..129).fold(Txn::new(), |t, i| t.then(op::put(format!("/o/{i}"), ""))), "limits.max_ops_per_txn"),
+        ("empty key", Txn::new().then(op::put("", "v")), "empty"),
+        ("invalid UTF-8", Txn::new().then(op::put(b"/\xff\xfe".as_slice(), "v")), "UTF-8"),
+        ("not a path", Txn::new().then(op::put("users", "v")), "start with '/'"),
+        ("no ops", Txn::new(), "no ops"),
+    ];
+    for (what, txn, needle) in cases {
+        let err = client.txn(txn).await.expect_err(what);
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{what}: {err}");
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+    }
+
+    phase("a request over the size limit is refused by the transport");
+    let err = client.put("/big", vec![b'x'; 5 << 20]).await.unwrap_err();
+    assert!(matches!(err.code(), Some(Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument)), "{err}");
+
+    phase("an increment of a non-integer aborts the whole transaction");
+    client.put("/text", "abc").await.unwrap();
+    let err = client.txn(Txn::new().then(op::put("/half2", "x")).then(op::increment("/text", 1))).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert!(err.to_string().contains("not a signed 64-bit integer"), "{err}");
+    assert!(client.get("/half2").await.unwrap().is_none(), "nothing of an aborted transaction is applied");
+
+    phase("a client of another cluster is refused");
+    let other = arbor::client::Client::with_options(
+        c.endpoints(),
+        arbor::client::ClientOptions { cluster_id: Some("other".into()), ..Default::default() },
+    )
+    .unwrap();
+    let err = other.get("/keep").await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::FailedPrecondition));
+    assert!(err.to_string().contains("wrong cluster"), "{err}");
+
+    let after = client.scan("/", 0).await.unwrap();
+    let keys = |r: &arbor::client::pb::RangeResponse| r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+    let mut expected = keys(&before);
+    expected.push(b"/text".to_vec());
+    expected.sort();
+    assert_eq!(keys(&after), expected, "only the valid requests changed the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_id_executes_once() {
+    let c = Cluster::start(1, &[]);
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    let txn = || Txn::new().then(op::increment("/once", 5)).request_id("fixed-id-1");
+    let first = client.txn(txn()).await.unwrap();
+    let second = client.txn(txn()).await.unwrap();
+    assert_eq!(first.results, second.results, "the retry returns the first result");
+    assert_eq!(client.get("/once").await.unwrap().unwrap().value, b"5");
+    let scan = client.list("/").await.unwrap();
+    assert!(scan.kvs.iter().any(|kv| kv.key == b"/once"));
+}

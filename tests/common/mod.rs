@@ -1,0 +1,198 @@
+//! Real multi-node clusters for integration tests: `arbor server`
+//! processes on loopback ports, each with its own RocksDB in a temp dir.
+//! Processes are killed and temp dirs removed when the [`Cluster`] drops.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arbor::client::{Client, ClientOptions};
+
+/// One node: its id, address, data dir and (while running) its process.
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    pub peers: String,
+    pub extra: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Prints a phase of a test, so a failure's output reads like a story.
+pub fn phase(msg: &str) {
+    eprintln!("--- {msg}");
+}
+
+impl Cluster {
+    /// Starts `n` nodes with extra server flags.
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes: Vec<NodeProc> = (1..=n)
+            .map(|id| NodeProc {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("n{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
+        let mut c = Cluster { nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        std::fs::create_dir_all(&node.dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("arbor.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr, "--peers", &self.peers])
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(&self.extra)
+            .env("ARBOR_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn arbor server");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Restarts a stopped node on its data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {} is running", self.nodes[i].id);
+        self.spawn(i);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("node {} ignored SIGTERM for 20 s", self.nodes[i].id);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client_of(&self.endpoints())
+    }
+
+    pub fn client_of(&self, endpoints: &[String]) -> Client {
+        Client::with_options(endpoints, ClientOptions { timeout: Duration::from_secs(30), ..Default::default() }).unwrap()
+    }
+
+    /// Waits until every running node sees a leader for every group, and
+    /// returns the leader of group `group`.
+    pub async fn wait_for_leader(&self, group: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = self.client();
+        loop {
+            let mut leaders = Vec::new();
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Ok(s) = client.status_of(&n.addr).await {
+                    if s.groups.iter().all(|g| g.leader != 0) {
+                        leaders.extend(s.groups.iter().filter(|g| g.group_id == group).map(|g| g.leader));
+                    }
+                }
+            }
+            let running = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            if leaders.len() == running && leaders.iter().all(|&l| l == leaders[0]) && leaders[0] != 0 {
+                let leader = leaders[0];
+                if self.nodes.iter().any(|n| n.id == leader && n.child.is_some()) {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader for group {group} within 30 s:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index` in `group`.
+    pub async fn wait_applied(&self, group: u64, index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = self.client();
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let applied = client
+                    .status_of(&n.addr)
+                    .await
+                    .ok()
+                    .and_then(|s| s.groups.iter().find(|g| g.group_id == group).map(|g| g.applied_index))
+                    .unwrap_or(0);
+                if applied >= index {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} applied {applied} < {index} in group {group}", n.id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap()
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(n.dir.join("arbor.log")).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!("== node {} ==\n{}", n.id, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Every `Data` key/value of a stopped node's RocksDB, read directly.
+pub fn data_of(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use arbor_storage::{ReadView, Rocks, RocksOptions};
+    let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
+    db.scan_prefix(&arbor::keys::data_prefix()).collect::<Result<Vec<_>, _>>().unwrap()
+}
