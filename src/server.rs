@@ -149,7 +149,8 @@ impl Node {
                     tracing::info!(group = range.group, "not initializing: {e}");
                 }
             }
-            let sequencer = driver::spawn(range.group, config.node_id, raft.clone(), hlc.clone(), driver_cfg.clone());
+            let sequencer =
+                driver::spawn(range.group, config.node_id, raft.clone(), shared.clone(), hlc.clone(), driver_cfg.clone());
             tracing::info!(node = config.node_id, group = range.group, range = %range.display(), "group started");
             groups.insert(range.group, Group { range: range.clone(), raft, sequencer, shared, vshards: config.vshards });
         }

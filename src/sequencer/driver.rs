@@ -9,7 +9,14 @@
 //! entry lands in a different term than it was numbered for (leadership
 //! changed in between) is rejected deterministically by every replica, and
 //! its clients are told to retry.
+//!
+//! openraft restores a restarted leader as leader *of the same term*, so a
+//! sequence cannot simply restart at 1 when the driver does: before its
+//! first proposal in a term the driver waits until the state machine has
+//! applied every entry already in the local log, and continues after the
+//! last epoch of the term found there.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,11 +27,13 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::raft::{NodeId, Raft};
 use crate::sequencer::batcher::{Batcher, BatcherConfig};
-use crate::sequencer::EpochBatch;
+use crate::sequencer::{EpochBatch, GroupShared};
 use crate::tree::{Txn, TxnOutcome};
 
 /// Capacity of a group's submission queue, in transactions.
 pub const SUBMIT_QUEUE_CAPACITY: usize = 16 * 1024;
+/// How long a new leader may take to apply its log before proposing.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The epoch number of sequence `seq` in `term`.
 pub fn epoch_number(term: u64, seq: u64) -> u64 {
@@ -76,9 +85,16 @@ pub struct DriverConfig {
 }
 
 /// Starts the sequencer of `group` on this node.
-pub fn spawn(group: u64, node: NodeId, raft: Raft, hlc: Arc<Hlc>, cfg: DriverConfig) -> SequencerHandle {
+pub fn spawn(
+    group: u64,
+    node: NodeId,
+    raft: Raft,
+    shared: Arc<GroupShared>,
+    hlc: Arc<Hlc>,
+    cfg: DriverConfig,
+) -> SequencerHandle {
     let (tx, rx) = mpsc::channel(SUBMIT_QUEUE_CAPACITY);
-    let driver = Driver { group, node, raft, hlc, cfg, rx, term: 0, seq: 0, started: Instant::now() };
+    let driver = Driver { group, node, raft, shared, hlc, cfg, rx, term: 0, seq: 0, started: Instant::now() };
     tokio::spawn(driver.run());
     SequencerHandle { tx }
 }
@@ -87,6 +103,7 @@ struct Driver {
     group: u64,
     node: NodeId,
     raft: Raft,
+    shared: Arc<GroupShared>,
     hlc: Arc<Hlc>,
     cfg: DriverConfig,
     rx: mpsc::Receiver<Submission>,
@@ -129,7 +146,7 @@ impl Driver {
                 _ = tokio::time::sleep(Duration::from_millis(sleep.unwrap_or(0))), if sleep.is_some() => {}
             }
             while let Some(subs) = batcher.poll(self.now_ms()) {
-                self.propose(subs, done_tx.clone());
+                self.propose(subs, done_tx.clone()).await;
             }
         }
         for sub in batcher.drain() {
@@ -150,8 +167,28 @@ impl Driver {
         Err(Error::NotLeader { group: self.group, leader: m.current_leader, leader_addr })
     }
 
-    fn propose(&mut self, subs: Vec<Submission>, done: mpsc::UnboundedSender<()>) {
-        let term = match self.leader_term() {
+    /// Makes `self.seq` continue the sequence of `term` (see module docs).
+    async fn catch_up(&mut self, term: u64) -> Result<()> {
+        if term == self.term {
+            return Ok(());
+        }
+        let last_log = self.raft.metrics().borrow().last_log_index;
+        self.raft.wait(Some(CATCH_UP_TIMEOUT)).applied_index_at_least(last_log, "sequencer catch-up").await.map_err(
+            |e| Error::Unavailable(format!("group {}: the new leader is still applying its log: {e}", self.group)),
+        )?;
+        let applied = self.shared.epoch.load(Ordering::Acquire);
+        self.seq = if epoch_term(applied) == term { applied & 0xffff_ffff } else { 0 };
+        self.term = term;
+        tracing::info!(group = self.group, term, seq = self.seq, "sequencing as leader");
+        Ok(())
+    }
+
+    async fn propose(&mut self, subs: Vec<Submission>, done: mpsc::UnboundedSender<()>) {
+        let ready = match self.leader_term() {
+            Ok(term) => self.catch_up(term).await.map(|()| term),
+            Err(e) => Err(e),
+        };
+        let term = match ready {
             Ok(t) => t,
             Err(e) => {
                 for sub in subs {
@@ -161,10 +198,6 @@ impl Driver {
                 return;
             }
         };
-        if term != self.term {
-            self.term = term;
-            self.seq = 0;
-        }
         self.seq += 1;
         let epoch = epoch_number(term, self.seq);
         let (txns, replies): (Vec<Txn>, Vec<_>) = subs.into_iter().map(|s| (s.txn, s.reply)).unzip();
