@@ -12,4 +12,4 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
         print(m["executable"])')
 [ -n "$exe" ] || { echo "loom test binary not built" >&2; exit 1; }
-LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" "$exe" scheduler::sync::loom_models --test-threads 1
+LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" "$exe" scheduler::sync::loom_models --test-threads 1

@@ -90,7 +90,13 @@ impl Default for Config {
 
 impl Default for EpochConfig {
     fn default() -> Self {
-        Self { max_txns_per_epoch: 1024, max_bytes_per_epoch: 4 << 20, window_ms: 2, max_inflight: 4, compress_threshold: 4096 }
+        Self {
+            max_txns_per_epoch: 1024,
+            max_bytes_per_epoch: 4 << 20,
+            window_ms: 2,
+            max_inflight: 4,
+            compress_threshold: 4096,
+        }
     }
 }
 
@@ -184,8 +190,13 @@ impl Config {
             return fail("limits.max_request_bytes must fit one maximal key and value".into());
         }
         let r = &self.raft;
-        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= r.heartbeat_ms || r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return fail("raft timings need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into());
+        if r.heartbeat_ms == 0
+            || r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return fail(
+                "raft timings need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+            );
         }
         Ok(())
     }

@@ -76,8 +76,9 @@ impl Node {
     /// must belong to the same cluster and node id.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Node>> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| Error::InvalidArgument(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::InvalidArgument(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+        })?;
         let path = config.data_dir.join("db");
         let engine = {
             let path = path.clone();
@@ -88,7 +89,8 @@ impl Node {
         let engine = Arc::new(engine);
         let (meta, fresh) = match engine.get(&Key::NodeMeta.encode())? {
             Some(bytes) => {
-                let meta: NodeMeta = rmp_serde::from_slice(&bytes).map_err(|e| Error::Corruption(format!("node meta: {e}")))?;
+                let meta: NodeMeta =
+                    rmp_serde::from_slice(&bytes).map_err(|e| Error::Corruption(format!("node meta: {e}")))?;
                 if meta.cluster_id != config.cluster_id || meta.node_id != config.node_id {
                     return Err(Error::InvalidArgument(format!(
                         "data dir {} belongs to node {} of cluster {:?}, not node {} of cluster {:?}",
@@ -133,15 +135,22 @@ impl Node {
             let dyn_engine: Arc<dyn Engine> = engine.clone();
             let shared = Arc::new(GroupShared::default());
             let sm = {
-                let (range, e, shared, hlc, v) = (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
+                let (range, e, shared, hlc, v) =
+                    (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
                 tokio::task::spawn_blocking(move || GroupStateMachine::open(range, e, v, shared, hlc))
                     .await
                     .map_err(|e| Error::Fatal(e.to_string()))??
             };
             let network = GroupNetwork { group: range.group, peers: peers.clone() };
-            let raft = Raft::new(config.node_id, rcfg.clone(), network, LogStore::new(range.group, dyn_engine), StateMachine::new(sm))
-                .await
-                .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
+            let raft = Raft::new(
+                config.node_id,
+                rcfg.clone(),
+                network,
+                LogStore::new(range.group, dyn_engine),
+                StateMachine::new(sm),
+            )
+            .await
+            .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
             if fresh {
                 let members: BTreeMap<NodeId, BasicNode> =
                     meta.members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -149,10 +158,17 @@ impl Node {
                     tracing::info!(group = range.group, "not initializing: {e}");
                 }
             }
-            let sequencer =
-                driver::spawn(range.group, config.node_id, raft.clone(), shared.clone(), hlc.clone(), driver_cfg.clone());
+            let sequencer = driver::spawn(
+                range.group,
+                config.node_id,
+                raft.clone(),
+                shared.clone(),
+                hlc.clone(),
+                driver_cfg.clone(),
+            );
             tracing::info!(node = config.node_id, group = range.group, range = %range.display(), "group started");
-            groups.insert(range.group, Group { range: range.clone(), raft, sequencer, shared, vshards: config.vshards });
+            groups
+                .insert(range.group, Group { range: range.clone(), raft, sequencer, shared, vshards: config.vshards });
         }
         Ok(Arc::new(Node { config, meta, engine, hlc, groups }))
     }
@@ -205,7 +221,9 @@ impl Node {
         }
         let stamp = self.hlc.now();
         let engine = self.engine.clone();
-        let value = tokio::task::spawn_blocking(move || f(engine.as_ref())).await.map_err(|e| Error::Fatal(e.to_string()))??;
+        let value = tokio::task::spawn_blocking(move || f(engine.as_ref()))
+            .await
+            .map_err(|e| Error::Fatal(e.to_string()))??;
         Ok((value, stamp))
     }
 
@@ -241,7 +259,11 @@ impl Node {
 
 /// Serves the node's gRPC services on `listener` until `shutdown` resolves,
 /// then stops the groups.
-pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = crate::api::router(node.clone())
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -147,7 +147,8 @@ async fn crash_in_a_write_load_loses_nothing_and_applies_nothing_twice() {
     for i in 0..3 {
         c.stop(i);
     }
-    let replicas: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = c.nodes.iter().map(|n| data_of(&n.dir).into_iter().collect()).collect();
+    let replicas: Vec<BTreeMap<Vec<u8>, Vec<u8>>> =
+        c.nodes.iter().map(|n| data_of(&n.dir).into_iter().collect()).collect();
     assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas diverged");
     let total_acked: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
     eprintln!("acknowledged {total_acked} increments, {unknown} with unknown outcome");
@@ -163,7 +164,10 @@ async fn crash_in_a_write_load_loses_nothing_and_applies_nothing_twice() {
         total_applied += value;
     }
     eprintln!("applied {total_applied} increments");
-    assert!(total_applied <= total_acked + unknown, "{total_applied} applied > {total_acked} acked + {unknown} unknown: applied twice");
+    assert!(
+        total_applied <= total_acked + unknown,
+        "{total_applied} applied > {total_acked} acked + {unknown} unknown: applied twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +181,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let cases: Vec<(&str, Txn, &str)> = vec![
         ("key over 4 KiB", Txn::new().then(op::put(format!("/{}", "k".repeat(5000)), "v")), "limits.max_key_bytes"),
         ("value over 1 MiB", Txn::new().then(op::put("/v", vec![b'x'; (1 << 20) + 1])), "limits.max_value_bytes"),
-        ("too many ops", (0..129).fold(Txn::new(), |t, i| t.then(op::put(format!("/o/{i}"), ""))), "limits.max_ops_per_txn"),
+        (
+            "too many ops",
+            (0..129).fold(Txn::new(), |t, i| t.then(op::put(format!("/o/{i}"), ""))),
+            "limits.max_ops_per_txn",
+        ),
         ("empty key", Txn::new().then(op::put("", "v")), "empty"),
         ("invalid UTF-8", Txn::new().then(op::put(b"/\xff\xfe".as_slice(), "v")), "UTF-8"),
         ("not a path", Txn::new().then(op::put("users", "v")), "start with '/'"),

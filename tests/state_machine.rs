@@ -47,7 +47,11 @@ fn random_txn(rng: &mut StdRng, id: usize) -> Txn {
         .map(|_| Compare {
             key: key(rng),
             op: [CmpOp::Equal, CmpOp::NotEqual, CmpOp::Less, CmpOp::Greater][rng.gen_range(0..4)],
-            target: if rng.gen_bool(0.5) { CmpTarget::Version(rng.gen_range(0..4)) } else { CmpTarget::Value(b"5".to_vec()) },
+            target: if rng.gen_bool(0.5) {
+                CmpTarget::Version(rng.gen_range(0..4))
+            } else {
+                CmpTarget::Value(b"5".to_vec())
+            },
         })
         .collect();
     Txn {
@@ -98,7 +102,11 @@ fn random_logs_replay_identically_on_independent_replicas() {
         let strip_watermarks = |d: Vec<(Vec<u8>, Vec<u8>)>| {
             d.into_iter().filter(|(k, _)| k[0] != 0x11).collect::<Vec<_>>() // vshard watermarks depend on the count
         };
-        assert_eq!(strip_watermarks(dump(a.as_ref())), strip_watermarks(dump(b.as_ref())), "seed {seed}: state differs");
+        assert_eq!(
+            strip_watermarks(dump(a.as_ref())),
+            strip_watermarks(dump(b.as_ref())),
+            "seed {seed}: state differs"
+        );
     }
 }
 

@@ -18,7 +18,11 @@ pub fn check_key(key: &[u8], limits: &Limits, what: &str) -> Result<()> {
         return invalid(format!("{what} is empty; keys are paths such as /users/alice"));
     }
     if key.len() > limits.max_key_bytes {
-        return invalid(format!("{what} is {} bytes; the limit is {} bytes (limits.max_key_bytes)", key.len(), limits.max_key_bytes));
+        return invalid(format!(
+            "{what} is {} bytes; the limit is {} bytes (limits.max_key_bytes)",
+            key.len(),
+            limits.max_key_bytes
+        ));
     }
     if std::str::from_utf8(key).is_err() {
         return invalid(format!("{what} is not valid UTF-8; keys are paths"));
@@ -53,7 +57,11 @@ fn key_range(prefix: &[u8], start: &[u8], end: &[u8], limits: &Limits) -> Result
                 return invalid("range end must be after range start (or empty for no end)".to_string());
             }
             if end.len() > limits.max_key_bytes {
-                return invalid(format!("range end is {} bytes; the limit is {} bytes (limits.max_key_bytes)", end.len(), limits.max_key_bytes));
+                return invalid(format!(
+                    "range end is {} bytes; the limit is {} bytes (limits.max_key_bytes)",
+                    end.len(),
+                    limits.max_key_bytes
+                ));
             }
             Ok(KeyRange { start: start.to_vec(), end: end.to_vec() })
         }
@@ -246,12 +254,20 @@ mod tests {
         assert!(range_spec(&r(b"/u/", b"/a", b"", "", 0), &l).is_err());
         assert!(range_spec(&r(b"", b"/b", b"/a", "", 0), &l).is_err());
         assert!(range_spec(&r(b"", b"/a", b"", "/", 0), &l).unwrap_err().to_string().contains("needs a prefix"));
-        assert!(range_spec(&r(b"/u", b"", b"", "", l.max_range_results + 1), &l).unwrap_err().to_string().contains("max_range_results"));
+        assert!(range_spec(&r(b"/u", b"", b"", "", l.max_range_results + 1), &l)
+            .unwrap_err()
+            .to_string()
+            .contains("max_range_results"));
     }
 
     #[test]
     fn exists_compares_only_take_equality() {
-        let c = pb::Compare { key: b"/a".to_vec(), target: pb::compare::Target::Exists as i32, op: pb::compare::Op::Less as i32, ..Default::default() };
+        let c = pb::Compare {
+            key: b"/a".to_vec(),
+            target: pb::compare::Target::Exists as i32,
+            op: pb::compare::Op::Less as i32,
+            ..Default::default()
+        };
         let t = pb::TxnRequest { compare: vec![c], success: vec![put(b"/a", b"")], ..Default::default() };
         assert!(err(t).contains("EXISTS"));
     }

@@ -74,7 +74,9 @@ fn read_header(group: &Group, stamp: u64) -> Option<pb::ResponseHeader> {
 fn done(c: &Committed) -> Result<(bool, Vec<OpResult>), Status> {
     match &c.outcome {
         TxnOutcome::Done { succeeded, results } => Ok((*succeeded, results.clone())),
-        TxnOutcome::Aborted { reason } => Err(Status::failed_precondition(format!("transaction aborted, nothing applied: {reason}"))),
+        TxnOutcome::Aborted { reason } => {
+            Err(Status::failed_precondition(format!("transaction aborted, nothing applied: {reason}")))
+        }
         TxnOutcome::Retry { reason } => Err(status(Error::Unavailable(reason.clone()))),
     }
 }
@@ -105,7 +107,9 @@ impl Kv for KvService {
         let group = self.node.route(&[Span::Key(&key)]).map_err(status)?;
         let (found, stamp) = self
             .node
-            .read(group, move |view| StoredTree::new(view).get(&key).map(|r| r.map(|record| tree::KeyValue { key, record })))
+            .read(group, move |view| {
+                StoredTree::new(view).get(&key).map(|r| r.map(|record| tree::KeyValue { key, record }))
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetResponse { header: read_header(group, stamp), kv: found.map(convert::kv) }))
@@ -138,7 +142,9 @@ impl Kv for KvService {
         check_cluster(&self.node, &req)?;
         let r = req.into_inner();
         match self.write_op(r.request_id, pb::op::Op::Delete(pb::DeleteOp { key: r.key })).await? {
-            (group, c, OpResult::Delete { deleted }) => Ok(Response::new(pb::DeleteResponse { header: header(group, &c), deleted })),
+            (group, c, OpResult::Delete { deleted }) => {
+                Ok(Response::new(pb::DeleteResponse { header: header(group, &c), deleted }))
+            }
             (_, _, other) => Err(Status::internal(format!("delete returned {other:?}"))),
         }
     }
@@ -229,13 +235,17 @@ impl RaftService {
     fn group(&self, msg: &pb::RaftMessage) -> Result<&Group, Status> {
         if msg.cluster_id != self.node.meta.cluster_id {
             tracing::warn!(theirs = %msg.cluster_id, "refusing a raft message from another cluster");
-            return Err(status(Error::WrongCluster { ours: self.node.meta.cluster_id.clone(), theirs: msg.cluster_id.clone() }));
+            return Err(status(Error::WrongCluster {
+                ours: self.node.meta.cluster_id.clone(),
+                theirs: msg.cluster_id.clone(),
+            }));
         }
         self.node.group(msg.group_id).map_err(status)
     }
 
     fn decode<T: DeserializeOwned>(msg: &pb::RaftMessage) -> Result<T, Status> {
-        rmp_serde::from_slice(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        rmp_serde::from_slice(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
 
     fn reply<T: Serialize>(group: u64, result: T) -> Reply<pb::RaftMessage> {

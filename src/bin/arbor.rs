@@ -22,7 +22,13 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "arbor", version, about = "Arbor: a replicated, deterministically sequenced state tree")]
 struct Cli {
     /// Nodes to talk to (any node works; the client follows the leader).
-    #[arg(long, global = true, env = "ARBOR_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
+    #[arg(
+        long,
+        global = true,
+        env = "ARBOR_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
     endpoints: Vec<String>,
     /// Expected cluster id (a node of another cluster refuses requests).
     #[arg(long, global = true, env = "ARBOR_CLUSTER_ID")]
@@ -160,11 +166,14 @@ impl ServerArgs {
 }
 
 async fn run_server(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(node = config.node_id, listen = %config.listen, data_dir = %config.data_dir.display(), "starting arbor");
     let node = arbor::server::Node::start(config, Arc::new(arbor::hlc::SystemClock)).await?;
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -219,8 +228,12 @@ fn parse_compare(txn: Txn, s: &str) -> Result<Txn> {
         [key, "exists"] => txn.if_exists(key, true),
         [key, "missing"] => txn.if_exists(key, false),
         [key, "value", op, value] => txn.if_value(key, op, value)?,
-        [key, "version", op, n] => txn.if_version(key, op, n.parse().with_context(|| format!("bad version in {s:?}"))?)?,
-        _ => bail!("cannot parse compare {s:?}: use 'KEY value OP VALUE', 'KEY version OP N', 'KEY exists' or 'KEY missing'"),
+        [key, "version", op, n] => {
+            txn.if_version(key, op, n.parse().with_context(|| format!("bad version in {s:?}"))?)?
+        }
+        _ => bail!(
+            "cannot parse compare {s:?}: use 'KEY value OP VALUE', 'KEY version OP N', 'KEY exists' or 'KEY missing'"
+        ),
     })
 }
 
@@ -314,7 +327,10 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
     if all.iter().all(|(_, s)| s.is_none()) {
         bail!("no node answered");
     }
-    println!("{:<6} {:<22} {:<6} {:<16} {:<8} {:<6} {:<10} {:<9} {:<9} {:<12}", "node", "endpoint", "group", "range", "role", "term", "leader", "last_log", "applied", "epoch");
+    println!(
+        "{:<6} {:<22} {:<6} {:<16} {:<8} {:<6} {:<10} {:<9} {:<9} {:<12}",
+        "node", "endpoint", "group", "range", "role", "term", "leader", "last_log", "applied", "epoch"
+    );
     for (ep, s) in &all {
         let Some(s) = s else { continue };
         for g in &s.groups {
@@ -337,26 +353,52 @@ async fn demo(client: &Client) -> Result<()> {
         let value = format!(r#"{{"age":{age}}}"#);
         let r = client.put(&key, &value).await?;
         let h = r.header.unwrap_or_default();
-        println!("put  {key} = {value}   (version {}, group {}, log index {}, epoch {}.{})", r.version, h.group_id, h.log_index, h.epoch >> 32, h.epoch & 0xffff_ffff);
+        println!(
+            "put  {key} = {value}   (version {}, group {}, log index {}, epoch {}.{})",
+            r.version,
+            h.group_id,
+            h.log_index,
+            h.epoch >> 32,
+            h.epoch & 0xffff_ffff
+        );
     }
     let alice = client.get("/demo/users/alice").await?.context("alice should exist")?;
     println!("get  /demo/users/alice = {} (version {})", text(&alice.value), alice.version);
     let scan = client.scan("/demo/users/", 0).await?;
-    println!("scan /demo/users/ -> {} keys: {}", scan.kvs.len(), scan.kvs.iter().map(|kv| text(&kv.key)).collect::<Vec<_>>().join(", "));
+    println!(
+        "scan /demo/users/ -> {} keys: {}",
+        scan.kvs.len(),
+        scan.kvs.iter().map(|kv| text(&kv.key)).collect::<Vec<_>>().join(", ")
+    );
     client.put("/demo/accounts/a", "100").await?;
     client.put("/demo/accounts/b", "50").await?;
     let transfer = |from_balance: &str| {
-        Txn::new()
-            .if_value("/demo/accounts/a", "=", from_balance)
-            .map(|t| t.then(op::increment("/demo/accounts/a", -30)).then(op::increment("/demo/accounts/b", 30)).otherwise(op::get("/demo/accounts/a")))
+        Txn::new().if_value("/demo/accounts/a", "=", from_balance).map(|t| {
+            t.then(op::increment("/demo/accounts/a", -30))
+                .then(op::increment("/demo/accounts/b", 30))
+                .otherwise(op::get("/demo/accounts/a"))
+        })
     };
     let ok = client.txn(transfer("100")?).await?;
-    println!("txn  if /demo/accounts/a = 100 then move 30 to b -> succeeded={} [{}]", ok.succeeded, ok.results.iter().map(describe_result).collect::<Vec<_>>().join("; "));
+    println!(
+        "txn  if /demo/accounts/a = 100 then move 30 to b -> succeeded={} [{}]",
+        ok.succeeded,
+        ok.results.iter().map(describe_result).collect::<Vec<_>>().join("; ")
+    );
     let again = client.txn(transfer("100")?).await?;
-    println!("txn  same transfer again (a is now 70)  -> succeeded={} [{}]", again.succeeded, again.results.iter().map(describe_result).collect::<Vec<_>>().join("; "));
+    println!(
+        "txn  same transfer again (a is now 70)  -> succeeded={} [{}]",
+        again.succeeded,
+        again.results.iter().map(describe_result).collect::<Vec<_>>().join("; ")
+    );
     let a = client.get("/demo/accounts/a").await?.context("a")?;
     let b = client.get("/demo/accounts/b").await?.context("b")?;
-    println!("get  a = {}, b = {} (total {})", text(&a.value), text(&b.value), text(&a.value).parse::<i64>()? + text(&b.value).parse::<i64>()?);
+    println!(
+        "get  a = {}, b = {} (total {})",
+        text(&a.value),
+        text(&b.value),
+        text(&a.value).parse::<i64>()? + text(&b.value).parse::<i64>()?
+    );
     let ls = client.list("/demo").await?;
     println!("ls   /demo/ -> {}", ls.common_prefixes.iter().map(|p| text(p)).collect::<Vec<_>>().join(" "));
     println!("== demo done");
@@ -367,13 +409,19 @@ async fn demo(client: &Client) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARBOR_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ARBOR_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Command::Server(args) = cli.command {
         return run_server(args.into_config(cli.cluster_id)?).await;
     }
-    let options = ClientOptions { timeout: Duration::from_secs(cli.timeout), cluster_id: cli.cluster_id.clone(), ..Default::default() };
+    let options = ClientOptions {
+        timeout: Duration::from_secs(cli.timeout),
+        cluster_id: cli.cluster_id.clone(),
+        ..Default::default()
+    };
     let client = Client::with_options(&cli.endpoints, options)?;
     let json = cli.json;
     match cli.command {
@@ -395,7 +443,9 @@ async fn main() -> Result<()> {
             }
         },
         Command::Scan { prefix, limit, keys_only } => {
-            let r = client.range(pb::RangeRequest { prefix: prefix.into_bytes(), limit, keys_only, ..Default::default() }).await?;
+            let r = client
+                .range(pb::RangeRequest { prefix: prefix.into_bytes(), limit, keys_only, ..Default::default() })
+                .await?;
             print_range(&r, json);
         }
         Command::Ls { path } => print_range(&client.list(&path).await?, json),
@@ -409,8 +459,11 @@ async fn main() -> Result<()> {
         Command::Txn { compares, success, failure, file } => {
             let spec = match file {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                    serde_json::from_str(&text).with_context(|| format!("{}: expected {{\"if\": [..], \"then\": [..], \"else\": [..]}}", path.display()))?
+                    let text =
+                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str(&text).with_context(|| {
+                        format!("{}: expected {{\"if\": [..], \"then\": [..], \"else\": [..]}}", path.display())
+                    })?
                 }
                 None => TxnFile { compares, success, failure },
             };

@@ -109,7 +109,8 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let endpoints: Vec<String> = endpoints.into_iter().map(|e| normalize(e.as_ref())).filter(|e| !e.is_empty()).collect();
+        let endpoints: Vec<String> =
+            endpoints.into_iter().map(|e| normalize(e.as_ref())).filter(|e| !e.is_empty()).collect();
         let Some(first) = endpoints.first().cloned() else {
             return Err(ClientError::InvalidArgument("no endpoints given".into()));
         };
@@ -247,7 +248,11 @@ impl Client {
     }
 
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<pb::PutResponse, ClientError> {
-        let req = pb::PutRequest { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), request_id: self.request_id() };
+        let req = pb::PutRequest {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            request_id: self.request_id(),
+        };
         let resp = self
             .retry(true, |ch| {
                 let r = self.request(req.clone());
@@ -269,7 +274,11 @@ impl Client {
     }
 
     pub async fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<pb::DeleteRangeResponse, ClientError> {
-        let req = pb::DeleteRangeRequest { prefix: prefix.as_ref().to_vec(), request_id: self.request_id(), ..Default::default() };
+        let req = pb::DeleteRangeRequest {
+            prefix: prefix.as_ref().to_vec(),
+            request_id: self.request_id(),
+            ..Default::default()
+        };
         let resp = self
             .retry(true, |ch| {
                 let r = self.request(req.clone());
@@ -317,10 +326,17 @@ impl Client {
     /// The status of the node at `addr` (no redirection).
     pub async fn status_of(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
         let ch = self.channel(&normalize(addr))?;
-        let resp = tokio::time::timeout(self.options.timeout, ClusterClient::new(ch).status(self.request(pb::StatusRequest {})))
-            .await
-            .map_err(|_| ClientError::Unreachable { timeout: self.options.timeout, endpoints: addr.to_string(), last: "timeout".into() })?
-            .map_err(ClientError::Status)?;
+        let resp = tokio::time::timeout(
+            self.options.timeout,
+            ClusterClient::new(ch).status(self.request(pb::StatusRequest {})),
+        )
+        .await
+        .map_err(|_| ClientError::Unreachable {
+            timeout: self.options.timeout,
+            endpoints: addr.to_string(),
+            last: "timeout".into(),
+        })?
+        .map_err(ClientError::Status)?;
         Ok(resp.into_inner())
     }
 }
@@ -367,7 +383,9 @@ fn cmp_op(op: &str) -> Result<pb::compare::Op, ClientError> {
         "!=" => pb::compare::Op::NotEqual,
         "<" => pb::compare::Op::Less,
         ">" => pb::compare::Op::Greater,
-        other => return Err(ClientError::InvalidArgument(format!("unknown compare operator {other:?} (use = != < >)"))),
+        other => {
+            return Err(ClientError::InvalidArgument(format!("unknown compare operator {other:?} (use = != < >)")))
+        }
     })
 }
 

@@ -6,6 +6,10 @@
 //! fsync'd) before openraft is told they are persistent. Writes run on
 //! tokio's blocking pool.
 
+// openraft's StorageError (large) is the error type its storage traits
+// require; the helpers here return it so `?` works at the trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -83,10 +87,16 @@ impl LogStore {
             let (k, v) = item.map_err(read_err)?;
             let index = keys::decode_raft_log_index(&k).map_err(read_err)?;
             let entry: Entry = rmp_serde::from_slice(&v).map_err(|e| {
-                StorageIOError::read_log_at_index(index, openraft::AnyError::error(format!("corrupt log entry in group {}: {e}", self.group)))
+                StorageIOError::read_log_at_index(
+                    index,
+                    openraft::AnyError::error(format!("corrupt log entry in group {}: {e}", self.group)),
+                )
             })?;
             if entry.log_id.index != index {
-                return Err(read_err(format!("group {} log key {index} holds entry {}", self.group, entry.log_id.index)));
+                return Err(read_err(format!(
+                    "group {} log key {index} holds entry {}",
+                    self.group, entry.log_id.index
+                )));
             }
             out.push(entry);
         }
@@ -95,7 +105,10 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
         self.entries(range)
     }
 }

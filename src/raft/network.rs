@@ -90,7 +90,12 @@ pub struct PeerConnection {
 struct TransportError(String);
 
 impl PeerConnection {
-    async fn call<Req, Resp, E, F, Fut>(&self, req: &Req, option: RPCOption, send: F) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    async fn call<Req, Resp, E, F, Fut>(
+        &self,
+        req: &Req,
+        option: RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -102,12 +107,16 @@ impl PeerConnection {
             .channel
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(format!("bad peer address: {e}")))))?;
-        let payload = rmp_serde::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        let payload =
+            rmp_serde::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         let msg = RaftMessage { cluster_id: self.cluster_id.clone(), group_id: self.group, payload };
-        let client = RaftTransportClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+        let client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         let reply = match tokio::time::timeout(option.hard_ttl(), send(client, msg)).await {
             Err(_) => {
-                let e = TransportError(format!("raft rpc to node {} timed out after {:?}", self.target, option.hard_ttl()));
+                let e =
+                    TransportError(format!("raft rpc to node {} timed out after {:?}", self.target, option.hard_ttl()));
                 return Err(RPCError::Network(NetworkError::new(&e)));
             }
             Ok(Err(status)) => {
@@ -119,8 +128,9 @@ impl PeerConnection {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, E> = rmp_serde::from_slice(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(format!("undecodable raft reply: {e}")))))?;
+        let result: Result<Resp, E> = rmp_serde::from_slice(&reply.payload).map_err(|e| {
+            RPCError::Network(NetworkError::new(&TransportError(format!("undecodable raft reply: {e}"))))
+        })?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -138,7 +148,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.call(&rpc, option, |mut c, m| async move { c.install_snapshot(m).await }).await
     }
 

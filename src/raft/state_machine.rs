@@ -6,10 +6,10 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{ErrorVerb, RaftSnapshotBuilder, SnapshotMeta};
+use openraft::{ErrorVerb, RaftSnapshotBuilder};
 
 use crate::error::Error;
-use crate::raft::{storage_error, Entry, LogId, Membership, NodeId, StorageError, TypeConfig};
+use crate::raft::{storage_error, Entry, LogId, Membership, SnapshotMeta, StorageError, TypeConfig};
 use crate::sequencer::{EpochResponse, GroupStateMachine};
 
 /// Handle to a group's state machine; clones share it.
@@ -75,7 +75,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let meta = meta.clone();

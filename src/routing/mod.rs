@@ -30,7 +30,8 @@ impl RangeDesc {
     }
 
     pub fn display(&self) -> String {
-        let end = if self.end.is_empty() { "∞".to_string() } else { format!("{:?}", String::from_utf8_lossy(&self.end)) };
+        let end =
+            if self.end.is_empty() { "∞".to_string() } else { format!("{:?}", String::from_utf8_lossy(&self.end)) };
         format!("group {} [{:?}, {})", self.group, String::from_utf8_lossy(&self.start), end)
     }
 }

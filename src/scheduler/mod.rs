@@ -113,8 +113,13 @@ impl Epoch {
         };
         // A panic is a bug; it must stop the replica, not hang the epoch.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
-            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-            Err(Error::Fatal(format!("transaction {pos} of log index {} panicked: {}", self.index, what.unwrap_or_default())))
+            let what =
+                panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            Err(Error::Fatal(format!(
+                "transaction {pos} of log index {} panicked: {}",
+                self.index,
+                what.unwrap_or_default()
+            )))
         });
         *self.outcomes[pos].lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
     }
@@ -166,7 +171,13 @@ impl Scheduler {
 
     /// Executes `txns` (in order) as the epoch at log `index` stamped
     /// `stamp`. Blocking: call from a blocking thread.
-    pub fn run_epoch(&self, engine: Arc<dyn Engine>, index: u64, stamp: u64, txns: Vec<Arc<Txn>>) -> Result<EpochOutput> {
+    pub fn run_epoch(
+        &self,
+        engine: Arc<dyn Engine>,
+        index: u64,
+        stamp: u64,
+        txns: Vec<Arc<Txn>>,
+    ) -> Result<EpochOutput> {
         let epoch = Arc::new(Epoch {
             engine,
             stamp,
@@ -192,7 +203,8 @@ impl Scheduler {
             .iter()
             .map(|o| take(o).unwrap_or_else(|| Err(Error::Fatal("transaction never executed".into()))))
             .collect::<Result<Vec<_>>>()?;
-        let writes = epoch.overlays.iter().map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(|e| e.into_inner()))).collect();
+        let writes =
+            epoch.overlays.iter().map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(|e| e.into_inner()))).collect();
         Ok(EpochOutput { outcomes, writes })
     }
 }

@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arbor_storage::{Direction, Durability, Engine, ReadView, WriteBatch};
-use openraft::{EntryPayload, SnapshotMeta};
+use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hlc::{self, Hlc};
 use crate::keys::{self, Key};
-use crate::raft::{Entry, LogId, Membership, NodeId};
+use crate::raft::{Entry, LogId, Membership, SnapshotMeta};
 use crate::routing::RangeDesc;
 use crate::scheduler::Scheduler;
 use crate::sequencer::driver::epoch_term;
@@ -90,7 +90,7 @@ pub struct GroupShared {
 /// A snapshot as stored under `Key::Snapshot(group)`.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    meta: SnapshotMeta,
     data: Vec<u8>,
 }
 
@@ -122,7 +122,13 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl GroupStateMachine {
     /// Opens the state machine of `group`, resuming from its persisted
     /// applied state.
-    pub fn open(range: RangeDesc, engine: Arc<dyn Engine>, vshards: u32, shared: Arc<GroupShared>, hlc: Arc<Hlc>) -> Result<Self> {
+    pub fn open(
+        range: RangeDesc,
+        engine: Arc<dyn Engine>,
+        vshards: u32,
+        shared: Arc<GroupShared>,
+        hlc: Arc<Hlc>,
+    ) -> Result<Self> {
         let group = range.group;
         let state = match engine.get(&Key::Applied(group).encode())? {
             Some(bytes) => decode(&bytes, "applied state")?,
@@ -206,7 +212,13 @@ impl GroupStateMachine {
     }
 
     /// Checks an epoch against the applied state and advances `next`.
-    fn check_epoch(&self, batch: &EpochBatch, entry_term: u64, index: u64, next: &mut AppliedState) -> Result<EpochCheck> {
+    fn check_epoch(
+        &self,
+        batch: &EpochBatch,
+        entry_term: u64,
+        index: u64,
+        next: &mut AppliedState,
+    ) -> Result<EpochCheck> {
         let proposed_in = epoch_term(batch.epoch);
         if proposed_in != entry_term {
             // Numbered by a leader of another term (leadership changed between
@@ -291,7 +303,10 @@ impl GroupStateMachine {
         }
         for (pos, txn) in batch.txns.iter().enumerate() {
             let id = txn.request_id.as_str();
-            if !id.is_empty() && first_pos.get(id) == Some(&pos) && self.engine.get(&Key::Dedup(self.group, id).encode())?.is_none() {
+            if !id.is_empty()
+                && first_pos.get(id) == Some(&pos)
+                && self.engine.get(&Key::Dedup(self.group, id).encode())?.is_none()
+            {
                 let record = DedupRecord { stamp, outcome: outcomes[pos].clone() };
                 wb.put(Key::Dedup(self.group, id).encode(), encode(&record));
                 wb.put(Key::DedupExpiry(self.group, stamp, id).encode(), Vec::new());
@@ -346,7 +361,7 @@ impl GroupStateMachine {
 
     /// Builds a snapshot of the group's range and state from one consistent
     /// engine snapshot, and stores it as the current snapshot.
-    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)> {
+    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta, Vec<u8>)> {
         let view = self.engine.snapshot();
         let applied: AppliedState = match view.get(&Key::Applied(self.group).encode())? {
             Some(b) => decode(&b, "applied state")?,
@@ -354,7 +369,8 @@ impl GroupStateMachine {
         };
         let mut entries = Vec::new();
         for (start, end) in self.group_ranges() {
-            for item in view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward) {
+            for item in view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
+            {
                 entries.push(item?);
             }
         }
@@ -375,8 +391,9 @@ impl GroupStateMachine {
     }
 
     /// Replaces the group's range and state with a snapshot, atomically.
-    pub fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: Vec<u8>) -> Result<()> {
-        let image = zstd::stream::decode_all(data.as_slice()).map_err(|e| Error::Corruption(format!("snapshot zstd: {e}")))?;
+    pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<()> {
+        let image =
+            zstd::stream::decode_all(data.as_slice()).map_err(|e| Error::Corruption(format!("snapshot zstd: {e}")))?;
         let image: SnapshotImage = decode(&image, "snapshot image")?;
         if image.format != 1 {
             return Err(Error::Corruption(format!("unknown snapshot format {}", image.format)));
@@ -406,7 +423,7 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    pub fn current_snapshot(&self) -> Result<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>> {
+    pub fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
         match self.engine.get(&Key::Snapshot(self.group).encode())? {
             Some(bytes) => {
                 let s: StoredSnapshot = decode(&bytes, "stored snapshot")?;

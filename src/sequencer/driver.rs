@@ -161,9 +161,8 @@ impl Driver {
         if m.current_leader == Some(self.node) && m.state.is_leader() {
             return Ok(m.current_term);
         }
-        let leader_addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        let leader_addr =
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
         Err(Error::NotLeader { group: self.group, leader: m.current_leader, leader_addr })
     }
 
@@ -214,7 +213,13 @@ impl Driver {
                 Ok(resp) => {
                     let r = resp.data;
                     if r.outcomes.len() != replies.len() {
-                        tracing::error!(group, index = r.index, "epoch response has {} outcomes for {} transactions", r.outcomes.len(), replies.len());
+                        tracing::error!(
+                            group,
+                            index = r.index,
+                            "epoch response has {} outcomes for {} transactions",
+                            r.outcomes.len(),
+                            replies.len()
+                        );
                     }
                     for (reply, outcome) in replies.into_iter().zip(r.outcomes) {
                         let _ = reply.send(Ok(Committed { outcome, index: r.index, epoch: r.epoch, stamp: r.stamp }));
@@ -237,11 +242,9 @@ impl Driver {
 /// "forward to leader" before appending is indeterminate.
 fn write_error(group: u64, e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-            group,
-            leader: f.leader_id,
-            leader_addr: f.leader_node.map(|n| n.addr),
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Error::NotLeader { group, leader: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::Unavailable(e.to_string()),
         RaftError::Fatal(f) => Error::Indeterminate(format!("group {group} raft stopped: {f}")),
     }

@@ -53,7 +53,9 @@ fn describe(op: &Op) -> String {
     };
     match op.footprint() {
         crate::tree::Footprint::Key(k) => format!("{name} {}", String::from_utf8_lossy(k)),
-        crate::tree::Footprint::Range(r) => format!("{name} [{}, {})", String::from_utf8_lossy(&r.start), String::from_utf8_lossy(&r.end)),
+        crate::tree::Footprint::Range(r) => {
+            format!("{name} [{}, {})", String::from_utf8_lossy(&r.start), String::from_utf8_lossy(&r.end))
+        }
     }
 }
 
@@ -212,7 +214,12 @@ mod tests {
     fn state(pairs: &[(&str, &str)]) -> Overlay {
         pairs
             .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), Some(Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 1, mod_stamp: 1 })))
+            .map(|(k, v)| {
+                (
+                    k.as_bytes().to_vec(),
+                    Some(Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 1, mod_stamp: 1 }),
+                )
+            })
             .collect()
     }
 
@@ -252,7 +259,16 @@ mod tests {
         ];
         let (out, ws) = run(&s, txn(vec![], ops, vec![]));
         let TxnOutcome::Done { results, .. } = out else { panic!("aborted") };
-        assert_eq!(results[1], OpResult::Append { prev: Some(KeyValue { key: b"/a".to_vec(), record: Record { value: b"x".to_vec(), version: 1, create_stamp: 100, mod_stamp: 100 } }), version: 2 });
+        assert_eq!(
+            results[1],
+            OpResult::Append {
+                prev: Some(KeyValue {
+                    key: b"/a".to_vec(),
+                    record: Record { value: b"x".to_vec(), version: 1, create_stamp: 100, mod_stamp: 100 }
+                }),
+                version: 2
+            }
+        );
         let OpResult::Get(Some(got)) = &results[2] else { panic!() };
         assert_eq!(got.record.value, b"xy");
         assert_eq!(results[3], OpResult::Increment { value: -2, version: 2 });
@@ -264,7 +280,8 @@ mod tests {
     #[test]
     fn a_failing_op_aborts_the_whole_transaction() {
         let s = state(&[("/n", "not a number")]);
-        let (out, ws) = run(&s, txn(vec![], vec![put("/a", "1"), Op::Increment { key: b"/n".to_vec(), delta: 1 }], vec![]));
+        let (out, ws) =
+            run(&s, txn(vec![], vec![put("/a", "1"), Op::Increment { key: b"/n".to_vec(), delta: 1 }], vec![]));
         let TxnOutcome::Aborted { reason } = out else { panic!("expected abort") };
         assert!(reason.contains("op 1 (increment /n)"), "{reason}");
         assert!(ws.is_empty(), "nothing of an aborted transaction is written");
@@ -283,7 +300,8 @@ mod tests {
         assert_eq!(kvs.iter().map(|kv| kv.key.as_slice()).collect::<Vec<_>>(), [&b"/u/a"[..], b"/u/c"]);
         assert_eq!(common_prefixes, &[b"/u/b/".to_vec()]);
         assert!(!more);
-        let (out, _) = run(&s, txn(vec![], vec![Op::Range(spec(None, 2)), Op::DeleteRange(KeyRange::prefix(b"/u/"))], vec![]));
+        let (out, _) =
+            run(&s, txn(vec![], vec![Op::Range(spec(None, 2)), Op::DeleteRange(KeyRange::prefix(b"/u/"))], vec![]));
         let TxnOutcome::Done { results, .. } = out else { panic!() };
         let OpResult::Range { kvs, more, .. } = &results[0] else { panic!() };
         assert_eq!(kvs.len(), 2);

@@ -70,7 +70,8 @@ mod tests {
 
     #[test]
     fn overlay_shadows_inserts_and_deletes() {
-        let base = vec![("a", "1"), ("b", "1"), ("d", "1")].into_iter().map(|(k, v)| Ok((k.as_bytes().to_vec(), rec(v))));
+        let base =
+            vec![("a", "1"), ("b", "1"), ("d", "1")].into_iter().map(|(k, v)| Ok((k.as_bytes().to_vec(), rec(v))));
         let overlay = vec![("a", None), ("b", Some("2")), ("c", Some("2")), ("e", None)]
             .into_iter()
             .map(|(k, v): (&str, Option<&str>)| (k.as_bytes().to_vec(), v.map(rec)));
@@ -78,7 +79,8 @@ mod tests {
             .map(|r| r.map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v.value).unwrap())))
             .collect::<Result<_>>()
             .unwrap();
-        let want: Vec<_> = [("b", "2"), ("c", "2"), ("d", "1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let want: Vec<_> =
+            [("b", "2"), ("c", "2"), ("d", "1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(got, want);
     }
 }

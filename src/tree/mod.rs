@@ -134,7 +134,8 @@ mod tests {
         // Pinned values: a change here reshuffles stored data.
         assert_eq!(vshard_of(b"", 8), (0xcbf2_9ce4_8422_2325u64 % 8) as u32);
         assert_eq!(vshard_of(b"/users/alice", 1), 0);
-        let spread: std::collections::BTreeSet<u32> = (0..100).map(|i| vshard_of(format!("/k/{i}").as_bytes(), 8)).collect();
+        let spread: std::collections::BTreeSet<u32> =
+            (0..100).map(|i| vshard_of(format!("/k/{i}").as_bytes(), 8)).collect();
         assert_eq!(spread.len(), 8, "keys spread over every vshard");
     }
 }

@@ -80,15 +80,28 @@ pub struct Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Get { key: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+    },
     Range(RangeSpec),
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     DeleteRange(KeyRange),
     /// Adds `delta` to a signed 64-bit counter stored as decimal text.
-    Increment { key: Vec<u8>, delta: i64 },
+    Increment {
+        key: Vec<u8>,
+        delta: i64,
+    },
     /// Concatenates bytes to the value (a missing key starts empty).
-    Append { key: Vec<u8>, value: Vec<u8> },
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 /// A transaction: if every compare holds, `success` runs, else `failure`.

@@ -114,7 +114,8 @@ impl Cluster {
     }
 
     pub fn client_of(&self, endpoints: &[String]) -> Client {
-        Client::with_options(endpoints, ClientOptions { timeout: Duration::from_secs(30), ..Default::default() }).unwrap()
+        Client::with_options(endpoints, ClientOptions { timeout: Duration::from_secs(30), ..Default::default() })
+            .unwrap()
     }
 
     /// Waits until every running node sees a leader for every group, and
