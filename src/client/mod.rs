@@ -51,8 +51,16 @@ impl ClientError {
     }
 }
 
+/// `InvalidArgument` -> `INVALID_ARGUMENT`, as gRPC spells its codes.
 fn code_name(code: Code) -> String {
-    format!("{code:?}").to_uppercase()
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// Client settings.
@@ -444,5 +452,25 @@ impl Txn {
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.0.request_id = id.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_grpc_code() {
+        let e = ClientError::Status(Status::invalid_argument("key is empty"));
+        assert_eq!(e.to_string(), "INVALID_ARGUMENT: key is empty");
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn transaction_builder_rejects_unknown_operators() {
+        assert!(Txn::new().if_value("/a", "~", "x").is_err());
+        let t = Txn::new().if_version("/a", ">", 2).unwrap().if_exists("/b", false).then(op::get("/a"));
+        assert_eq!(t.0.compare.len(), 2);
+        assert_eq!(t.0.success.len(), 1);
     }
 }
