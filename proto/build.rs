@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto/arbor.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/arbor.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ArborCodec")
+        .compile_protos(&["proto/arbor.proto"], &["proto"])?;
     Ok(())
 }

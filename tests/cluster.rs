@@ -208,6 +208,14 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert!(err.to_string().contains("not a signed 64-bit integer"), "{err}");
     assert!(client.get("/half2").await.unwrap().is_none(), "nothing of an aborted transaction is applied");
 
+    phase("a malformed protobuf is refused with a decode error");
+    let err =
+        common::raw_unary(&c.nodes[0].addr, "/arbor.v1.Kv/Put", vec![0x0a, 0xff, 0xff, 0xff, 0x01]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("malformed protobuf message"), "{err:?}");
+    let err = common::raw_unary(&c.nodes[0].addr, "/arbor.v1.Kv/Txn", vec![0x12, 0x02, 0x3a, 0x00]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "an op with an empty append is validated: {err:?}");
+
     phase("a client of another cluster is refused");
     let other = arbor::client::Client::with_options(
         c.endpoints(),
