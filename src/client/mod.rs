@@ -159,6 +159,18 @@ impl Client {
         req
     }
 
+    /// One `Kv` call with retries (every Kv call is idempotent: reads, and
+    /// writes carrying a request id).
+    async fn kv<Req, Resp, F, Fut>(&self, req: Req, call: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(KvClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let resp = self.retry(true, |ch| call(KvClient::new(ch), self.request(req.clone()))).await?;
+        Ok(resp.into_inner())
+    }
+
     /// Runs `call` against the preferred node, following redirections and
     /// retrying retryable errors until the deadline. `idempotent` calls
     /// (reads, writes with a request id) are also retried after an unknown
@@ -221,24 +233,13 @@ impl Client {
     /// A linearizable read of one key.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<pb::KeyValue>, ClientError> {
         let req = pb::GetRequest { key: key.as_ref().to_vec() };
-        let resp = self
-            .retry(true, |ch| {
-                let r = self.request(req.clone());
-                async move { KvClient::new(ch).get(r).await }
-            })
-            .await?;
-        Ok(resp.into_inner().kv)
+        let resp = self.kv(req, |mut c, r| async move { c.get(r).await }).await?;
+        Ok(resp.kv)
     }
 
     /// A linearizable range read.
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
-        let resp = self
-            .retry(true, |ch| {
-                let r = self.request(req.clone());
-                async move { KvClient::new(ch).range(r).await }
-            })
-            .await?;
-        Ok(resp.into_inner())
+        self.kv(req, |mut c, r| async move { c.range(r).await }).await
     }
 
     /// Every key under `prefix` (up to `limit`, 0 = the server's maximum).
@@ -261,24 +262,12 @@ impl Client {
             value: value.as_ref().to_vec(),
             request_id: self.request_id(),
         };
-        let resp = self
-            .retry(true, |ch| {
-                let r = self.request(req.clone());
-                async move { KvClient::new(ch).put(r).await }
-            })
-            .await?;
-        Ok(resp.into_inner())
+        self.kv(req, |mut c, r| async move { c.put(r).await }).await
     }
 
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<pb::DeleteResponse, ClientError> {
         let req = pb::DeleteRequest { key: key.as_ref().to_vec(), request_id: self.request_id() };
-        let resp = self
-            .retry(true, |ch| {
-                let r = self.request(req.clone());
-                async move { KvClient::new(ch).delete(r).await }
-            })
-            .await?;
-        Ok(resp.into_inner())
+        self.kv(req, |mut c, r| async move { c.delete(r).await }).await
     }
 
     pub async fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<pb::DeleteRangeResponse, ClientError> {
@@ -287,13 +276,7 @@ impl Client {
             request_id: self.request_id(),
             ..Default::default()
         };
-        let resp = self
-            .retry(true, |ch| {
-                let r = self.request(req.clone());
-                async move { KvClient::new(ch).delete_range(r).await }
-            })
-            .await?;
-        Ok(resp.into_inner())
+        self.kv(req, |mut c, r| async move { c.delete_range(r).await }).await
     }
 
     /// Runs a transaction (built with [`Txn`]).
@@ -302,13 +285,7 @@ impl Client {
         if req.request_id.is_empty() {
             req.request_id = self.request_id();
         }
-        let resp = self
-            .retry(true, |ch| {
-                let r = self.request(req.clone());
-                async move { KvClient::new(ch).txn(r).await }
-            })
-            .await?;
-        Ok(resp.into_inner())
+        self.kv(req, |mut c, r| async move { c.txn(r).await }).await
     }
 
     /// Adds `delta` to a counter; returns the new value.
