@@ -35,6 +35,28 @@ pub struct Config {
     pub raft: RaftTimings,
     /// Largest remote HLC offset accepted, in milliseconds.
     pub max_clock_offset_ms: u64,
+    /// Test-only switches that each break one guarantee; see [`UnsafeSwitches`].
+    pub unsafe_test_only: UnsafeSwitches,
+}
+
+/// Switches that each break one guarantee on purpose, so the Jepsen harness
+/// can show that its checkers catch real bugs. Never set them in production;
+/// a node logs a warning at startup when any is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnsafeSwitches {
+    /// Serve Get/Range from local state without read-index (stale reads on
+    /// followers and deposed leaders).
+    pub stale_reads: bool,
+    /// Write the Raft log and the state machine without the WAL, so a killed
+    /// node loses writes it had acknowledged.
+    pub volatile_writes: bool,
+}
+
+impl UnsafeSwitches {
+    pub fn any(&self) -> bool {
+        self.stale_reads || self.volatile_writes
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,6 +106,7 @@ impl Default for Config {
             limits: Limits::default(),
             raft: RaftTimings::default(),
             max_clock_offset_ms: 500,
+            unsafe_test_only: UnsafeSwitches::default(),
         }
     }
 }

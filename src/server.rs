@@ -118,6 +118,11 @@ impl Node {
                 (meta, true)
             }
         };
+        let unsafe_switches = &config.unsafe_test_only;
+        if unsafe_switches.any() {
+            tracing::warn!(?unsafe_switches, "TEST-ONLY UNSAFE SWITCHES ARE ON: this node breaks Arbor's guarantees");
+        }
+        let durability = if unsafe_switches.volatile_writes { Durability::Volatile } else { Durability::Sync };
         let hlc = Arc::new(Hlc::new(clock, config.max_clock_offset_ms));
         let peers = Peers::new(config.cluster_id.clone());
         let rcfg = raft_config(&config)?;
@@ -137,7 +142,7 @@ impl Node {
             let sm = {
                 let (range, e, shared, hlc, v) =
                     (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
-                tokio::task::spawn_blocking(move || GroupStateMachine::open(range, e, v, shared, hlc))
+                tokio::task::spawn_blocking(move || GroupStateMachine::open(range, e, v, shared, hlc, durability))
                     .await
                     .map_err(|e| Error::Fatal(e.to_string()))??
             };
@@ -146,7 +151,7 @@ impl Node {
                 config.node_id,
                 rcfg.clone(),
                 network,
-                LogStore::new(range.group, dyn_engine),
+                LogStore::new(range.group, dyn_engine, durability),
                 StateMachine::new(sm),
             )
             .await
@@ -209,7 +214,9 @@ impl Node {
         group: &Group,
         f: impl FnOnce(&dyn ReadView) -> Result<T> + Send + 'static,
     ) -> Result<(T, u64)> {
-        if let Err(e) = group.raft.ensure_linearizable().await {
+        if self.config.unsafe_test_only.stale_reads {
+            // Test-only: skip the read index and serve whatever is applied here.
+        } else if let Err(e) = group.raft.ensure_linearizable().await {
             return Err(match e.forward_to_leader() {
                 Some(f) => Error::NotLeader {
                     group: group.range.group,

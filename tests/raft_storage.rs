@@ -9,7 +9,7 @@ use arbor::raft::state_machine::StateMachine;
 use arbor::raft::{StorageError, TypeConfig};
 use arbor::routing::RangeDesc;
 use arbor::sequencer::{GroupShared, GroupStateMachine};
-use arbor_storage::{Engine, Rocks, RocksOptions};
+use arbor_storage::{Durability, Engine, Rocks, RocksOptions};
 use openraft::testing::{StoreBuilder, Suite};
 
 struct Builder;
@@ -20,8 +20,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let engine: Arc<dyn Engine> = Arc::new(Rocks::open(dir.path(), &RocksOptions::default()).unwrap());
         let range = RangeDesc { group: 7, start: Vec::new(), end: Vec::new() };
         let hlc = Arc::new(Hlc::new(Arc::new(SystemClock), 500));
-        let sm = GroupStateMachine::open(range, engine.clone(), 2, Arc::new(GroupShared::default()), hlc).unwrap();
-        Ok((dir, LogStore::new(7, engine), StateMachine::new(sm)))
+        let sm =
+            GroupStateMachine::open(range, engine.clone(), 2, Arc::new(GroupShared::default()), hlc, Durability::Sync)
+                .unwrap();
+        Ok((dir, LogStore::new(7, engine, Durability::Sync), StateMachine::new(sm)))
     }
 }
 

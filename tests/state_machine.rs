@@ -11,7 +11,7 @@ use arbor::routing::RangeDesc;
 use arbor::sequencer::driver::epoch_number;
 use arbor::sequencer::{EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
 use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Txn};
-use arbor_storage::{Engine, Memory, ReadView};
+use arbor_storage::{Durability, Engine, Memory, ReadView};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -21,7 +21,7 @@ fn range() -> RangeDesc {
 
 fn open(engine: Arc<dyn Engine>, vshards: u32) -> GroupStateMachine {
     let hlc = Arc::new(Hlc::new(Arc::new(ManualClock::new(1_000)), 500));
-    GroupStateMachine::open(range(), engine, vshards, Arc::new(GroupShared::default()), hlc).unwrap()
+    GroupStateMachine::open(range(), engine, vshards, Arc::new(GroupShared::default()), hlc, Durability::Sync).unwrap()
 }
 
 fn entry(term: u64, index: u64, batch: &EpochBatch) -> Entry {

@@ -128,6 +128,12 @@ struct ServerArgs {
     initial_ranges: Option<Vec<String>>,
     #[arg(long, env = "ARBOR_VSHARDS")]
     vshards: Option<u32>,
+    /// TEST ONLY: serve reads without read-index (breaks linearizability).
+    #[arg(long, hide = true)]
+    unsafe_stale_reads: bool,
+    /// TEST ONLY: write without the WAL (acknowledged writes lost on kill).
+    #[arg(long, hide = true)]
+    unsafe_volatile_writes: bool,
 }
 
 impl ServerArgs {
@@ -160,6 +166,8 @@ impl ServerArgs {
         if let Some(v) = cluster_id {
             c.cluster_id = v;
         }
+        c.unsafe_test_only.stale_reads |= self.unsafe_stale_reads;
+        c.unsafe_test_only.volatile_writes |= self.unsafe_volatile_writes;
         c.validate()?;
         Ok(c)
     }

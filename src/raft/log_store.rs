@@ -26,6 +26,8 @@ use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 pub struct LogStore {
     group: u64,
     engine: Arc<dyn Engine>,
+    /// `Sync` except under the test-only `volatile_writes` switch.
+    durability: Durability,
 }
 
 fn read_err(e: impl ToString) -> StorageError {
@@ -37,8 +39,8 @@ fn write_err(e: impl ToString) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(group: u64, engine: Arc<dyn Engine>) -> Self {
-        Self { group, engine }
+    pub fn new(group: u64, engine: Arc<dyn Engine>, durability: Durability) -> Self {
+        Self { group, engine, durability }
     }
 
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: Key<'_>) -> Result<Option<T>, StorageError> {
@@ -49,8 +51,8 @@ impl LogStore {
     }
 
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.write(batch, Durability::Sync))
+        let (engine, durability) = (self.engine.clone(), self.durability);
+        tokio::task::spawn_blocking(move || engine.write(batch, durability))
             .await
             .map_err(write_err)?
             .map_err(write_err)

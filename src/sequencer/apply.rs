@@ -109,6 +109,8 @@ pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
     hlc: Arc<Hlc>,
     state: AppliedState,
+    /// `Sync` except under the test-only `volatile_writes` switch.
+    durability: Durability,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
@@ -128,13 +130,15 @@ impl GroupStateMachine {
         vshards: u32,
         shared: Arc<GroupShared>,
         hlc: Arc<Hlc>,
+        durability: Durability,
     ) -> Result<Self> {
         let group = range.group;
         let state = match engine.get(&Key::Applied(group).encode())? {
             Some(bytes) => decode(&bytes, "applied state")?,
             None => AppliedState::default(),
         };
-        let sm = Self { group, range, engine, scheduler: Scheduler::start(group, vshards), shared, hlc, state };
+        let scheduler = Scheduler::start(group, vshards);
+        let sm = Self { group, range, engine, scheduler, shared, hlc, state, durability };
         sm.publish();
         Ok(sm)
     }
@@ -205,7 +209,7 @@ impl GroupStateMachine {
             }
         };
         wb.put(Key::Applied(self.group).encode(), encode(&next));
-        self.engine.write(wb, Durability::Sync)?;
+        self.engine.write(wb, self.durability)?;
         self.state = next;
         self.publish();
         Ok(response)
@@ -386,7 +390,7 @@ impl GroupStateMachine {
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         let mut wb = WriteBatch::new();
         wb.put(Key::Snapshot(self.group).encode(), encode(&stored));
-        self.engine.write(wb, Durability::Sync)?;
+        self.engine.write(wb, self.durability)?;
         Ok((meta, data))
     }
 
@@ -417,7 +421,7 @@ impl GroupStateMachine {
         wb.put(applied_key, encode(&state));
         let stored = StoredSnapshot { meta: meta.clone(), data };
         wb.put(Key::Snapshot(self.group).encode(), encode(&stored));
-        self.engine.write(wb, Durability::Sync)?;
+        self.engine.write(wb, self.durability)?;
         self.state = state;
         self.publish();
         Ok(())

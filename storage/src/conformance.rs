@@ -48,6 +48,10 @@ fn point_ops<E: Engine>(e: &E) {
     b.delete(b"missing".to_vec());
     e.write(b, Durability::Buffered).unwrap();
     assert_eq!(e.get(b"a").unwrap(), None);
+    let mut b = WriteBatch::new();
+    b.put(b"volatile".to_vec(), b"v".to_vec());
+    e.write(b, Durability::Volatile).unwrap();
+    assert_eq!(e.get(b"volatile").unwrap(), Some(b"v".to_vec()), "volatile writes are visible at once");
     e.flush().unwrap();
 }
 

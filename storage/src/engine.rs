@@ -21,9 +21,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Durability {
     /// fsync'd (RocksDB: the WAL is synced) before returning.
     Sync,
-    /// In the engine's buffers; survives a process crash only if a later
-    /// `Sync` write or [`Engine::flush`] happens first.
+    /// In the engine's buffers (RocksDB: written to the WAL, not synced):
+    /// survives a process crash, not a machine crash.
     Buffered,
+    /// Not even written ahead (RocksDB: WAL disabled): lost if the process
+    /// dies before a flush. Only for fault-injection tests that must see a
+    /// durability bug.
+    Volatile,
 }
 
 /// Scan direction.
