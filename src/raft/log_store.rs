@@ -5,6 +5,15 @@
 //! Appends and votes are written with `Durability::Sync` (the WAL is
 //! fsync'd) before openraft is told they are persistent. Writes run on
 //! tokio's blocking pool.
+//!
+//! Stored entry format (version 1), so corruption is detected on read and
+//! never applied:
+//!
+//! ```text
+//! byte 0      format version (1)
+//! bytes 1..5  CRC-32 (IEEE, little-endian) of bytes 5..
+//! bytes 5..   MessagePack of the openraft entry
+//! ```
 
 // openraft's StorageError (large) is the error type its storage traits
 // require; the helpers here return it so `?` works at the trait boundary.
@@ -38,6 +47,34 @@ fn write_err(e: impl ToString) -> StorageError {
     StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
 }
 
+const ENTRY_FORMAT_V1: u8 = 1;
+
+/// Encodes a log entry with its checksum (see the module docs).
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let body = rmp_serde::to_vec(entry).expect("log entries always encode");
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(ENTRY_FORMAT_V1);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a stored log entry, verifying its format and checksum.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    match bytes {
+        [ENTRY_FORMAT_V1, c0, c1, c2, c3, body @ ..] => {
+            let stored = u32::from_le_bytes([*c0, *c1, *c2, *c3]);
+            let actual = crc32fast::hash(body);
+            if stored != actual {
+                return Err(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"));
+            }
+            rmp_serde::from_slice(body).map_err(|e| format!("undecodable entry: {e}"))
+        }
+        [version, ..] => Err(format!("unknown entry format {version}")),
+        [] => Err("empty entry".to_string()),
+    }
+}
+
 impl LogStore {
     pub fn new(group: u64, engine: Arc<dyn Engine>, durability: Durability) -> Self {
         Self { group, engine, durability }
@@ -64,11 +101,22 @@ impl LogStore {
         let mut it = self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Reverse);
         match it.next() {
             Some(item) => {
-                let (_, v) = item.map_err(read_err)?;
-                Ok(Some(rmp_serde::from_slice(&v).map_err(read_err)?))
+                let (k, v) = item.map_err(read_err)?;
+                let index = keys::decode_raft_log_index(&k).map_err(read_err)?;
+                Ok(Some(self.decode_at(index, &v)?))
             }
             None => Ok(None),
         }
+    }
+
+    /// Decodes the entry stored at `index`; corruption is a storage error
+    /// naming the group and index (openraft then stops the group).
+    fn decode_at(&self, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
+        decode_entry(bytes).map_err(|e| {
+            let msg = format!("corrupt Raft log entry: group {} index {index}: {e}", self.group);
+            tracing::error!(group = self.group, index, "{msg}; stopping the group rather than applying it");
+            StorageIOError::read_log_at_index(index, openraft::AnyError::error(msg)).into()
+        })
     }
 
     /// Entries with indexes in `range`, in order.
@@ -88,12 +136,7 @@ impl LogStore {
         for item in self.engine.scan(start, end, Direction::Forward) {
             let (k, v) = item.map_err(read_err)?;
             let index = keys::decode_raft_log_index(&k).map_err(read_err)?;
-            let entry: Entry = rmp_serde::from_slice(&v).map_err(|e| {
-                StorageIOError::read_log_at_index(
-                    index,
-                    openraft::AnyError::error(format!("corrupt log entry in group {}: {e}", self.group)),
-                )
-            })?;
+            let entry = self.decode_at(index, &v)?;
             if entry.log_id.index != index {
                 return Err(read_err(format!(
                     "group {} log key {index} holds entry {}",
@@ -161,7 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = WriteBatch::new();
         for entry in entries {
-            b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), rmp_serde::to_vec(&entry).map_err(write_err)?);
+            b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), encode_entry(&entry));
         }
         let result = self.write(b).await;
         callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
@@ -180,5 +223,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         b.put(Key::RaftPurged(self.group).encode(), rmp_serde::to_vec(&log_id).map_err(write_err)?);
         b.delete_range(Key::RaftLog(self.group, 0).encode(), Key::RaftLog(self.group, log_id.index + 1).encode());
         self.write(b).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_storage::{Memory, ReadView};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_detected_and_named() {
+        let engine = Arc::new(Memory::new());
+        let store = LogStore::new(3, engine.clone(), Durability::Sync);
+        let mut b = WriteBatch::new();
+        for i in 1..=3 {
+            b.put(Key::RaftLog(3, i).encode(), encode_entry(&entry(i)));
+        }
+        engine.write(b, Durability::Sync).unwrap();
+        assert_eq!(store.entries(1..=3).unwrap().len(), 3);
+
+        let key = Key::RaftLog(3, 2).encode();
+        let mut bytes = engine.get(&key).unwrap().unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        let mut b = WriteBatch::new();
+        b.put(key, bytes);
+        engine.write(b, Durability::Sync).unwrap();
+
+        let err = store.entries(1..=3).unwrap_err().to_string();
+        assert!(err.contains("group 3 index 2") && err.contains("checksum mismatch"), "{err}");
+        assert_eq!(store.entries(1..2).unwrap().len(), 1, "entries before the corruption still read");
+    }
+
+    #[test]
+    fn unknown_formats_are_refused() {
+        assert!(decode_entry(&[]).is_err());
+        assert!(decode_entry(&[9, 0, 0, 0, 0]).unwrap_err().contains("format 9"));
+        let good = encode_entry(&entry(1));
+        assert_eq!(decode_entry(&good).unwrap().log_id.index, 1);
     }
 }
