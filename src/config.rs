@@ -89,6 +89,11 @@ pub struct RaftTimings {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one
+    /// (0 = never); the log is then purged up to the snapshot, keeping
+    /// `keep_entries_after_snapshot` entries for slow followers.
+    pub snapshot_every_entries: u64,
+    pub keep_entries_after_snapshot: u64,
 }
 
 impl Default for Config {
@@ -137,7 +142,13 @@ impl Default for Limits {
 
 impl Default for RaftTimings {
     fn default() -> Self {
-        Self { heartbeat_ms: 100, election_timeout_min_ms: 400, election_timeout_max_ms: 800 }
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+        }
     }
 }
 

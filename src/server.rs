@@ -60,10 +60,14 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
         heartbeat_interval: config.raft.heartbeat_ms,
         election_timeout_min: config.raft.election_timeout_min_ms,
         election_timeout_max: config.raft.election_timeout_max_ms,
-        // Snapshots and log purging come with the replica lifecycle work;
-        // until then the log is kept whole, so replay never needs one.
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: u64::MAX,
+        // The log is purged only up to a snapshot, which is taken at the
+        // applied index; every vshard's watermark equals it (epochs commit
+        // all vshards at once), so nothing past a watermark is ever purged.
+        snapshot_policy: match config.raft.snapshot_every_entries {
+            0 => openraft::SnapshotPolicy::Never,
+            n => openraft::SnapshotPolicy::LogsSinceLast(n),
+        },
+        max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
         max_payload_entries: 64,
         ..Default::default()
     };

@@ -209,6 +209,8 @@ impl Cluster for ClusterService {
                     voters: membership.voter_ids().collect(),
                     vshards: g.vshards as u64,
                     epoch_gaps: g.shared.epoch_gaps.load(std::sync::atomic::Ordering::Acquire),
+                    snapshot_index: m.snapshot.map_or(0, |l| l.index),
+                    purged_index: m.purged.map_or(0, |l| l.index),
                 }
             })
             .collect();

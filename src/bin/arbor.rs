@@ -325,6 +325,7 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
                         "term": g.term, "role": g.role, "last_log_index": g.last_log_index,
                         "applied_index": g.applied_index, "epoch": g.epoch, "voters": g.voters,
                         "vshards": g.vshards, "epoch_gaps": g.epoch_gaps,
+                        "snapshot_index": g.snapshot_index, "purged_index": g.purged_index,
                     })).collect::<Vec<_>>(),
                 })
             })
