@@ -28,6 +28,10 @@ pub struct Config {
     pub peers: Vec<String>,
     /// Split points of the initial ranges (`/m`, `/t` → 3 groups).
     pub initial_ranges: Vec<String>,
+    /// Join an existing cluster instead of bootstrapping one: the groups
+    /// start empty and wait to be added (`arbor cluster add-node`). Needs the
+    /// cluster's `initial_ranges`.
+    pub join: bool,
     /// Vshards (executor threads) per group.
     pub vshards: u32,
     pub epoch: EpochConfig,
@@ -106,6 +110,7 @@ impl Default for Config {
             cluster_id: "arbor".to_string(),
             peers: Vec::new(),
             initial_ranges: Vec::new(),
+            join: false,
             vshards: 8,
             epoch: EpochConfig::default(),
             limits: Limits::default(),

@@ -27,6 +27,11 @@ pub enum Error {
     #[error("keys span {count} ranges ({ranges}); cross-range transactions are not supported yet")]
     CrossRange { count: usize, ranges: String },
 
+    /// The request is valid but refused in the cluster's current state
+    /// (e.g. a removal that would leave a group without a quorum).
+    #[error("refused: {0}")]
+    Refused(String),
+
     /// The request came from another cluster.
     #[error("wrong cluster: this node belongs to cluster {ours:?}, the request is for {theirs:?}")]
     WrongCluster { ours: String, theirs: String },

@@ -52,6 +52,7 @@ pub struct Node {
     pub engine: Arc<Rocks>,
     pub hlc: Arc<Hlc>,
     pub groups: BTreeMap<u64, Group>,
+    peers: Arc<Peers>,
 }
 
 fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
@@ -160,7 +161,7 @@ impl Node {
             )
             .await
             .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
-            if fresh {
+            if fresh && !config.join {
                 let members: BTreeMap<NodeId, BasicNode> =
                     meta.members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
                 if let Err(e) = raft.initialize(members).await {
@@ -179,7 +180,7 @@ impl Node {
             groups
                 .insert(range.group, Group { range: range.clone(), raft, sequencer, shared, vshards: config.vshards });
         }
-        Ok(Arc::new(Node { config, meta, engine, hlc, groups }))
+        Ok(Arc::new(Node { config, meta, engine, hlc, groups, peers }))
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -248,6 +249,77 @@ impl Node {
         if let Err(e) = self.engine.flush() {
             tracing::error!("flush on shutdown: {e}");
         }
+    }
+
+    /// Adds `id` at `addr` to `group`: as a learner first (returns once it
+    /// has caught up), then as a voter (joint consensus). Leader only.
+    pub async fn add_node(&self, group: &Group, id: NodeId, addr: String) -> Result<()> {
+        let g = group.range.group;
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(Error::InvalidArgument(format!("node address {addr:?} is not host:port")));
+        }
+        group
+            .raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(|e| crate::raft::client_write_error(g, e))?;
+        group
+            .raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map_err(|e| crate::raft::client_write_error(g, e))?;
+        tracing::info!(group = g, node = id, "node added as voter");
+        Ok(())
+    }
+
+    /// Removes `id` from `group`. Refused when the remaining voters this
+    /// leader hears from would not be a quorum, unless `force`.
+    pub async fn remove_node(&self, group: &Group, id: NodeId, force: bool) -> Result<()> {
+        let g = group.range.group;
+        let m = group.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let known = voters.contains(&id) || membership.learner_ids().any(|l| l == id);
+        if !known {
+            return Err(Error::InvalidArgument(format!("node {id} is not a member of group {g}")));
+        }
+        let remaining: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        if remaining.is_empty() {
+            return Err(Error::Refused(format!("node {id} is the last voter of group {g}")));
+        }
+        if m.current_leader == Some(self.node_id()) && !force {
+            // A voter counts if it answered this node within two election
+            // timeouts (any group's traffic counts: one connection per peer).
+            let window = Duration::from_millis(2 * self.config.raft.election_timeout_max_ms);
+            let live =
+                remaining.iter().filter(|v| **v == self.node_id() || self.peers.answered_within(**v, window)).count();
+            if live * 2 <= remaining.len() {
+                return Err(Error::Refused(format!(
+                    "removing node {id} from group {g} would leave {live} of {} remaining voters reachable, \
+                     less than a quorum; use --force to remove it anyway",
+                    remaining.len()
+                )));
+            }
+        }
+        group
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
+            .await
+            .map_err(|e| crate::raft::client_write_error(g, e))?;
+        tracing::info!(group = g, node = id, "node removed");
+        Ok(())
+    }
+
+    /// Every node of every group's current membership.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        let mut all = BTreeMap::new();
+        for g in self.groups.values() {
+            let m = g.raft.metrics().borrow().clone();
+            for (id, node) in m.membership_config.membership().nodes() {
+                all.insert(*id, node.addr.clone());
+            }
+        }
+        all
     }
 
     /// Waits until every group has a leader (for tests and scripts).

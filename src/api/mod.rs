@@ -33,7 +33,7 @@ pub fn status(e: Error) -> Status {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::NotLeader { .. } => Code::Unavailable,
         Error::NoRange { .. } => Code::NotFound,
-        Error::CrossRange { .. } | Error::WrongCluster { .. } => Code::FailedPrecondition,
+        Error::CrossRange { .. } | Error::WrongCluster { .. } | Error::Refused(_) => Code::FailedPrecondition,
         Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
         Error::Indeterminate(_) => Code::Unknown,
         Error::Storage(_) | Error::Corruption(_) | Error::Fatal(_) => Code::Internal,
@@ -180,7 +180,7 @@ pub struct ClusterService {
 }
 
 fn members(node: &Node) -> Vec<pb::Member> {
-    node.meta.members.iter().map(|(id, addr)| pb::Member { id: *id, addr: addr.clone() }).collect()
+    node.members().into_iter().map(|(id, addr)| pb::Member { id, addr }).collect()
 }
 
 #[tonic::async_trait]
@@ -207,6 +207,7 @@ impl Cluster for ClusterService {
                     applied_index: m.last_applied.map_or(0, |l| l.index),
                     epoch: self.node.epoch(g),
                     voters: membership.voter_ids().collect(),
+                    learners: membership.learner_ids().collect(),
                     vshards: g.vshards as u64,
                     epoch_gaps: g.shared.epoch_gaps.load(std::sync::atomic::Ordering::Acquire),
                     snapshot_index: m.snapshot.map_or(0, |l| l.index),
@@ -225,6 +226,34 @@ impl Cluster for ClusterService {
     async fn members(&self, req: Request<pb::MembersRequest>) -> Reply<pb::MembersResponse> {
         check_cluster(&self.node, &req)?;
         Ok(Response::new(pb::MembersResponse { members: members(&self.node) }))
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<pb::ChangeMembershipRequest>,
+    ) -> Reply<pb::ChangeMembershipResponse> {
+        check_cluster(&self.node, &req)?;
+        let r = req.into_inner();
+        let group = self.node.group(r.group_id).map_err(status)?;
+        match r.change {
+            Some(pb::change_membership_request::Change::Add(m)) if m.id > 0 => {
+                self.node.add_node(group, m.id, m.addr).await.map_err(status)?
+            }
+            Some(pb::change_membership_request::Change::Remove(id)) if id > 0 => {
+                self.node.remove_node(group, id, r.force).await.map_err(status)?
+            }
+            _ => {
+                return Err(status(Error::InvalidArgument(
+                    "a membership change needs a node id (> 0) to add or remove".into(),
+                )))
+            }
+        }
+        let m = group.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Ok(Response::new(pb::ChangeMembershipResponse {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }))
     }
 }
 

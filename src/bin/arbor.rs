@@ -105,6 +105,15 @@ enum ClusterCommand {
     Status,
     /// The cluster's members.
     Members,
+    /// Add a node (started with `arbor server --join`) to every group.
+    AddNode { id: u64, addr: String },
+    /// Remove a node from every group (refused if a group would lose its
+    /// quorum, unless --force).
+    RemoveNode {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -128,6 +137,10 @@ struct ServerArgs {
     initial_ranges: Option<Vec<String>>,
     #[arg(long, env = "ARBOR_VSHARDS")]
     vshards: Option<u32>,
+    /// Join an existing cluster (groups wait for `arbor cluster add-node`)
+    /// instead of bootstrapping a new one.
+    #[arg(long, env = "ARBOR_JOIN")]
+    join: bool,
     /// TEST ONLY: serve reads without read-index (breaks linearizability).
     #[arg(long, hide = true)]
     unsafe_stale_reads: bool,
@@ -166,6 +179,7 @@ impl ServerArgs {
         if let Some(v) = cluster_id {
             c.cluster_id = v;
         }
+        c.join |= self.join;
         c.unsafe_test_only.stale_reads |= self.unsafe_stale_reads;
         c.unsafe_test_only.volatile_writes |= self.unsafe_volatile_writes;
         c.validate()?;
@@ -498,6 +512,18 @@ async fn run(cli: Cli) -> Result<()> {
             let s = client.status().await?;
             for m in s.members {
                 println!("{} {}", m.id, m.addr);
+            }
+        }
+        Command::Cluster { command: ClusterCommand::AddNode { id, addr } } => {
+            for group in client.status().await?.groups.iter().map(|g| g.group_id) {
+                let r = client.add_node(group, id, &addr).await?;
+                println!("group {group}: voters {:?}, learners {:?}", r.voters, r.learners);
+            }
+        }
+        Command::Cluster { command: ClusterCommand::RemoveNode { id, force } } => {
+            for group in client.status().await?.groups.iter().map(|g| g.group_id) {
+                let r = client.remove_node(group, id, force).await?;
+                println!("group {group}: voters {:?}, learners {:?}", r.voters, r.learners);
             }
         }
         Command::Demo => demo(&client).await?,

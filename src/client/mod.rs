@@ -297,6 +297,37 @@ impl Client {
         }
     }
 
+    /// Adds node `id` at `addr` to `group` (learner, catch-up, then voter).
+    pub async fn add_node(&self, group: u64, id: u64, addr: &str) -> Result<pb::ChangeMembershipResponse, ClientError> {
+        let change = pb::change_membership_request::Change::Add(pb::Member { id, addr: addr.to_string() });
+        self.change_membership(pb::ChangeMembershipRequest { group_id: group, change: Some(change), force: false })
+            .await
+    }
+
+    /// Removes node `id` from `group`; `force` skips the quorum check.
+    pub async fn remove_node(
+        &self,
+        group: u64,
+        id: u64,
+        force: bool,
+    ) -> Result<pb::ChangeMembershipResponse, ClientError> {
+        let change = pb::change_membership_request::Change::Remove(id);
+        self.change_membership(pb::ChangeMembershipRequest { group_id: group, change: Some(change), force }).await
+    }
+
+    async fn change_membership(
+        &self,
+        req: pb::ChangeMembershipRequest,
+    ) -> Result<pb::ChangeMembershipResponse, ClientError> {
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req.clone());
+                async move { ClusterClient::new(ch).change_membership(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
     /// The status of the node the client talks to.
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
         let resp = self

@@ -46,3 +46,22 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub fn storage_error(e: impl std::fmt::Display, verb: openraft::ErrorVerb) -> StorageError {
     openraft::StorageIOError::new(openraft::ErrorSubject::Store, verb, openraft::AnyError::error(e.to_string())).into()
 }
+
+/// Maps a failed write (`client_write`, membership change). A leader that
+/// lost leadership may still see its entry committed by the next leader, so
+/// anything but a clean "forward to leader" is indeterminate.
+pub fn client_write_error(
+    group: u64,
+    e: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> crate::Error {
+    use openraft::error::{ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            crate::Error::NotLeader { group, leader: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            crate::Error::Refused(format!("group {group}: {e}"))
+        }
+        RaftError::Fatal(f) => crate::Error::Indeterminate(format!("group {group} raft stopped: {f}")),
+    }
+}

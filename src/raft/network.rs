@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbor_proto::raft_transport_client::RaftTransportClient;
 use arbor_proto::RaftMessage;
@@ -29,11 +29,23 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Peers {
     cluster_id: String,
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    /// When each peer last answered a Raft RPC (any group).
+    last_answer: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
     pub fn new(cluster_id: String) -> Arc<Self> {
-        Arc::new(Self { cluster_id, channels: Mutex::new(HashMap::new()) })
+        Arc::new(Self { cluster_id, channels: Mutex::new(HashMap::new()), last_answer: Mutex::new(HashMap::new()) })
+    }
+
+    fn answered(&self, id: NodeId) {
+        self.last_answer.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Instant::now());
+    }
+
+    /// Whether `id` answered a Raft RPC within `window`.
+    pub fn answered_within(&self, id: NodeId, window: Duration) -> bool {
+        let last = self.last_answer.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied();
+        last.is_some_and(|t| t.elapsed() <= window)
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -73,6 +85,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             target,
             cluster_id: self.peers.cluster_id().to_string(),
             channel: self.peers.channel(target, &node.addr).map_err(|e| e.to_string()),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -83,6 +96,7 @@ pub struct PeerConnection {
     target: NodeId,
     cluster_id: String,
     channel: Result<Channel, String>,
+    peers: Arc<Peers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +142,7 @@ impl PeerConnection {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        self.peers.answered(self.target);
         let result: Result<Resp, E> = rmp_serde::from_slice(&reply.payload).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(format!("undecodable raft reply: {e}"))))
         })?;

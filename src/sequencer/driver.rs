@@ -20,12 +20,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::raft::{NodeId, Raft};
+use crate::raft::{client_write_error, NodeId, Raft};
 use crate::sequencer::batcher::{Batcher, BatcherConfig};
 use crate::sequencer::{EpochBatch, GroupShared};
 use crate::tree::{Txn, TxnOutcome};
@@ -206,7 +205,7 @@ impl Driver {
         let threshold = self.cfg.compress_threshold;
         tokio::spawn(async move {
             let result = match batch.encode(threshold) {
-                Ok(payload) => raft.client_write(payload).await.map_err(|e| write_error(group, e)),
+                Ok(payload) => raft.client_write(payload).await.map_err(|e| client_write_error(group, e)),
                 Err(e) => Err(e),
             };
             match result {
@@ -234,19 +233,6 @@ impl Driver {
             }
             let _ = done.send(());
         });
-    }
-}
-
-/// Maps a failed `client_write`. A leader that lost leadership may still
-/// see its entry committed by the next leader, so anything but a clean
-/// "forward to leader" before appending is indeterminate.
-fn write_error(group: u64, e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            Error::NotLeader { group, leader: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Error::Unavailable(e.to_string()),
-        RaftError::Fatal(f) => Error::Indeterminate(format!("group {group} raft stopped: {f}")),
     }
 }
 

@@ -17,6 +17,8 @@ pub struct NodeProc {
     pub addr: String,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Started with `--join` (added to a running cluster).
+    pub joined: bool,
 }
 
 pub struct Cluster {
@@ -45,6 +47,7 @@ impl Cluster {
                 addr: format!("127.0.0.1:{}", free_port()),
                 dir: tmp.path().join(format!("n{id}")),
                 child: None,
+                joined: false,
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
@@ -63,8 +66,10 @@ impl Cluster {
         let node = &self.nodes[i];
         std::fs::create_dir_all(&node.dir).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("arbor.log")).unwrap();
+        let peers = if node.joined { format!("{}={}", node.id, node.addr) } else { self.peers.clone() };
         let child = Command::new(env!("CARGO_BIN_EXE_arbor"))
-            .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr, "--peers", &self.peers])
+            .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr, "--peers", &peers])
+            .args(node.joined.then_some("--join"))
             .arg("--data-dir")
             .arg(&node.dir)
             .args(&self.extra)
@@ -74,6 +79,17 @@ impl Cluster {
             .spawn()
             .expect("spawn arbor server");
         self.nodes[i].child = Some(child);
+    }
+
+    /// Starts a new node with `--join` (not yet a member of any group);
+    /// returns its index.
+    pub fn start_joining_node(&mut self) -> usize {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let dir = self._tmp.path().join(format!("n{id}"));
+        self.nodes.push(NodeProc { id, addr: format!("127.0.0.1:{}", free_port()), dir, child: None, joined: true });
+        let i = self.nodes.len() - 1;
+        self.spawn(i);
+        i
     }
 
     /// Restarts a stopped node on its data dir.
@@ -163,6 +179,11 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// The PIDs of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.child.as_ref().map(|c| c.id())).collect()
     }
 
     pub fn index_of(&self, id: u64) -> usize {
