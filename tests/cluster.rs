@@ -297,8 +297,16 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     for i in 0..150 {
         last = client.put(format!("/s/{}", i % 40), format!("v{i}")).await.unwrap().header.unwrap().log_index;
     }
-    let s = client.status_of(&c.nodes[c.index_of(leader)].addr).await.unwrap();
-    assert!(s.groups[0].purged_index > 40, "the leader compacted its log: {:?}", s.groups[0]);
+    // Purging follows the snapshot asynchronously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = client.status_of(&c.nodes[c.index_of(leader)].addr).await.unwrap();
+        if s.groups[0].purged_index > 40 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the leader never compacted its log: {:?}", s.groups[0]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     phase("the restarted follower is behind the purge point: it must receive a snapshot");
     c.restart(follower);
@@ -315,4 +323,36 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     let replicas: Vec<_> = c.nodes.iter().map(|n| data_of(&n.dir)).collect();
     assert_eq!(replicas[0].len(), 42);
     assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas diverged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_writers_keep_epochs_in_log_order() {
+    // Pipelined epochs must reach the Raft log in the order they were
+    // numbered, or every replica stops on the "epoch from the past" check.
+    let c = Cluster::start(3, &[]);
+    c.wait_for_leader(1).await;
+    let client = Arc::new(c.client());
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let writers: Vec<_> = (0..128)
+        .map(|w| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while std::time::Instant::now() < deadline {
+                    client.put(format!("/load/{w}"), done.to_string()).await.map_err(|e| e.to_string())?;
+                    done += 1;
+                }
+                Ok::<u64, String>(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in writers {
+        total += w.await.unwrap().unwrap_or_else(|e| panic!("a write failed: {e}\n{}", c.logs()));
+    }
+    eprintln!("{total} puts from 128 writers");
+    let s = client.status().await.unwrap();
+    assert!(s.groups[0].epoch > 0 && s.groups[0].epoch_gaps == 0, "{:?}", s.groups[0]);
+    let r = client.put("/load/fence", "").await.unwrap();
+    c.wait_applied(1, r.header.unwrap().log_index).await;
 }

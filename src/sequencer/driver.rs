@@ -200,12 +200,25 @@ impl Driver {
         let epoch = epoch_number(term, self.seq);
         let (txns, replies): (Vec<Txn>, Vec<_>) = subs.into_iter().map(|s| (s.txn, s.reply)).unzip();
         let batch = EpochBatch { epoch, stamp: self.hlc.now(), txns };
-        let raft = self.raft.clone();
         let group = self.group;
-        let threshold = self.cfg.compress_threshold;
+        // Hand the proposal to openraft here, in the driver's own order:
+        // epochs must reach the log in the order they were numbered.
+        // Only the wait for the outcome runs in its own task.
+        let submitted = match batch.encode(self.cfg.compress_threshold) {
+            Ok(payload) => self
+                .raft
+                .client_write_ff(payload)
+                .await
+                .map_err(|e| Error::Unavailable(format!("group {group}: raft stopped: {e}"))),
+            Err(e) => Err(e),
+        };
         tokio::spawn(async move {
-            let result = match batch.encode(threshold) {
-                Ok(payload) => raft.client_write(payload).await.map_err(|e| client_write_error(group, e)),
+            let result = match submitted {
+                Ok(rx) => match rx.await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) => Err(client_write_error(group, openraft::error::RaftError::APIError(e))),
+                    Err(_) => Err(Error::Indeterminate(format!("group {group}: raft dropped the epoch's reply"))),
+                },
                 Err(e) => Err(e),
             };
             match result {
