@@ -18,6 +18,7 @@
 //! - [`server`]: a node: storage, groups and services wired together.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;

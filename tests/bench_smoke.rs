@@ -1,0 +1,107 @@
+//! The CI smoke of `arbor-bench` (issue #6): every workload runs for a
+//! moment against a real 3-node cluster through the bench library, then the
+//! storage reference and the report. It proves the bench works end to end;
+//! the figures themselves belong to `scripts/bench-vs-etcd.sh` (etcd is not
+//! needed here).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arbor::bench::storage::{run_storage, StorageConfig};
+use arbor::bench::{self, ArborTarget, LoadConfig, RunRecord, Workload};
+use common::{phase, Cluster};
+
+const KEY_SPACE: u64 = 200;
+
+fn config(workload: Workload, pids: &[u32]) -> LoadConfig {
+    let mut c = LoadConfig::new(workload);
+    c.clients = 4;
+    c.warmup = Duration::from_millis(200);
+    c.duration = Duration::from_millis(600);
+    c.key_space = KEY_SPACE;
+    c.op_timeout = Duration::from_secs(10);
+    c.pids = pids.to_vec();
+    c
+}
+
+/// What every run must show, whatever the machine's speed.
+fn assert_sane(r: &RunRecord, cfg: &LoadConfig) {
+    let what = format!("{} {}: {r:?}", r.system, r.workload);
+    assert!(r.ops > 0 && r.ops_per_sec > 0.0, "no operation completed: {what}");
+    assert_eq!(r.errors, 0, "errors: {what}");
+    let l = &r.latency;
+    assert!(l.p50_us > 0 && l.is_ordered(), "percentiles out of order: {what}");
+    assert!(l.max_us < cfg.op_timeout.as_micros() as u64, "a latency beyond the op timeout: {what}");
+    assert!(l.mean_us >= 1.0 && l.mean_us <= l.max_us as f64, "mean outside [1 µs, max]: {what}");
+    assert_eq!(r.rss.len(), 3, "one RSS peak per node: {what}");
+    assert!(r.rss.iter().all(|p| p.sampled_peak_kib > 0 && p.hwm_kib >= p.sampled_peak_kib), "RSS: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_runs_against_a_real_cluster_and_reports() {
+    let c = Cluster::start(3, &[]);
+    c.wait_for_leader(1).await;
+    let pids = c.pids();
+    let target = Arc::new(ArborTarget::connect(&c.endpoints(), 2, Duration::from_secs(10)).unwrap());
+    let mut records = Vec::new();
+
+    phase("put, then get of the preloaded key space: every key is found");
+    for workload in [Workload::Put, Workload::Get] {
+        let cfg = config(workload, &pids);
+        let r = bench::run(target.clone(), &cfg).await.unwrap();
+        assert_sane(&r, &cfg);
+        records.push(r);
+    }
+    let get = &records[1];
+    assert_eq!(get.preload.as_ref().map(|p| p.keys), Some(KEY_SPACE));
+    assert_eq!(get.misses, 0, "every preloaded key is read back");
+
+    phase("txn (4 compares + 4 puts), mixed without a new preload, append");
+    for workload in [Workload::Txn, Workload::Mixed, Workload::Append] {
+        let mut cfg = config(workload, &pids);
+        cfg.preload = false;
+        let r = bench::run(target.clone(), &cfg).await.unwrap();
+        assert_sane(&r, &cfg);
+        if workload == Workload::Mixed {
+            assert_eq!(r.misses, 0, "mixed reads the keys the get workload preloaded");
+            assert_eq!(r.read_ratio, Some(cfg.read_ratio));
+        }
+        records.push(r);
+    }
+    let appended = c.client().scan("/a/", 0).await.unwrap();
+    assert!(!appended.kvs.is_empty(), "the append workload wrote under /a/");
+
+    phase("the storage reference: synced RocksDB batches in a temp dir");
+    let tmp = tempfile::tempdir().unwrap();
+    let storage_cfg = StorageConfig {
+        writers: 2,
+        duration: Duration::from_millis(400),
+        warmup: Duration::from_millis(100),
+        dir: Some(tmp.path().to_path_buf()),
+        ..Default::default()
+    };
+    let storage = tokio::task::spawn_blocking(move || run_storage(&storage_cfg)).await.unwrap().unwrap();
+    assert!(storage.ops > 0 && storage.latency.is_ordered(), "{storage:?}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the storage reference removes its database");
+    records.push(storage);
+
+    phase("the report reads the JSON records back: table and plot");
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir(out.path().join("runs")).unwrap();
+    for (i, r) in records.iter().enumerate() {
+        let file = out.path().join("runs").join(format!("{i:02}-{}-{}.json", r.workload, r.system));
+        std::fs::write(file, serde_json::to_vec(r).unwrap()).unwrap();
+    }
+    let md = bench::report::write_report(out.path()).unwrap();
+    for w in Workload::ALL {
+        assert!(md.contains(&format!("| {} | 4 | – | ", w.name())), "a row per workload (no etcd here):\n{md}");
+    }
+    assert!(md.contains("Storage reference") && md.contains("Peak RSS"), "{md}");
+    let svg = std::fs::read_to_string(out.path().join("plot.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("txn: p99 latency"), "{svg}");
+    let all: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(all["runs"].as_array().map(Vec::len), Some(records.len()));
+}
