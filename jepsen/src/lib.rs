@@ -8,6 +8,9 @@
 //! Histories are read by [`history`] (Arbor JSONL, Jepsen EDN via [`edn`], old Jepsen
 //! console logs) into one operation model; every checker returns a [`verdict::Verdict`].
 //! [`check`] dispatches on a [`Workload`]; the `arbor-jepsen` binary is a thin CLI over it.
+//!
+//! [`run`] is the cluster harness behind `arbor-jepsen run`: real `arbor server` processes in
+//! network namespaces, concurrent clients, nemeses, and a report per run.
 
 pub mod bank;
 pub mod edn;
@@ -15,6 +18,7 @@ pub mod elle;
 pub mod hash;
 pub mod history;
 pub mod linear;
+pub mod run;
 pub mod set;
 pub mod value;
 pub mod verdict;

@@ -1,0 +1,452 @@
+//! Fault planning: which fault to start or stop next, and on which nodes. Pure: a seeded
+//! RNG, node indices and (for leader-targeted faults) the current leader in, decisions out.
+//! [`super::faults`] carries them out.
+//!
+//! Faults:
+//! - `partition`: a [`Grudge`] (pairs of nodes that cannot talk) of one [`Shape`]:
+//!   majority/minority halves, the leader of group 1 isolated, a majorities ring (every node
+//!   sees a majority, no two see the same one; needs 5 nodes or more), or a bridge (two
+//!   halves joined by one node that sees both).
+//! - `kill`: kill -9 some [`Targets`], restart them on the same data dir when stopped.
+//! - `pause`: SIGSTOP some targets, SIGCONT when stopped.
+//!
+//! [`Planner::tick`] is called every interval: it picks one of the enabled kinds at random
+//! and stops it if it is active, else starts it. A fault active for [`MAX_ACTIVE_TICKS`]
+//! ticks is stopped first. With several kinds, faults overlap (a partition during a kill).
+//! `clock`, `leader` and `member` are accepted names that are not available yet.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A fault that is active longer than this many ticks is stopped at the next tick.
+pub const MAX_ACTIVE_TICKS: u32 = 2;
+
+/// The fault families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// Network partitions.
+    Partition,
+    /// kill -9 and restart.
+    Kill,
+    /// SIGSTOP / SIGCONT.
+    Pause,
+}
+
+impl FaultKind {
+    /// Its name in specs and history events.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+        }
+    }
+}
+
+/// Parses a `--nemesis` spec (`partition,kill`, `all`, `none`). Names of faults that need
+/// later work are refused with a message saying so.
+pub fn parse_spec(spec: &str) -> Result<Vec<FaultKind>, String> {
+    let mut kinds = BTreeSet::new();
+    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match name {
+            "none" => {}
+            "partition" => {
+                kinds.insert(FaultKind::Partition);
+            }
+            "kill" => {
+                kinds.insert(FaultKind::Kill);
+            }
+            "pause" => {
+                kinds.insert(FaultKind::Pause);
+            }
+            "all" => kinds.extend([FaultKind::Partition, FaultKind::Kill, FaultKind::Pause]),
+            "clock" => {
+                return Err("nemesis `clock` is not supported yet: it needs Arbor's offset clock (issue #4)".into())
+            }
+            "leader" => {
+                return Err("nemesis `leader` is not supported yet: it needs leadership transfer (issue #4)".into())
+            }
+            "member" => {
+                return Err("nemesis `member` is not supported yet: it needs membership changes (issue #3)".into())
+            }
+            other => {
+                return Err(format!("unknown nemesis {other:?} (use partition, kill, pause, all or none)"));
+            }
+        }
+    }
+    Ok(kinds.into_iter().collect())
+}
+
+/// Partition shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A random minority cut from the majority.
+    Halves,
+    /// The leader of group 1 cut from everyone.
+    IsolateLeader,
+    /// Every node sees a majority (its ring neighbours), but no two the same one.
+    MajoritiesRing,
+    /// Two halves, and one node that sees both.
+    Bridge,
+}
+
+impl Shape {
+    /// Name in history events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Halves => "majority-minority",
+            Shape::IsolateLeader => "isolate-leader",
+            Shape::MajoritiesRing => "majorities-ring",
+            Shape::Bridge => "bridge",
+        }
+    }
+
+    /// The shapes that make sense for `n` nodes (a ring of fewer than 5 is fully connected).
+    pub fn available(n: usize) -> Vec<Shape> {
+        let mut v = vec![Shape::Halves, Shape::IsolateLeader, Shape::Bridge];
+        if n >= 5 {
+            v.push(Shape::MajoritiesRing);
+        }
+        v
+    }
+}
+
+/// Which nodes a kill or pause hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Targets {
+    /// One random node.
+    One,
+    /// The leader of group 1 (a random node if unknown).
+    Leader,
+    /// A random minority.
+    Minority,
+    /// A random majority.
+    Majority,
+    /// Every node.
+    All,
+}
+
+impl Targets {
+    const ALL: [Targets; 5] = [Targets::One, Targets::Leader, Targets::Minority, Targets::Majority, Targets::All];
+
+    /// Name in history events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Targets::One => "one",
+            Targets::Leader => "leader",
+            Targets::Minority => "minority",
+            Targets::Majority => "majority",
+            Targets::All => "all",
+        }
+    }
+}
+
+/// A fault to start, before its nodes are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Partition the network.
+    Partition(Shape),
+    /// kill -9 nodes.
+    Kill(Targets),
+    /// SIGSTOP nodes.
+    Pause(Targets),
+}
+
+impl Plan {
+    /// Its fault family.
+    pub fn kind(self) -> FaultKind {
+        match self {
+            Plan::Partition(_) => FaultKind::Partition,
+            Plan::Kill(_) => FaultKind::Kill,
+            Plan::Pause(_) => FaultKind::Pause,
+        }
+    }
+
+    /// Whether resolving it needs the current leader.
+    pub fn needs_leader(self) -> bool {
+        matches!(
+            self,
+            Plan::Partition(Shape::IsolateLeader) | Plan::Kill(Targets::Leader) | Plan::Pause(Targets::Leader)
+        )
+    }
+}
+
+/// What to do at a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a fault.
+    Start(Plan),
+    /// Stop (heal) the active fault of this kind.
+    Stop(FaultKind),
+}
+
+/// Decides the sequence of fault starts and stops.
+pub struct Planner {
+    rng: StdRng,
+    n: usize,
+    kinds: Vec<FaultKind>,
+    /// Active kinds and the ticks they have been active.
+    active: BTreeMap<FaultKind, u32>,
+}
+
+impl Planner {
+    /// A planner for `n` nodes and the enabled `kinds`.
+    pub fn new(n: usize, kinds: Vec<FaultKind>, seed: u64) -> Planner {
+        Planner { rng: StdRng::seed_from_u64(seed), n, kinds, active: BTreeMap::new() }
+    }
+
+    /// The next action, or `None` if no fault is enabled.
+    pub fn tick(&mut self) -> Option<Action> {
+        for t in self.active.values_mut() {
+            *t += 1;
+        }
+        if let Some((&kind, _)) = self.active.iter().find(|(_, &t)| t > MAX_ACTIVE_TICKS) {
+            self.active.remove(&kind);
+            return Some(Action::Stop(kind));
+        }
+        let kind = *self.kinds.choose(&mut self.rng)?;
+        if self.active.remove(&kind).is_some() {
+            return Some(Action::Stop(kind));
+        }
+        self.active.insert(kind, 0);
+        let plan = match kind {
+            FaultKind::Partition => Plan::Partition(*Shape::available(self.n).choose(&mut self.rng).expect("shapes")),
+            FaultKind::Kill => Plan::Kill(*Targets::ALL.choose(&mut self.rng).expect("targets")),
+            FaultKind::Pause => Plan::Pause(*Targets::ALL.choose(&mut self.rng).expect("targets")),
+        };
+        Some(Action::Start(plan))
+    }
+
+    /// Stops every active fault (the end of the run).
+    pub fn stop_all(&mut self) -> Vec<FaultKind> {
+        std::mem::take(&mut self.active).into_keys().collect()
+    }
+
+    /// Chooses the nodes of a kill or pause.
+    pub fn targets(&mut self, t: Targets, leader: Option<usize>) -> Vec<usize> {
+        choose_targets(t, self.n, leader, &mut self.rng)
+    }
+
+    /// Draws the grudge of a partition.
+    pub fn grudge(&mut self, shape: Shape, leader: Option<usize>) -> Grudge {
+        Grudge::of(shape, self.n, leader, &mut self.rng)
+    }
+}
+
+fn shuffled(n: usize, rng: &mut StdRng) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    v.shuffle(rng);
+    v
+}
+
+/// Nodes (0-based indices) hit by `t` among `n`.
+pub fn choose_targets(t: Targets, n: usize, leader: Option<usize>, rng: &mut StdRng) -> Vec<usize> {
+    let count = match t {
+        Targets::One => 1,
+        Targets::Leader => {
+            if let Some(l) = leader.filter(|&l| l < n) {
+                return vec![l];
+            }
+            1
+        }
+        Targets::Minority => ((n - 1) / 2).max(1),
+        Targets::Majority => n / 2 + 1,
+        Targets::All => n,
+    };
+    let mut v = shuffled(n, rng);
+    v.truncate(count.min(n));
+    v.sort_unstable();
+    v
+}
+
+/// Pairs of nodes that cannot talk to each other (symmetric).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grudge {
+    /// Cut links as `(a, b)` with `a < b`.
+    pub cuts: BTreeSet<(usize, usize)>,
+    /// Name of the shape.
+    pub shape: &'static str,
+}
+
+impl Grudge {
+    fn cut_between(shape: &'static str, groups: &[&[usize]]) -> Grudge {
+        let mut cuts = BTreeSet::new();
+        for (i, a) in groups.iter().enumerate() {
+            for b in &groups[i + 1..] {
+                for &x in a.iter() {
+                    for &y in b.iter() {
+                        cuts.insert((x.min(y), x.max(y)));
+                    }
+                }
+            }
+        }
+        Grudge { cuts, shape }
+    }
+
+    /// A random grudge of `shape` over `n` nodes.
+    pub fn of(shape: Shape, n: usize, leader: Option<usize>, rng: &mut StdRng) -> Grudge {
+        let order = shuffled(n, rng);
+        match shape {
+            Shape::Halves => {
+                let (minority, majority) = order.split_at(n / 2);
+                Grudge::cut_between(shape.name(), &[minority, majority])
+            }
+            Shape::IsolateLeader => {
+                let l = leader.filter(|&l| l < n).unwrap_or(order[0]);
+                let rest: Vec<usize> = (0..n).filter(|&x| x != l).collect();
+                Grudge::cut_between(shape.name(), &[&[l], &rest])
+            }
+            Shape::MajoritiesRing => {
+                // Around a shuffled ring, each node keeps its k nearest neighbours on each
+                // side, with 2k >= n/2: itself and 2k others are a majority.
+                let k = (n / 2).div_ceil(2);
+                let mut cuts = BTreeSet::new();
+                for i in 0..n {
+                    for j in i + 1..n {
+                        let d = (j - i).min(n - (j - i));
+                        if d > k {
+                            let (a, b) = (order[i], order[j]);
+                            cuts.insert((a.min(b), a.max(b)));
+                        }
+                    }
+                }
+                Grudge { cuts, shape: shape.name() }
+            }
+            Shape::Bridge => {
+                let half = (n - 1) / 2;
+                let (left, rest) = order.split_at(half);
+                let right = &rest[1..];
+                Grudge::cut_between(shape.name(), &[left, right])
+            }
+        }
+    }
+
+    /// The nodes `a` cannot talk to.
+    pub fn blocked(&self, a: usize) -> Vec<usize> {
+        self.cuts
+            .iter()
+            .filter_map(|&(x, y)| {
+                if x == a {
+                    Some(y)
+                } else if y == a {
+                    Some(x)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `a` and `b` can talk.
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        a == b || !self.cuts.contains(&(a.min(b), a.max(b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(3)
+    }
+
+    fn sees(g: &Grudge, n: usize, a: usize) -> usize {
+        (0..n).filter(|&b| g.connected(a, b)).count()
+    }
+
+    #[test]
+    fn halves_cut_exactly_the_cross_links() {
+        for n in [3, 5, 7] {
+            let g = Grudge::of(Shape::Halves, n, None, &mut rng());
+            assert_eq!(g.cuts.len(), (n / 2) * (n - n / 2));
+            let small: Vec<usize> = (0..n).filter(|&a| sees(&g, n, a) == n / 2).collect();
+            assert_eq!(small.len(), n / 2, "a minority that only sees itself");
+            assert!((0..n).filter(|a| !small.contains(a)).all(|a| sees(&g, n, a) == n - n / 2));
+        }
+    }
+
+    #[test]
+    fn the_leader_is_isolated() {
+        let g = Grudge::of(Shape::IsolateLeader, 5, Some(3), &mut rng());
+        assert_eq!(g.blocked(3), vec![0, 1, 2, 4]);
+        assert!(g.connected(0, 4));
+        assert_eq!(g.cuts.len(), 4);
+    }
+
+    #[test]
+    fn in_a_majorities_ring_everyone_sees_a_majority_but_not_all() {
+        for n in [5, 7, 9] {
+            let g = Grudge::of(Shape::MajoritiesRing, n, None, &mut rng());
+            for a in 0..n {
+                let s = sees(&g, n, a);
+                assert!(s > n / 2 && s < n, "n={n} node {a} sees {s}");
+            }
+        }
+        assert!(!Shape::available(3).contains(&Shape::MajoritiesRing));
+        assert!(Shape::available(5).contains(&Shape::MajoritiesRing));
+    }
+
+    #[test]
+    fn a_bridge_node_sees_both_sides() {
+        for n in [3, 5] {
+            let g = Grudge::of(Shape::Bridge, n, None, &mut rng());
+            let bridges: Vec<usize> = (0..n).filter(|&a| g.blocked(a).is_empty()).collect();
+            assert_eq!(bridges.len(), 1, "n={n}: {g:?}");
+            assert!(!g.cuts.is_empty());
+            // Neither side alone is a majority... but each side plus the bridge may be.
+            assert!((0..n).all(|a| sees(&g, n, a) <= n / 2 + 1 || bridges.contains(&a)));
+        }
+    }
+
+    #[test]
+    fn targets_have_the_right_sizes() {
+        let mut r = rng();
+        assert_eq!(choose_targets(Targets::One, 5, None, &mut r).len(), 1);
+        assert_eq!(choose_targets(Targets::Minority, 5, None, &mut r).len(), 2);
+        assert_eq!(choose_targets(Targets::Minority, 3, None, &mut r).len(), 1);
+        assert_eq!(choose_targets(Targets::Majority, 5, None, &mut r).len(), 3);
+        assert_eq!(choose_targets(Targets::All, 3, None, &mut r), vec![0, 1, 2]);
+        assert_eq!(choose_targets(Targets::Leader, 5, Some(4), &mut r), vec![4]);
+    }
+
+    #[test]
+    fn one_kind_alternates_and_several_overlap_but_stay_bounded() {
+        let mut p = Planner::new(5, vec![FaultKind::Kill], 1);
+        for i in 0..10 {
+            match (i % 2, p.tick()) {
+                (0, Some(Action::Start(Plan::Kill(_)))) | (1, Some(Action::Stop(FaultKind::Kill))) => {}
+                other => panic!("tick {i}: {other:?}"),
+            }
+        }
+        let mut p = Planner::new(5, vec![FaultKind::Partition, FaultKind::Kill, FaultKind::Pause], 2);
+        let mut active: BTreeMap<FaultKind, u32> = BTreeMap::new();
+        let mut overlapped = false;
+        for _ in 0..200 {
+            for t in active.values_mut() {
+                *t += 1;
+            }
+            match p.tick().unwrap() {
+                Action::Start(plan) => assert!(active.insert(plan.kind(), 0).is_none(), "started twice"),
+                Action::Stop(k) => assert!(active.remove(&k).is_some(), "stopped an inactive fault"),
+            }
+            assert!(active.values().all(|&t| t <= MAX_ACTIVE_TICKS));
+            overlapped |= active.len() > 1;
+        }
+        assert!(overlapped);
+        assert_eq!(p.stop_all().len(), active.len());
+        assert_eq!(Planner::new(3, vec![], 0).tick(), None);
+    }
+
+    #[test]
+    fn specs_parse_and_unsupported_faults_say_why() {
+        assert_eq!(parse_spec("partition,kill").unwrap(), vec![FaultKind::Partition, FaultKind::Kill]);
+        assert_eq!(parse_spec("all").unwrap().len(), 3);
+        assert_eq!(parse_spec("none").unwrap(), vec![]);
+        assert!(parse_spec("clock").unwrap_err().contains("not supported yet"));
+        assert!(parse_spec("member").unwrap_err().contains("#3"));
+        assert!(parse_spec("flood").unwrap_err().contains("unknown nemesis"));
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Jepsen-style test of a real Arbor cluster: builds `arbor` and `arbor-jepsen`, then runs
+# `arbor-jepsen run` with the given flags (passed through unchanged). Needs root: every
+# node runs in its own network namespace. Each run writes jepsen/store/<workload>-<time>/
+# (history.jsonl, results.json, report.html, server logs); the exit code is the verdict:
+# 0 valid, 1 invalid, 2 unknown, 3 the run could not be carried out.
+#
+#   scripts/jepsen.sh --workload register --nemesis partition,kill --time 60
+#   scripts/jepsen.sh --workload list-append --nemesis all --time 60
+#   scripts/jepsen.sh --workload register --nemesis partition --server-flag=--unsafe-stale-reads
+#   scripts/jepsen.sh --help            # every option (arbor-jepsen run --help)
+#
+# Partitions use iptables when it is installed (set JEPSEN_INSTALL_IPTABLES=1 to install it
+# with apt-get when missing), else blackhole routes (iproute2 alone).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ]; then
+    [ -x "$CARGO_TARGET_DIR/debug/arbor-jepsen" ] || (cd "$ROOT" && cargo build --locked -p arbor-jepsen)
+    exec "$CARGO_TARGET_DIR/debug/arbor-jepsen" run --help
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/jepsen.sh needs root (network namespaces); try: sudo -E $0 $*" >&2
+    exit 3
+fi
+command -v ip >/dev/null 2>&1 || { echo "iproute2 (the ip command) is required" >&2; exit 3; }
+if ! command -v iptables >/dev/null 2>&1 && [ "${JEPSEN_INSTALL_IPTABLES:-0}" = "1" ]; then
+    log "installing iptables (partitions as DROP rules inside the namespaces)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null
+fi
+ensure_deps
+cd "$ROOT"
+log "building arbor and arbor-jepsen"
+cargo build --locked --workspace --bin arbor --bin arbor-jepsen
+exec "$CARGO_TARGET_DIR/debug/arbor-jepsen" run --arbor-bin "$ARBOR_BIN" "$@"
