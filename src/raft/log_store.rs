@@ -185,9 +185,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::new();
         b.put(Key::RaftCommitted(self.group).encode(), rmp_serde::to_vec(&committed).map_err(write_err)?);
         // Not synced: losing it only makes a restarted node re-learn the
-        // commit index from the leader.
+        // commit index from the leader. Under the test-only volatile switch
+        // it is lost with the log, so a killed node comes back consistent.
+        let durability = match self.durability {
+            Durability::Volatile => Durability::Volatile,
+            _ => Durability::Buffered,
+        };
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.write(b, Durability::Buffered))
+        tokio::task::spawn_blocking(move || engine.write(b, durability))
             .await
             .map_err(write_err)?
             .map_err(write_err)
