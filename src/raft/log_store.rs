@@ -192,10 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             _ => Durability::Buffered,
         };
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.write(b, durability))
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)
+        tokio::task::spawn_blocking(move || engine.write(b, durability)).await.map_err(write_err)?.map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
