@@ -262,6 +262,8 @@ impl GroupStateMachine {
         let mut plans = Vec::with_capacity(batch.txns.len());
         let mut to_run = Vec::new();
         let mut first_pos: HashMap<&str, usize> = HashMap::new();
+        // Positions whose request id has no result yet: recorded below.
+        let mut new_ids = Vec::new();
         for (pos, txn) in batch.txns.iter().enumerate() {
             let id = txn.request_id.as_str();
             if !id.is_empty() {
@@ -275,6 +277,7 @@ impl GroupStateMachine {
                     plans.push(Plan::Known(record.outcome));
                     continue;
                 }
+                new_ids.push(pos);
             }
             if let Some(reason) = self.outside_range(txn) {
                 plans.push(Plan::Known(TxnOutcome::Aborted { reason }));
@@ -305,16 +308,11 @@ impl GroupStateMachine {
             };
             outcomes.push(outcome);
         }
-        for (pos, txn) in batch.txns.iter().enumerate() {
-            let id = txn.request_id.as_str();
-            if !id.is_empty()
-                && first_pos.get(id) == Some(&pos)
-                && self.engine.get(&Key::Dedup(self.group, id).encode())?.is_none()
-            {
-                let record = DedupRecord { stamp, outcome: outcomes[pos].clone() };
-                wb.put(Key::Dedup(self.group, id).encode(), encode(&record));
-                wb.put(Key::DedupExpiry(self.group, stamp, id).encode(), Vec::new());
-            }
+        for pos in new_ids {
+            let id = batch.txns[pos].request_id.as_str();
+            let record = DedupRecord { stamp, outcome: outcomes[pos].clone() };
+            wb.put(Key::Dedup(self.group, id).encode(), encode(&record));
+            wb.put(Key::DedupExpiry(self.group, stamp, id).encode(), Vec::new());
         }
         self.expire_dedup(stamp, wb)?;
         Ok(outcomes)
