@@ -606,15 +606,9 @@ impl ProgressLine {
                     total.as_secs_f64(),
                     live.errors.load(Ordering::Relaxed)
                 );
-                if tty {
-                    eprint!("\r\x1b[2K{line}");
-                } else {
-                    eprintln!("{line}");
-                }
+                progress_line(tty, &line);
             }
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
+            clear_progress(tty);
         });
         ProgressLine { stop, task }
     }
@@ -703,6 +697,23 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         error_samples,
         started_at,
     })
+}
+
+/// Prints a progress line: rewritten in place on a terminal, one line per
+/// update otherwise.
+pub(crate) fn progress_line(tty: bool, line: &str) {
+    if tty {
+        eprint!("\r\x1b[2K{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// Clears the in-place progress line on a terminal.
+pub(crate) fn clear_progress(tty: bool) {
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
 }
 
 #[cfg(test)]

@@ -179,13 +179,7 @@ fn show_progress(cfg: &StorageConfig, live: &AtomicU64, done: &AtomicBool, start
             start.elapsed().as_secs_f64(),
             total.as_secs_f64()
         );
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
-        }
+        super::progress_line(tty, &line);
     }
-    if tty {
-        eprint!("\r\x1b[2K");
-    }
+    super::clear_progress(tty);
 }

@@ -229,6 +229,17 @@ impl Frame {
         self.left + (t / self.t_end).clamp(0.0, 1.0) * self.width
     }
 
+    /// A horizontal grid line at `y` with its label on the left axis.
+    fn grid_line(&self, y: f64, label: &str) -> String {
+        format!(
+            r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{label}</text>"##,
+            self.left,
+            self.left + self.width,
+            self.left - 4.0,
+            y + 3.0,
+        )
+    }
+
     fn bands_svg(&self, bands: &[Band], top: f64, height: f64, labels: bool) -> String {
         let mut s = String::new();
         for b in bands {
@@ -333,15 +344,7 @@ fn latency_svg(spans: &[Span], bands: &[Band], t_end: f64) -> String {
     while e <= lhi {
         let ms = 10f64.powf(e);
         let yy = y(ms);
-        let _ = write!(
-            s,
-            r##"<line x1="{}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"##,
-            frame.left,
-            frame.left + frame.width,
-            frame.left - 4.0,
-            yy + 3.0,
-            if ms < 1.0 { format!("{ms}") } else { fmt_num(ms) }
-        );
+        s += &frame.grid_line(yy, &if ms < 1.0 { format!("{ms}") } else { fmt_num(ms) });
         e += 1.0;
     }
     let _ = write!(
@@ -386,15 +389,7 @@ fn rate_svg(spans: &[Span], bands: &[Band], t_end: f64) -> String {
     let mut r = 0.0;
     while r <= max {
         let yy = y(r);
-        let _ = write!(
-            s,
-            r##"<line x1="{}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"##,
-            frame.left,
-            frame.left + frame.width,
-            frame.left - 4.0,
-            yy + 3.0,
-            fmt_num(r)
-        );
+        s += &frame.grid_line(yy, &fmt_num(r));
         r += step;
     }
     let _ = write!(
