@@ -37,6 +37,7 @@ pub struct Config {
     pub epoch: EpochConfig,
     pub limits: Limits,
     pub raft: RaftTimings,
+    pub reads: ReadConfig,
     /// Largest remote HLC offset accepted, in milliseconds.
     pub max_clock_offset_ms: u64,
     /// Test-only switches that each break one guarantee; see [`UnsafeSwitches`].
@@ -55,11 +56,14 @@ pub struct UnsafeSwitches {
     /// Write the Raft log and the state machine without the WAL, so a killed
     /// node loses writes it had acknowledged.
     pub volatile_writes: bool,
+    /// Accept `Cluster.SetClockOffset`, which skews this node's HLC clock
+    /// (Arbor's injectable clock, never the machine's) for clock-fault tests.
+    pub clock_admin: bool,
 }
 
 impl UnsafeSwitches {
     pub fn any(&self) -> bool {
-        self.stale_reads || self.volatile_writes
+        self.stale_reads || self.volatile_writes || self.clock_admin
     }
 }
 
@@ -85,6 +89,24 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Results of one range read at most (also the default limit).
     pub max_range_results: u32,
+}
+
+/// Snapshot and bounded-staleness reads, versions and watches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadConfig {
+    /// Old versions are kept this long (HLC milliseconds) for snapshot reads
+    /// and watch resumption; the group's leader decides, so set it alike on
+    /// every node.
+    pub version_retention_ms: u64,
+    /// An idle leader proposes an empty epoch this often, so the closed
+    /// timestamp keeps up with the clock (0 = never).
+    pub close_interval_ms: u64,
+    /// How long a replica waits for its closed timestamp to cover a read
+    /// before it answers DEADLINE_EXCEEDED (unless the request sets a timeout).
+    pub wait_timeout_ms: u64,
+    /// Watchers get a progress notification this often.
+    pub watch_progress_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +137,7 @@ impl Default for Config {
             epoch: EpochConfig::default(),
             limits: Limits::default(),
             raft: RaftTimings::default(),
+            reads: ReadConfig::default(),
             max_clock_offset_ms: 500,
             unsafe_test_only: UnsafeSwitches::default(),
         }
@@ -142,6 +165,12 @@ impl Default for Limits {
             max_request_bytes: 4 << 20,
             max_range_results: 10_000,
         }
+    }
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self { version_retention_ms: 600_000, close_interval_ms: 200, wait_timeout_ms: 5_000, watch_progress_ms: 1_000 }
     }
 }
 
@@ -227,6 +256,10 @@ impl Config {
         }
         if l.max_request_bytes < l.max_key_bytes + l.max_value_bytes {
             return fail("limits.max_request_bytes must fit one maximal key and value".into());
+        }
+        let reads = &self.reads;
+        if reads.wait_timeout_ms == 0 || reads.watch_progress_ms == 0 {
+            return fail("reads.wait_timeout_ms and reads.watch_progress_ms must be positive".into());
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0

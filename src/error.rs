@@ -36,6 +36,23 @@ pub enum Error {
     #[error("wrong cluster: this node belongs to cluster {ours:?}, the request is for {theirs:?}")]
     WrongCluster { ours: String, theirs: String },
 
+    /// A replica could not serve the request within its deadline (e.g. its
+    /// closed timestamp did not reach a snapshot read's stamp).
+    #[error("deadline exceeded: {0}")]
+    Timeout(String),
+
+    /// A read at a stamp whose versions were garbage-collected.
+    #[error(
+        "stamp {requested} is below the oldest readable stamp {oldest} of group {group} \
+         (versions older than reads.version_retention_ms are collected)"
+    )]
+    OutOfRange { group: u64, requested: u64, oldest: u64 },
+
+    /// The request used up a bounded resource (e.g. a watcher too slow to
+    /// keep up); the message says how to continue.
+    #[error("resource exhausted: {0}")]
+    Overloaded(String),
+
     /// Temporarily unable to serve (shutting down, overloaded, no quorum).
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -14,10 +14,16 @@
 //! | 0x12 | `Dedup(group, request_id)`       | the first result of a request id        |
 //! | 0x13 | `DedupExpiry(group, stamp, id)`  | index of dedup entries by age, for GC   |
 //! | 0x14 | `Snapshot(group)`                | the group's current Raft snapshot       |
-//! | 0x20 | `Data(user_key)`                 | a state tree record                     |
+//! | 0x15 | `VersionGc(group, stamp, key)`   | `key` got versions at `stamp`: GC index |
+//! | 0x20 | `Data(user_key)`                 | a state tree record (the latest)        |
+//! | 0x21 | `Version(user_key, stamp, pos)`  | the record (or tombstone) written by    |
+//! |      |                                  | txn `pos` of the epoch stamped `stamp`  |
 //!
 //! `Data` keys carry the user key raw (last component), so a prefix or range
 //! of user keys is a prefix or range of the keyspace, whatever group owns it.
+//! `Version` keys carry it escaped (so the stamp can follow) and the stamp
+//! and position inverted, so a key's versions sort newest first and every
+//! version of a range of user keys is one range of the keyspace.
 
 use arbor_storage::keycode::{DecodeError, Decoder, Encoder};
 
@@ -34,7 +40,9 @@ pub enum Key<'a> {
     Dedup(u64, &'a str),
     DedupExpiry(u64, u64, &'a str),
     Snapshot(u64),
+    VersionGc(u64, u64, &'a [u8]),
     Data(&'a [u8]),
+    Version(&'a [u8], u64, u64),
 }
 
 const NODE_META: u8 = 0x01;
@@ -47,7 +55,9 @@ const WATERMARK: u8 = 0x11;
 const DEDUP: u8 = 0x12;
 const DEDUP_EXPIRY: u8 = 0x13;
 const SNAPSHOT: u8 = 0x14;
+const VERSION_GC: u8 = 0x15;
 const DATA: u8 = 0x20;
+const VERSION: u8 = 0x21;
 
 impl Key<'_> {
     pub fn encode(&self) -> Vec<u8> {
@@ -63,7 +73,9 @@ impl Key<'_> {
             Key::Dedup(g, id) => e.u8(DEDUP).u64(g).bytes(id.as_bytes()),
             Key::DedupExpiry(g, stamp, id) => e.u8(DEDUP_EXPIRY).u64(g).u64(stamp).bytes(id.as_bytes()),
             Key::Snapshot(g) => e.u8(SNAPSHOT).u64(g),
+            Key::VersionGc(g, stamp, k) => e.u8(VERSION_GC).u64(g).u64(stamp).bytes(k),
             Key::Data(k) => e.u8(DATA).raw(k),
+            Key::Version(k, stamp, pos) => e.u8(VERSION).bytes(k).u64(!stamp).u64(!pos),
         }
         .finish()
     }
@@ -117,10 +129,56 @@ pub fn decode_data(key: &[u8]) -> Result<&[u8], DecodeError> {
     }
 }
 
+/// `[start, end)` of the `Version` keys of every user key in `[start, end)`
+/// (an empty `end` is unbounded).
+pub fn version_bounds(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lo = Encoder::new().u8(VERSION).bytes(start).finish();
+    let hi = if end.is_empty() { vec![VERSION + 1] } else { Encoder::new().u8(VERSION).bytes(end).finish() };
+    (lo, hi)
+}
+
+/// `[start, end)` of the versions of `key` at or below `stamp`, newest first.
+pub fn versions_at_or_below(key: &[u8], stamp: u64) -> (Vec<u8>, Vec<u8>) {
+    let lo = Key::Version(key, stamp, u64::MAX).encode();
+    let hi = Encoder::new().u8(VERSION).bytes(key).u64(u64::MAX).u64(u64::MAX).u8(0).finish();
+    (lo, hi)
+}
+
+/// `(user key, stamp, pos)` of an encoded `Version` key.
+pub fn decode_version(key: &[u8]) -> Result<(Vec<u8>, u64, u64), DecodeError> {
+    let mut d = Decoder::new(key);
+    if d.u8()? != VERSION {
+        return Err(DecodeError("not a version key"));
+    }
+    let user = d.bytes()?;
+    let stamp = !d.u64()?;
+    let pos = !d.u64()?;
+    d.finish()?;
+    Ok((user, stamp, pos))
+}
+
+/// The encoded prefix of every version-GC index key of a group.
+pub fn version_gc_prefix(group: u64) -> Vec<u8> {
+    Encoder::new().u8(VERSION_GC).u64(group).finish()
+}
+
+/// `(stamp, user key)` of an encoded `VersionGc` key.
+pub fn decode_version_gc(key: &[u8]) -> Result<(u64, Vec<u8>), DecodeError> {
+    let mut d = Decoder::new(key);
+    if d.u8()? != VERSION_GC {
+        return Err(DecodeError("not a version GC key"));
+    }
+    d.u64()?;
+    let stamp = d.u64()?;
+    let user = d.bytes()?;
+    d.finish()?;
+    Ok((stamp, user))
+}
+
 /// The encoded keys of every per-group metadata kind that moves with a
 /// snapshot (applied state, watermarks, dedup table), as `[start, end)`.
 pub fn group_state_ranges(group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
-    [APPLIED, WATERMARK, DEDUP, DEDUP_EXPIRY]
+    [APPLIED, WATERMARK, DEDUP, DEDUP_EXPIRY, VERSION_GC]
         .iter()
         .map(|&tag| (Encoder::new().u8(tag).u64(group).finish(), Encoder::new().u8(tag).u64(group + 1).finish()))
         .collect()
@@ -146,6 +204,39 @@ mod tests {
         assert!(a < b);
         assert!(a.starts_with(&Key::Data(b"/users/").encode()));
         assert_eq!(decode_data(&a), Ok(&b"/users/a"[..]));
+    }
+
+    #[test]
+    fn versions_sort_by_key_then_newest_first() {
+        let mut keys = vec![
+            Key::Version(b"/a", 5, 0),
+            Key::Version(b"/a", 9, 1),
+            Key::Version(b"/a", 9, 3),
+            Key::Version(b"/a\0", 1, 0),
+            Key::Version(b"/b", 1, 0),
+        ];
+        keys.reverse();
+        keys.sort_by_key(|k| k.encode());
+        assert_eq!(
+            keys,
+            [
+                Key::Version(b"/a", 9, 3),
+                Key::Version(b"/a", 9, 1),
+                Key::Version(b"/a", 5, 0),
+                Key::Version(b"/a\0", 1, 0),
+                Key::Version(b"/b", 1, 0),
+            ]
+        );
+        assert_eq!(decode_version(&Key::Version(b"/a", 9, 3).encode()), Ok((b"/a".to_vec(), 9, 3)));
+        let (lo, hi) = version_bounds(b"/a", b"/b");
+        for k in &keys[..4] {
+            assert!((lo.clone()..hi.clone()).contains(&k.encode()));
+        }
+        assert!(keys[4].encode() >= hi);
+        let (lo, hi) = versions_at_or_below(b"/a", 8);
+        let inside: Vec<_> = keys.iter().filter(|k| (lo.clone()..hi.clone()).contains(&k.encode())).collect();
+        assert_eq!(inside, [&Key::Version(b"/a", 5, 0)]);
+        assert!(Key::Data(b"\xff\xff").encode() < version_bounds(b"", b"").0, "data and versions do not overlap");
     }
 
     #[test]

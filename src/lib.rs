@@ -15,7 +15,9 @@
 //!   store, the state machine adapter and the gRPC network.
 //! - [`api`]: thin tonic services and the one table mapping errors to gRPC.
 //! - [`client`]: the Rust client.
-//! - [`server`]: a node: storage, groups and services wired together.
+//! - [`server`]: a node: storage, groups and services wired together; its
+//!   read path (linearizable, snapshot and bounded-staleness reads).
+//! - [`watch`]: streams of applied changes, resumable from a stamp.
 
 pub mod api;
 pub mod bench;
@@ -30,5 +32,6 @@ pub mod scheduler;
 pub mod sequencer;
 pub mod server;
 pub mod tree;
+pub mod watch;
 
 pub use error::{Error, Result};

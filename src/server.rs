@@ -4,9 +4,9 @@
 //! from an existing one; [`serve`] runs the gRPC server until shutdown.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbor_storage::{Durability, Engine, ReadView, Rocks, RocksOptions, WriteBatch};
 use openraft::BasicNode;
@@ -15,17 +15,26 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Peer};
 use crate::error::{Error, Result};
-use crate::hlc::{Clock, Hlc};
+use crate::hlc::{Clock, Hlc, OffsetClock};
 use crate::keys::Key;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{GroupNetwork, Peers};
+use crate::raft::network::{GroupNetwork, Peers, TimeoutNow};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeId, Raft};
 use crate::routing::{Catalog, RangeDesc, Span};
+use crate::scheduler::VshardProgress;
 use crate::sequencer::batcher::BatcherConfig;
 use crate::sequencer::driver::{self, Committed, DriverConfig, SequencerHandle};
 use crate::sequencer::{GroupShared, GroupStateMachine};
-use crate::tree::Txn;
+use crate::tree::{StoredTree, TreeRead, Txn, VersionedTree};
+
+/// How a read is served; see [`Node::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    Linearizable,
+    SnapshotAt(u64),
+    BoundedStaleness { max_ms: u64 },
+}
 
 /// What a data directory remembers about its node, written once at
 /// bootstrap under `Key::NodeMeta`.
@@ -44,6 +53,44 @@ pub struct Group {
     pub sequencer: SequencerHandle,
     pub shared: Arc<GroupShared>,
     pub vshards: u32,
+    /// The vshard executors' progress (the status API's `vshard_lag`).
+    pub vshard_progress: VshardProgress,
+    /// Snapshots this node installed for the group since it started.
+    pub snapshots_installed: Arc<AtomicU64>,
+    /// Set while this node hands the group's leadership over: new writes are
+    /// refused, retryably, so that the log stops growing.
+    transferring: AtomicBool,
+}
+
+/// How long a leader transfer waits for the target to hold the leader's
+/// whole log before it is refused.
+pub const TRANSFER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Undoes a leader transfer's pauses however the transfer ends (including
+/// when its caller goes away mid-way).
+struct TransferGuard<'a> {
+    group: &'a Group,
+    peers: &'a Peers,
+}
+
+impl TransferGuard<'_> {
+    fn pause(&self, paused: bool) {
+        self.peers.pause_replication(self.group.range.group, paused);
+        self.group.raft.runtime_config().heartbeat(!paused);
+    }
+}
+
+impl Drop for TransferGuard<'_> {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.group.transferring.store(false, Ordering::Release);
+    }
+}
+
+/// Whether the leader's metrics show `to` holding the leader's whole log.
+fn caught_up(m: &openraft::RaftMetrics<NodeId, BasicNode>, to: NodeId) -> bool {
+    let matched = m.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten()).map(|l| l.index);
+    matched.is_some() && matched >= m.last_log_index
 }
 
 pub struct Node {
@@ -51,6 +98,9 @@ pub struct Node {
     pub meta: NodeMeta,
     pub engine: Arc<Rocks>,
     pub hlc: Arc<Hlc>,
+    /// The HLC's clock: the injected one plus a skew that only the test-only
+    /// clock admin RPC changes.
+    pub clock: Arc<OffsetClock<Arc<dyn Clock>>>,
     pub groups: BTreeMap<u64, Group>,
     peers: Arc<Peers>,
 }
@@ -128,7 +178,8 @@ impl Node {
             tracing::warn!(?unsafe_switches, "TEST-ONLY UNSAFE SWITCHES ARE ON: this node breaks Arbor's guarantees");
         }
         let durability = if unsafe_switches.volatile_writes { Durability::Volatile } else { Durability::Sync };
-        let hlc = Arc::new(Hlc::new(clock, config.max_clock_offset_ms));
+        let clock = Arc::new(OffsetClock::new(clock));
+        let hlc = Arc::new(Hlc::new(clock.clone(), config.max_clock_offset_ms));
         let peers = Peers::new(config.cluster_id.clone());
         let rcfg = raft_config(&config)?;
         let driver_cfg = DriverConfig {
@@ -139,6 +190,8 @@ impl Node {
                 max_inflight: config.epoch.max_inflight,
             },
             compress_threshold: config.epoch.compress_threshold,
+            close_interval_ms: config.reads.close_interval_ms,
+            version_retention_ms: config.reads.version_retention_ms,
         };
         let mut groups = BTreeMap::new();
         for range in meta.catalog.ranges() {
@@ -152,12 +205,15 @@ impl Node {
                     .map_err(|e| Error::Fatal(e.to_string()))??
             };
             let network = GroupNetwork { group: range.group, peers: peers.clone() };
+            let vshard_progress = sm.scheduler().progress();
+            let state_machine = StateMachine::new(sm);
+            let snapshots_installed = state_machine.snapshots_installed();
             let raft = Raft::new(
                 config.node_id,
                 rcfg.clone(),
                 network,
                 LogStore::new(range.group, dyn_engine, durability),
-                StateMachine::new(sm),
+                state_machine,
             )
             .await
             .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
@@ -177,10 +233,19 @@ impl Node {
                 driver_cfg.clone(),
             );
             tracing::info!(node = config.node_id, group = range.group, range = %range.display(), "group started");
-            groups
-                .insert(range.group, Group { range: range.clone(), raft, sequencer, shared, vshards: config.vshards });
+            let group = Group {
+                range: range.clone(),
+                raft,
+                sequencer,
+                shared,
+                vshards: config.vshards,
+                vshard_progress,
+                snapshots_installed,
+                transferring: AtomicBool::new(false),
+            };
+            groups.insert(range.group, group);
         }
-        Ok(Arc::new(Node { config, meta, engine, hlc, groups, peers }))
+        Ok(Arc::new(Node { config, meta, engine, hlc, clock, groups, peers }))
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -208,35 +273,94 @@ impl Node {
             .collect();
         let group = self.route(&spans)?;
         let id = group.range.group;
+        if group.transferring.load(Ordering::Acquire) {
+            return Err(Error::Unavailable(format!("group {id} is handing its leadership over; retry")));
+        }
+        // A group stopped by a storage fault (full disk, corruption) keeps its
+        // last metrics, which would otherwise read as "not the leader, the
+        // leader is this node": name the fault instead.
+        if let Err(fatal) = &group.raft.metrics().borrow().running_state {
+            return Err(Error::Unavailable(format!("group {id} is stopped on node {}: {fatal}", self.node_id())));
+        }
         let sequencer = group.sequencer.clone();
         Ok((id, sequencer.submit(txn).await?))
     }
 
-    /// A linearizable read: confirms leadership with a quorum (read index),
-    /// waits until this node has applied up to it, then reads locally.
+    /// A read of `group` in `mode`; returns `f`'s result and the HLC stamp
+    /// of the state it saw.
+    ///
+    /// - Linearizable: confirms leadership with a quorum (read index), waits
+    ///   until this node has applied up to it, then reads the latest state.
+    /// - Snapshot at `t`: waits (up to `timeout`) until this replica's closed
+    ///   timestamp covers `t`, then reads the versions at `t`.
+    /// - Bounded staleness `d`: waits (up to `timeout`) until this replica's
+    ///   closed timestamp is no older than `d`, then reads the latest state.
+    ///
+    /// `f` runs on one engine snapshot, so it sees whole epochs only.
     pub async fn read<T: Send + 'static>(
         &self,
         group: &Group,
-        f: impl FnOnce(&dyn ReadView) -> Result<T> + Send + 'static,
+        mode: ReadMode,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&dyn TreeRead) -> Result<T> + Send + 'static,
     ) -> Result<(T, u64)> {
-        if self.config.unsafe_test_only.stale_reads {
-            // Test-only: skip the read index and serve whatever is applied here.
-        } else if let Err(e) = group.raft.ensure_linearizable().await {
-            return Err(match e.forward_to_leader() {
-                Some(f) => Error::NotLeader {
-                    group: group.range.group,
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.clone().map(|n| n.addr),
-                },
-                None => Error::Unavailable(format!("group {}: {e}", group.range.group)),
-            });
+        let g = group.range.group;
+        let timeout = timeout.unwrap_or(Duration::from_millis(self.config.reads.wait_timeout_ms));
+        match mode {
+            ReadMode::Linearizable if self.config.unsafe_test_only.stale_reads => {
+                // Test-only: skip the read index and serve whatever is applied here.
+            }
+            ReadMode::Linearizable => {
+                if let Err(e) = group.raft.ensure_linearizable().await {
+                    return Err(match e.forward_to_leader() {
+                        Some(f) => Error::NotLeader {
+                            group: g,
+                            leader: f.leader_id,
+                            leader_addr: f.leader_node.clone().map(|n| n.addr),
+                        },
+                        None => Error::Unavailable(format!("group {g}: {e}")),
+                    });
+                }
+            }
+            ReadMode::SnapshotAt(t) => self.wait_closed(group, t, timeout).await?,
+            ReadMode::BoundedStaleness { max_ms } => {
+                let oldest = crate::hlc::pack(self.clock.now_ms().saturating_sub(max_ms), 0);
+                self.wait_closed(group, oldest, timeout).await?
+            }
         }
-        let stamp = self.hlc.now();
         let engine = self.engine.clone();
-        let value = tokio::task::spawn_blocking(move || f(engine.as_ref()))
-            .await
-            .map_err(|e| Error::Fatal(e.to_string()))??;
-        Ok((value, stamp))
+        tokio::task::spawn_blocking(move || {
+            let view = engine.snapshot();
+            let applied = crate::sequencer::apply::read_applied(view.as_ref(), g)?;
+            match mode {
+                ReadMode::SnapshotAt(t) => {
+                    if t < applied.gc_horizon {
+                        return Err(Error::OutOfRange { group: g, requested: t, oldest: applied.gc_horizon });
+                    }
+                    Ok((f(&VersionedTree::new(view.as_ref(), t))?, t))
+                }
+                _ => Ok((f(&StoredTree::new(view.as_ref()))?, applied.stamp)),
+            }
+        })
+        .await
+        .map_err(|e| Error::Fatal(e.to_string()))?
+    }
+
+    /// Waits until `group`'s closed timestamp on this replica reaches `stamp`.
+    pub async fn wait_closed(&self, group: &Group, stamp: u64, timeout: Duration) -> Result<()> {
+        let mut closed = group.shared.closed.subscribe();
+        let reached = tokio::time::timeout(timeout, closed.wait_for(|&c| c >= stamp)).await.map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Unavailable(format!("group {} is shutting down", group.range.group))),
+            Err(_) => Err(Error::Timeout(format!(
+                "group {}: this replica's closed timestamp {} has not reached stamp {stamp} within {} ms \
+                 (the replica may be cut off from the group's leader, or the stamp is in the future)",
+                group.range.group,
+                *closed.borrow(),
+                timeout.as_millis()
+            ))),
+        }
     }
 
     /// Stops every group's Raft and flushes storage.
@@ -310,6 +434,168 @@ impl Node {
         Ok(())
     }
 
+    /// Moves the leadership of `group` to the voter `to`; returns the new
+    /// leader and its term. Leader only (a node that knows `to` already
+    /// leads answers at once).
+    ///
+    /// openraft 0.9 has no leader transfer, so this is the closest safe
+    /// equivalent built from its runtime switches:
+    /// 1. new writes to the group are refused (retryably) so its log stops
+    ///    growing, and the leader waits until `to` holds its whole log;
+    /// 2. it holds back every AppendEntries of the group (heartbeats,
+    ///    read-index probes, replication) for one leader lease (the maximum
+    ///    election timeout) plus a heartbeat, so the followers' leases run out
+    ///    while none of them has reached its own election timeout yet;
+    /// 3. it asks `to` to campaign at once (`TimeoutNow`): `to` has the
+    ///    longest log, so the other voters grant it their vote;
+    /// 4. it waits until it sees the new leader, then lets everything through
+    ///    again (also when the transfer fails or is abandoned).
+    ///
+    /// Raft's safety never depends on any of it — elections, votes and
+    /// commits follow the usual rules; a transfer that does not work out
+    /// (the target loses, another voter wins) ends in an ordinary election.
+    pub async fn transfer_leader(&self, group: &Group, to: NodeId) -> Result<(NodeId, u64)> {
+        let g = group.range.group;
+        let me = self.node_id();
+        if to == 0 {
+            return Err(Error::InvalidArgument("a leader transfer needs the target node id (> 0)".into()));
+        }
+        let m = group.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        if !voters.contains(&to) {
+            let what = if membership.learner_ids().any(|l| l == to) { "a learner" } else { "not a member" };
+            return Err(Error::InvalidArgument(format!(
+                "node {to} is {what} of group {g} (voters {voters:?}); only a voter can lead"
+            )));
+        }
+        if m.current_leader == Some(to) {
+            return Ok((to, m.current_term));
+        }
+        if m.current_leader != Some(me) {
+            let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+            return Err(Error::NotLeader { group: g, leader: m.current_leader, leader_addr });
+        }
+        let addr = membership.get_node(&to).map(|n| n.addr.clone()).unwrap_or_default();
+        if group.transferring.swap(true, Ordering::AcqRel) {
+            return Err(Error::Refused(format!("a leader transfer of group {g} is already under way")));
+        }
+        let guard = TransferGuard { group, peers: &self.peers };
+        tracing::info!(group = g, to, term = m.current_term, "leader transfer: waiting for the target to catch up");
+
+        // 1. The target holds the whole log, and stays so while paused.
+        let deadline = Instant::now() + TRANSFER_CATCH_UP_TIMEOUT;
+        let term = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let waited = group
+                .raft
+                .wait(Some(left))
+                .metrics(|m| m.current_leader != Some(me) || caught_up(m, to), "target caught up")
+                .await;
+            let m = match waited {
+                Ok(m) => m,
+                Err(_) => {
+                    let m = group.raft.metrics().borrow().clone();
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&to).cloned().flatten());
+                    return Err(Error::Refused(format!(
+                        "node {to} did not catch up with the leader of group {g} within {TRANSFER_CATCH_UP_TIMEOUT:?} \
+                         (it holds the log up to {}, the leader up to {}); leadership not transferred",
+                        matched.map_or("nothing".to_string(), |l| l.index.to_string()),
+                        m.last_log_index.unwrap_or(0)
+                    )));
+                }
+            };
+            if m.current_leader != Some(me) {
+                let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+                return Err(Error::NotLeader { group: g, leader: m.current_leader, leader_addr });
+            }
+            guard.pause(true);
+            let m = group.raft.metrics().borrow().clone();
+            if m.current_leader == Some(me) && caught_up(&m, to) {
+                break m.current_term;
+            }
+            // An entry slipped in before the pause: let it replicate first.
+            guard.pause(false);
+            tokio::time::sleep(Duration::from_millis(self.config.raft.heartbeat_ms)).await;
+        };
+
+        // 2. Let the followers' leader leases run out.
+        let lease = Duration::from_millis(self.config.raft.election_timeout_max_ms + self.config.raft.heartbeat_ms);
+        tracing::info!(group = g, to, term, ?lease, "leader transfer: replication paused until leases expire");
+        tokio::time::sleep(lease).await;
+
+        // 3. The target campaigns.
+        let ask = TimeoutNow { leader: me, term };
+        let rpc_timeout = Duration::from_millis(self.config.raft.election_timeout_max_ms);
+        if let Err(e) = self.peers.timeout_now(g, to, &addr, &ask, rpc_timeout).await {
+            return Err(Error::Unavailable(format!(
+                "group {g}: node {to} did not start an election ({e}); node {me} still leads, retry"
+            )));
+        }
+
+        // 4. Wait until this node sees a leader of a later term.
+        let wait = Duration::from_millis(4 * self.config.raft.election_timeout_max_ms);
+        let moved = group
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_term > term && m.current_leader.is_some_and(|l| l != me), "leadership moved")
+            .await;
+        drop(guard);
+        match moved {
+            Ok(m) if m.current_leader == Some(to) => {
+                tracing::info!(group = g, to, term = m.current_term, "leader transfer done");
+                Ok((to, m.current_term))
+            }
+            Ok(m) => Err(Error::Unavailable(format!(
+                "group {g}: node {} won the election instead of node {to}; retry the transfer",
+                m.current_leader.unwrap_or(0)
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "group {g}: leadership did not move to node {to} within {wait:?}; retry the transfer"
+            ))),
+        }
+    }
+
+    /// The receiving end of a leader transfer: campaigns at once if this
+    /// node is a voter still following `req.leader` in `req.term` (a late or
+    /// repeated request must not disturb a newer leader).
+    pub async fn campaign_now(&self, group: &Group, req: TimeoutNow) -> Result<()> {
+        let g = group.range.group;
+        let me = self.node_id();
+        let m = group.raft.metrics().borrow().clone();
+        if m.current_leader == Some(me) {
+            return Ok(());
+        }
+        if !m.membership_config.membership().voter_ids().any(|v| v == me) {
+            return Err(Error::Refused(format!("node {me} is not a voter of group {g}; it cannot lead")));
+        }
+        if m.current_term != req.term || m.current_leader != Some(req.leader) {
+            return Err(Error::Refused(format!(
+                "group {g}: node {me} follows {} in term {}, not node {} in term {}; not campaigning",
+                m.current_leader.map_or("nobody".to_string(), |l| format!("node {l}")),
+                m.current_term,
+                req.leader,
+                req.term
+            )));
+        }
+        tracing::info!(group = g, leader = req.leader, term = req.term, "campaigning at the leader's request");
+        group.raft.trigger().elect().await.map_err(|e| Error::Unavailable(format!("group {g}: {e}")))
+    }
+
+    /// The Raft log this node holds for `group`: entries (from the metrics)
+    /// and approximate bytes (from the engine). Blocking: reads storage.
+    pub fn log_usage(&self, group: &Group) -> Result<(u64, u64)> {
+        let m = group.raft.metrics().borrow().clone();
+        let entries = match (m.last_log_index, m.purged.map(|l| l.index)) {
+            (None, _) => 0,
+            (Some(last), Some(purged)) => last.saturating_sub(purged),
+            (Some(last), None) => last + 1,
+        };
+        let start = crate::keys::raft_log_prefix(group.range.group);
+        let end = arbor_storage::prefix_end(&start).expect("a group prefix is not all 0xff");
+        Ok((entries, self.engine.approximate_size(&start, &end)?))
+    }
+
     /// Every node of every group's current membership.
     pub fn members(&self) -> BTreeMap<NodeId, String> {
         let mut all = BTreeMap::new();
@@ -350,10 +636,45 @@ pub async fn serve(
     // TCP_NODELAY: small responses must not wait for the peer's delayed ACK
     // (40 ms per round trip otherwise, on every client and Raft reply).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = crate::api::router(node.clone())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Transport(e.to_string()));
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = crate::api::router(node.clone()).serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    // In-flight requests get SHUTDOWN_GRACE to finish. A write that Raft will
+    // never answer (e.g. proposed by a leader that was just removed from its
+    // group: openraft drops leadership without failing pending entries)
+    // would otherwise hold the graceful shutdown forever, since the groups
+    // only stop after the server.
+    let grace = async {
+        match stopping_rx.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = grace => {
+            tracing::warn!(
+                "requests still in flight {SHUTDOWN_GRACE:?} after the shutdown signal; \
+                 stopping the groups, which answers waiting writes as indeterminate"
+            );
+            node.shutdown().await;
+            return match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r.map_err(|e| Error::Transport(e.to_string())),
+                Err(_) => {
+                    tracing::warn!("closing the connections of requests still open");
+                    Ok(())
+                }
+            };
+        }
+    };
     node.shutdown().await;
-    result
+    result.map_err(|e| Error::Transport(e.to_string()))
 }
+
+/// How long a stopping node lets in-flight requests finish before it stops
+/// its groups anyway (see [`serve`]).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -10,7 +10,9 @@ use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
 use arbor::sequencer::driver::epoch_number;
 use arbor::sequencer::{EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
-use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Txn};
+use arbor::tree::{
+    CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, StoredTree, TreeRead, Txn, VersionedTree,
+};
 use arbor_storage::{Durability, Engine, Memory, ReadView};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -75,6 +77,8 @@ fn random_log(seed: u64, epochs: usize) -> Vec<EpochBatch> {
                     random_txn(&mut rng, id)
                 })
                 .collect(),
+            // Versions older than 20 epochs are collected along the way.
+            gc_before: 10_000 + e as u64 - 20,
         })
         .collect()
 }
@@ -108,6 +112,82 @@ fn random_logs_replay_identically_on_independent_replicas() {
             "seed {seed}: state differs"
         );
     }
+}
+
+/// Every key and record of a tree view.
+fn tree_of(tree: &dyn TreeRead) -> Vec<(Vec<u8>, Record)> {
+    tree.scan(&KeyRange { start: Vec::new(), end: Vec::new() }).collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn snapshot_reads_see_exactly_the_state_after_each_epoch_within_retention() {
+    for seed in 0..5 {
+        let log = random_log(seed, 80);
+        let engine: Arc<Memory> = Arc::new(Memory::new());
+        let mut sm = open(engine.clone(), 4);
+        let mut states = Vec::new();
+        for (i, batch) in log.iter().enumerate() {
+            let r = sm.apply(entry(1, i as u64 + 1, batch)).unwrap();
+            states.push((r.stamp, tree_of(&StoredTree::new(engine.as_ref()))));
+        }
+        let horizon = sm.applied().gc_horizon;
+        assert_eq!(horizon, states.last().unwrap().0 - 20, "the horizon follows the batches' gc_before");
+        let mut checked = 0;
+        for (stamp, state) in states.iter().filter(|(s, _)| *s >= horizon) {
+            let at = VersionedTree::new(engine.as_ref(), *stamp);
+            assert_eq!(&tree_of(&at), state, "seed {seed}: scan at {stamp}");
+            for key in (0..12).map(|k| format!("/k/{k}").into_bytes()) {
+                let want = state.iter().find(|(k, _)| *k == key).map(|(_, r)| r.clone());
+                assert_eq!(at.get(&key).unwrap(), want, "seed {seed}: get at {stamp}");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 21);
+    }
+}
+
+fn put_txn(key: String, value: u64) -> Txn {
+    Txn {
+        request_id: String::new(),
+        compares: vec![],
+        success: vec![Op::Put { key: key.into_bytes(), value: value.to_string().into_bytes() }],
+        failure: vec![],
+    }
+}
+
+#[test]
+fn version_gc_keeps_an_overwrite_heavy_load_bounded() {
+    let engine: Arc<Memory> = Arc::new(Memory::new());
+    let mut sm = open(engine.clone(), 4);
+    let retention = 5;
+    for e in 1..=2000u64 {
+        let mut txns: Vec<Txn> = (0..10).map(|k| put_txn(format!("/hot/{k}"), e)).collect();
+        // A short-lived key per epoch: created, then deleted by the next one.
+        txns.push(put_txn(format!("/tmp/{e}"), e));
+        txns.push(Txn {
+            request_id: String::new(),
+            compares: vec![],
+            success: vec![Op::Delete { key: format!("/tmp/{}", e - 1).into_bytes() }],
+            failure: vec![],
+        });
+        let stamp = 1_000 + e;
+        let batch = EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp - retention };
+        sm.apply(entry(1, e, &batch)).unwrap();
+    }
+    let count = |tag: u8| dump(engine.as_ref()).iter().filter(|(k, _)| k[0] == tag).count();
+    // Per hot key: the versions newer than the horizon, and the newest at or
+    // below it. Deleted keys leave nothing once their tombstone is collected.
+    let bound = 10 * (retention as usize + 1) + 2 * (retention as usize + 2);
+    let (versions, index) = (count(0x21), count(0x15));
+    assert!(versions <= bound, "{versions} versions stored, bound {bound}");
+    assert!(index <= bound, "{index} GC index entries stored, bound {bound}");
+    // What is still readable is right.
+    let now = VersionedTree::new(engine.as_ref(), 1_000 + 2000);
+    assert_eq!(now.get(b"/hot/3").unwrap().unwrap().value, b"2000");
+    assert_eq!(now.get(b"/tmp/1999").unwrap(), None);
+    assert_eq!(now.get(b"/tmp/2000").unwrap().unwrap().value, b"2000");
+    let horizon = VersionedTree::new(engine.as_ref(), 1_000 + 2000 - retention);
+    assert_eq!(horizon.get(b"/hot/3").unwrap().unwrap().value, b"1995");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use arbor_proto as pb;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
+use crate::server::ReadMode;
 use crate::tree::{CmpOp, CmpTarget, Compare, KeyRange, KeyValue, Op, OpResult, RangeSpec, Txn};
 
 fn invalid<T>(msg: String) -> Result<T> {
@@ -88,6 +89,39 @@ pub fn range_spec(r: &pb::RangeRequest, limits: &Limits) -> Result<RangeSpec> {
     Ok(RangeSpec { range, limit, delimiter, keys_only: r.keys_only })
 }
 
+/// The longest wait a read may ask for.
+pub const MAX_READ_TIMEOUT_MS: u32 = 60_000;
+
+/// A read's mode and its optional wait timeout.
+pub fn read_mode(r: Option<&pb::ReadOptions>) -> Result<(ReadMode, Option<std::time::Duration>)> {
+    let Some(r) = r else { return Ok((ReadMode::Linearizable, None)) };
+    use pb::read_options::Mode;
+    let mode = match Mode::try_from(r.mode) {
+        Ok(Mode::Linearizable) => ReadMode::Linearizable,
+        Ok(Mode::SnapshotAt) if r.stamp == 0 => {
+            return invalid("a SNAPSHOT_AT read needs a stamp (an HLC stamp from an earlier response)".to_string())
+        }
+        Ok(Mode::SnapshotAt) => ReadMode::SnapshotAt(r.stamp),
+        Ok(Mode::BoundedStaleness) => ReadMode::BoundedStaleness { max_ms: r.max_staleness_ms },
+        Err(_) => return invalid(format!("unknown read mode {}", r.mode)),
+    };
+    let timeout = match r.timeout_ms {
+        0 => None,
+        ms if ms > MAX_READ_TIMEOUT_MS => {
+            return invalid(format!("read timeout_ms {ms} exceeds the maximum {MAX_READ_TIMEOUT_MS}"))
+        }
+        ms => Some(std::time::Duration::from_millis(ms as u64)),
+    };
+    Ok((mode, timeout))
+}
+
+fn no_read_options(read: &Option<pb::ReadOptions>) -> Result<()> {
+    match read {
+        Some(_) => invalid("read options are not allowed on a read inside a transaction (it reads the state the transaction executes on)".to_string()),
+        None => Ok(()),
+    }
+}
+
 fn compare(c: &pb::Compare, limits: &Limits) -> Result<Compare> {
     check_key(&c.key, limits, "compare key")?;
     let op = match pb::compare::Op::try_from(c.op) {
@@ -120,9 +154,13 @@ fn op(o: &pb::Op, limits: &Limits) -> Result<Op> {
         None => return invalid("an op has no operation set".to_string()),
         Some(P::Get(g)) => {
             check_key(&g.key, limits, "key")?;
+            no_read_options(&g.read)?;
             Op::Get { key: g.key.clone() }
         }
-        Some(P::Range(r)) => Op::Range(range_spec(r, limits)?),
+        Some(P::Range(r)) => {
+            no_read_options(&r.read)?;
+            Op::Range(range_spec(r, limits)?)
+        }
         Some(P::Put(p)) => {
             check_key(&p.key, limits, "key")?;
             check_value(&p.value, limits)?;
@@ -170,6 +208,41 @@ pub fn txn(t: &pb::TxnRequest, limits: &Limits) -> Result<Txn> {
         success: t.success.iter().map(|o| op(o, limits)).collect::<Result<_>>()?,
         failure: t.failure.iter().map(|o| op(o, limits)).collect::<Result<_>>()?,
     })
+}
+
+/// The key range of a watch: one key, or a prefix.
+pub fn watch_range(w: &pb::WatchRequest, limits: &Limits) -> Result<KeyRange> {
+    match (w.key.is_empty(), w.prefix.is_empty()) {
+        (false, true) => {
+            check_key(&w.key, limits, "key")?;
+            let mut end = w.key.clone();
+            end.push(0);
+            Ok(KeyRange { start: w.key.clone(), end })
+        }
+        (true, false) => key_range(&w.prefix, &[], &[], limits),
+        _ => invalid("a watch needs exactly one of key and prefix".to_string()),
+    }
+}
+
+pub fn watch_response(group: u64, batch: crate::watch::Batch) -> pb::WatchResponse {
+    use pb::watch_event::Type;
+    let events = batch
+        .events
+        .into_iter()
+        .map(|e| match e.record {
+            Some(record) => pb::WatchEvent {
+                r#type: Type::Put as i32,
+                kv: Some(kv(KeyValue { key: e.key, record })),
+                stamp: e.stamp,
+            },
+            None => pb::WatchEvent {
+                r#type: Type::Delete as i32,
+                kv: Some(pb::KeyValue { key: e.key, mod_stamp: e.stamp, ..Default::default() }),
+                stamp: e.stamp,
+            },
+        })
+        .collect();
+    pb::WatchResponse { group_id: group, events, progress_stamp: batch.progress }
 }
 
 pub fn kv(k: KeyValue) -> pb::KeyValue {
@@ -238,6 +311,31 @@ mod tests {
     }
 
     #[test]
+    fn read_modes() {
+        use pb::read_options::Mode;
+        let opts = |mode: Mode, stamp, timeout_ms| pb::ReadOptions {
+            mode: mode as i32,
+            stamp,
+            max_staleness_ms: 50,
+            timeout_ms,
+        };
+        assert_eq!(read_mode(None).unwrap(), (ReadMode::Linearizable, None));
+        assert_eq!(read_mode(Some(&opts(Mode::SnapshotAt, 7, 0))).unwrap(), (ReadMode::SnapshotAt(7), None));
+        assert_eq!(
+            read_mode(Some(&opts(Mode::BoundedStaleness, 0, 10))).unwrap(),
+            (ReadMode::BoundedStaleness { max_ms: 50 }, Some(std::time::Duration::from_millis(10)))
+        );
+        assert!(read_mode(Some(&opts(Mode::SnapshotAt, 0, 0))).unwrap_err().to_string().contains("needs a stamp"));
+        assert!(read_mode(Some(&opts(Mode::Linearizable, 0, 60_001))).unwrap_err().to_string().contains("60000"));
+        let bad = pb::ReadOptions { mode: 9, ..Default::default() };
+        assert!(read_mode(Some(&bad)).unwrap_err().to_string().contains("unknown read mode"));
+        let get = pb::Op {
+            op: Some(pb::op::Op::Get(pb::GetRequest { key: b"/a".to_vec(), read: Some(opts(Mode::SnapshotAt, 1, 0)) })),
+        };
+        assert!(err(txn_of(vec![get])).contains("not allowed on a read inside a transaction"));
+    }
+
+    #[test]
     fn range_rules() {
         let l = limits();
         let r = |prefix: &[u8], start: &[u8], end: &[u8], delimiter: &str, limit| pb::RangeRequest {
@@ -247,6 +345,7 @@ mod tests {
             delimiter: delimiter.to_string(),
             limit,
             keys_only: false,
+            read: None,
         };
         let ok = range_spec(&r(b"/u/", b"", b"", "/", 0), &l).unwrap();
         assert_eq!(ok.limit, l.max_range_results);

@@ -4,6 +4,7 @@
 
 pub mod convert;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arbor_proto as pb;
@@ -11,6 +12,7 @@ use arbor_proto::cluster_server::{Cluster, ClusterServer};
 use arbor_proto::kv_server::{Kv, KvServer};
 use arbor_proto::raft_transport_server::{RaftTransport, RaftTransportServer};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
@@ -18,7 +20,7 @@ use crate::error::Error;
 use crate::routing::Span;
 use crate::sequencer::driver::Committed;
 use crate::server::{Group, Node};
-use crate::tree::{self, OpResult, StoredTree, TreeRead, TxnOutcome};
+use crate::tree::{self, OpResult, TxnOutcome};
 
 /// Metadata key a client sets to name the cluster it expects.
 pub const CLUSTER_ID_HEADER: &str = "arbor-cluster-id";
@@ -35,6 +37,9 @@ pub fn status(e: Error) -> Status {
         Error::NoRange { .. } => Code::NotFound,
         Error::CrossRange { .. } | Error::WrongCluster { .. } | Error::Refused(_) => Code::FailedPrecondition,
         Error::Unavailable(_) | Error::Transport(_) => Code::Unavailable,
+        Error::Timeout(_) => Code::DeadlineExceeded,
+        Error::Overloaded(_) => Code::ResourceExhausted,
+        Error::OutOfRange { .. } => Code::OutOfRange,
         Error::Indeterminate(_) => Code::Unknown,
         Error::Storage(_) | Error::Corruption(_) | Error::Fatal(_) => Code::Internal,
     };
@@ -81,6 +86,10 @@ fn done(c: &Committed) -> Result<(bool, Vec<OpResult>), Status> {
     }
 }
 
+/// Batches a watch may have queued for a slow client before the watcher
+/// stops reading its feed (and, if that lasts, is cancelled).
+const WATCH_OUTBOX: usize = 16;
+
 /// The `Kv` service.
 pub struct KvService {
     node: Arc<Node>,
@@ -102,13 +111,15 @@ impl KvService {
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Reply<pb::GetResponse> {
         check_cluster(&self.node, &req)?;
-        let key = req.into_inner().key;
+        let r = req.into_inner();
+        let key = r.key;
         convert::check_key(&key, &self.node.config.limits, "key").map_err(status)?;
+        let (mode, timeout) = convert::read_mode(r.read.as_ref()).map_err(status)?;
         let group = self.node.route(&[Span::Key(&key)]).map_err(status)?;
         let (found, stamp) = self
             .node
-            .read(group, move |view| {
-                StoredTree::new(view).get(&key).map(|r| r.map(|record| tree::KeyValue { key, record }))
+            .read(group, mode, timeout, move |view| {
+                view.get(&key).map(|r| r.map(|record| tree::KeyValue { key, record }))
             })
             .await
             .map_err(status)?;
@@ -118,10 +129,11 @@ impl Kv for KvService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Reply<pb::RangeResponse> {
         check_cluster(&self.node, &req)?;
         let spec = convert::range_spec(req.get_ref(), &self.node.config.limits).map_err(status)?;
+        let (mode, timeout) = convert::read_mode(req.get_ref().read.as_ref()).map_err(status)?;
         let group = self.node.route(&[Span::Range(&spec.range.start, &spec.range.end)]).map_err(status)?;
         let (result, stamp) = self
             .node
-            .read(group, move |view| tree::exec::read_range(&StoredTree::new(view), &spec))
+            .read(group, mode, timeout, move |view| tree::exec::read_range(view, &spec))
             .await
             .map_err(status)?;
         Ok(Response::new(convert::range_response(result, read_header(group, stamp))))
@@ -172,6 +184,23 @@ impl Kv for KvService {
             results: results.into_iter().map(convert::op_result).collect(),
         }))
     }
+
+    type WatchStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        check_cluster(&self.node, &req)?;
+        let r = req.into_inner();
+        let range = convert::watch_range(&r, &self.node.config.limits).map_err(status)?;
+        let group = self.node.route(&[Span::Range(&range.start, &range.end)]).map_err(status)?.range.group;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_OUTBOX);
+        tokio::spawn(crate::watch::run(self.node.clone(), group, range, r.start_after, tx));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| match item {
+            Ok(batch) => Ok(convert::watch_response(group, batch)),
+            Err(e) => Err(status(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
 /// The `Cluster` service.
@@ -187,6 +216,16 @@ fn members(node: &Node) -> Vec<pb::Member> {
 impl Cluster for ClusterService {
     async fn status(&self, req: Request<pb::StatusRequest>) -> Reply<pb::StatusResponse> {
         check_cluster(&self.node, &req)?;
+        let node = self.node.clone();
+        let log_usage = tokio::task::spawn_blocking(move || {
+            node.groups
+                .values()
+                .map(|g| Ok((g.range.group, node.log_usage(g)?)))
+                .collect::<Result<BTreeMap<_, _>, Error>>()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
         let groups = self
             .node
             .groups
@@ -195,6 +234,7 @@ impl Cluster for ClusterService {
                 let m = g.raft.metrics().borrow().clone();
                 let membership = m.membership_config.membership();
                 let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
+                let (log_entries, log_bytes) = log_usage.get(&g.range.group).copied().unwrap_or_default();
                 pb::GroupStatus {
                     group_id: g.range.group,
                     start: g.range.start.clone(),
@@ -212,6 +252,12 @@ impl Cluster for ClusterService {
                     epoch_gaps: g.shared.epoch_gaps.load(std::sync::atomic::Ordering::Acquire),
                     snapshot_index: m.snapshot.map_or(0, |l| l.index),
                     purged_index: m.purged.map_or(0, |l| l.index),
+                    log_entries,
+                    log_bytes,
+                    vshard_lag: g.vshard_progress.lags(),
+                    snapshots_installed: g.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
+                    closed_stamp: g.shared.stamp.load(std::sync::atomic::Ordering::Acquire),
+                    gc_horizon: g.shared.gc_horizon.load(std::sync::atomic::Ordering::Acquire),
                 }
             })
             .collect();
@@ -255,6 +301,30 @@ impl Cluster for ClusterService {
             learners: membership.learner_ids().collect(),
         }))
     }
+
+    async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Reply<pb::TransferLeaderResponse> {
+        check_cluster(&self.node, &req)?;
+        let r = req.into_inner();
+        let group = self.node.groups.get(&r.group_id).ok_or_else(|| {
+            let groups: Vec<u64> = self.node.groups.keys().copied().collect();
+            status(Error::InvalidArgument(format!("there is no group {} (the groups are {groups:?})", r.group_id)))
+        })?;
+        let (leader, term) = self.node.transfer_leader(group, r.to).await.map_err(status)?;
+        Ok(Response::new(pb::TransferLeaderResponse { leader, term }))
+    }
+
+    async fn set_clock_offset(&self, req: Request<pb::SetClockOffsetRequest>) -> Reply<pb::SetClockOffsetResponse> {
+        check_cluster(&self.node, &req)?;
+        if !self.node.config.unsafe_test_only.clock_admin {
+            return Err(status(Error::Refused(
+                "SetClockOffset is a test-only admin RPC; start the node with --unsafe-clock-admin to allow it".into(),
+            )));
+        }
+        let offset_ms = req.into_inner().offset_ms;
+        let previous_offset_ms = self.node.clock.set_offset_ms(offset_ms);
+        tracing::warn!(offset_ms, previous_offset_ms, "clock offset changed through the test-only admin RPC");
+        Ok(Response::new(pb::SetClockOffsetResponse { previous_offset_ms, now_stamp: self.node.hlc.now() }))
+    }
 }
 
 /// The internal `RaftTransport` service: routes each message to its group.
@@ -274,6 +344,14 @@ impl RaftService {
         self.node.group(msg.group_id).map_err(status)
     }
 
+    /// Refuses a message whose payload does not match its checksum.
+    fn verified(msg: &pb::RaftMessage) -> Result<(), Status> {
+        crate::raft::network::verify(msg).map_err(|e| {
+            tracing::warn!(group = msg.group_id, "refusing a corrupted raft message: {e}");
+            Status::data_loss(format!("group {}: raft message refused: {e}", msg.group_id))
+        })
+    }
+
     fn decode<T: DeserializeOwned>(msg: &pb::RaftMessage) -> Result<T, Status> {
         rmp_serde::from_slice(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
@@ -281,7 +359,35 @@ impl RaftService {
 
     fn reply<T: Serialize>(group: u64, result: T) -> Reply<pb::RaftMessage> {
         let payload = rmp_serde::to_vec(&result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::RaftMessage { cluster_id: String::new(), group_id: group, payload }))
+        Ok(Response::new(crate::raft::network::seal(String::new(), group, payload)))
+    }
+
+    /// The answer to a snapshot chunk that failed its checksum: openraft's
+    /// snapshot mismatch (expecting offset 0), on which the leader restarts
+    /// the transfer. Nothing of the chunk reaches Raft.
+    fn corrupt_chunk(msg: &pb::RaftMessage, why: String) -> Reply<pb::RaftMessage> {
+        use openraft::error::{InstallSnapshotError, RaftError, SnapshotMismatch};
+        type ChunkResult = Result<
+            openraft::raft::InstallSnapshotResponse<crate::raft::NodeId>,
+            RaftError<crate::raft::NodeId, InstallSnapshotError>,
+        >;
+        let group = msg.group_id;
+        let Ok(req) = Self::decode::<openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig>>(msg) else {
+            tracing::error!(group, "corrupt snapshot chunk refused (its snapshot id and offset are unreadable): {why}");
+            return Err(Status::data_loss(format!("group {group}: corrupt snapshot chunk refused: {why}")));
+        };
+        let (id, offset) = (req.meta.snapshot_id, req.offset);
+        tracing::error!(
+            group,
+            snapshot = %id,
+            offset,
+            "corrupt snapshot chunk refused: {why}; the leader restarts the transfer"
+        );
+        let expect = openraft::SnapshotSegmentId { id: id.clone(), offset: 0 };
+        let got = openraft::SnapshotSegmentId { id, offset };
+        let r: ChunkResult =
+            Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(SnapshotMismatch { expect, got })));
+        Self::reply(group, r)
     }
 }
 
@@ -290,6 +396,7 @@ impl RaftTransport for RaftService {
     async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
         let msg = req.into_inner();
         let g = self.group(&msg)?;
+        Self::verified(&msg)?;
         let r = g.raft.append_entries(Self::decode(&msg)?).await;
         Self::reply(msg.group_id, r)
     }
@@ -297,6 +404,7 @@ impl RaftTransport for RaftService {
     async fn vote(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
         let msg = req.into_inner();
         let g = self.group(&msg)?;
+        Self::verified(&msg)?;
         let r = g.raft.vote(Self::decode(&msg)?).await;
         Self::reply(msg.group_id, r)
     }
@@ -304,8 +412,19 @@ impl RaftTransport for RaftService {
     async fn install_snapshot(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
         let msg = req.into_inner();
         let g = self.group(&msg)?;
+        if let Err(why) = crate::raft::network::verify(&msg) {
+            return Self::corrupt_chunk(&msg, why);
+        }
         let r = g.raft.install_snapshot(Self::decode(&msg)?).await;
         Self::reply(msg.group_id, r)
+    }
+
+    async fn timeout_now(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let g = self.group(&msg)?;
+        Self::verified(&msg)?;
+        let r = self.node.campaign_now(g, Self::decode(&msg)?).await;
+        Self::reply(msg.group_id, r.map_err(|e| e.to_string()))
     }
 }
 

@@ -7,6 +7,7 @@
 //! arbor get /users/alice
 //! arbor txn --if '/users/alice version = 1' --then 'put /users/bob {}' --else 'get /users/alice'
 //! arbor cluster status
+//! arbor cluster transfer-leader 1 2
 //! ```
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use arbor::client::{op, pb, Client, ClientOptions, Txn};
+use arbor::client::{op, pb, read, Client, ClientOptions, Txn, WatchTarget};
 use arbor::config::Config;
 use clap::{Args, Parser, Subcommand};
 
@@ -49,8 +50,12 @@ enum Command {
     Server(ServerArgs),
     /// Write a key.
     Put { key: String, value: String },
-    /// Read a key (linearizable).
-    Get { key: String },
+    /// Read a key.
+    Get {
+        key: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
     /// List every key under a prefix.
     Scan {
         prefix: String,
@@ -58,9 +63,30 @@ enum Command {
         limit: u32,
         #[arg(long)]
         keys_only: bool,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// List the immediate children of a path, like `ls`.
-    Ls { path: String },
+    Ls {
+        path: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Print changes to a key or under a prefix as they commit (one line per
+    /// change: stamp, PUT/DELETE, key, version, value), until interrupted.
+    Watch {
+        /// A key, or a prefix with --prefix.
+        target: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start after this HLC stamp (replaying retained history) instead
+        /// of now, e.g. the last stamp a previous watch printed.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Also print progress notifications (`# progress STAMP`).
+        #[arg(long)]
+        progress: bool,
+    },
     /// Delete a key.
     Delete { key: String },
     /// Delete every key under a prefix.
@@ -99,6 +125,32 @@ enum Command {
     Demo,
 }
 
+#[derive(Args, Clone)]
+struct ReadArgs {
+    /// `linearizable` (default: the latest state, via the leader),
+    /// `snapshot:STAMP` (the state at an HLC stamp, from any node) or
+    /// `stale:MS` (this node's state, at most MS milliseconds old).
+    #[arg(long, default_value = "linearizable")]
+    consistency: String,
+}
+
+impl ReadArgs {
+    fn options(&self) -> Result<Option<pb::ReadOptions>> {
+        let c = self.consistency.trim();
+        if c == "linearizable" {
+            return Ok(None);
+        }
+        let parse = |v: &str| v.trim().parse::<u64>().with_context(|| format!("bad number in --consistency {c:?}"));
+        if let Some(stamp) = c.strip_prefix("snapshot:") {
+            return Ok(Some(read::snapshot_at(parse(stamp)?)));
+        }
+        if let Some(ms) = c.strip_prefix("stale:") {
+            return Ok(Some(read::bounded_staleness(parse(ms)?)));
+        }
+        bail!("--consistency must be linearizable, snapshot:STAMP or stale:MS, not {c:?}")
+    }
+}
+
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Nodes, groups, leaders, applied index and epoch, from every endpoint.
@@ -114,6 +166,9 @@ enum ClusterCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Move a group's leadership to one of its voters (the group's leader
+    /// waits until the node has its whole log, then lets it take over).
+    TransferLeader { group: u64, node: u64 },
 }
 
 #[derive(Args)]
@@ -147,6 +202,9 @@ struct ServerArgs {
     /// TEST ONLY: write without the WAL (acknowledged writes lost on kill).
     #[arg(long, hide = true)]
     unsafe_volatile_writes: bool,
+    /// TEST ONLY: accept SetClockOffset (skews Arbor's clock, not the machine's).
+    #[arg(long, hide = true)]
+    unsafe_clock_admin: bool,
 }
 
 impl ServerArgs {
@@ -182,6 +240,7 @@ impl ServerArgs {
         c.join |= self.join;
         c.unsafe_test_only.stale_reads |= self.unsafe_stale_reads;
         c.unsafe_test_only.volatile_writes |= self.unsafe_volatile_writes;
+        c.unsafe_test_only.clock_admin |= self.unsafe_clock_admin;
         c.validate()?;
         Ok(c)
     }
@@ -216,6 +275,23 @@ fn kv_json(kv: &pb::KeyValue) -> serde_json::Value {
         "key": text(&kv.key), "value": text(&kv.value), "version": kv.version,
         "create_stamp": kv.create_stamp, "mod_stamp": kv.mod_stamp,
     })
+}
+
+fn print_get(key: &str, kv: Option<pb::KeyValue>, read_stamp: Option<u64>, json: bool) {
+    match kv {
+        Some(kv) if json => {
+            let mut v = kv_json(&kv);
+            if let Some(stamp) = read_stamp {
+                v["read_stamp"] = serde_json::json!(stamp);
+            }
+            println!("{v}")
+        }
+        Some(kv) => println!("{}", text(&kv.value)),
+        None => {
+            eprintln!("{key}: not found");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn print_range(r: &pb::RangeResponse, json: bool) {
@@ -340,6 +416,8 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
                         "applied_index": g.applied_index, "epoch": g.epoch, "voters": g.voters,
                         "vshards": g.vshards, "epoch_gaps": g.epoch_gaps,
                         "snapshot_index": g.snapshot_index, "purged_index": g.purged_index,
+                        "learners": g.learners, "log_entries": g.log_entries, "log_bytes": g.log_bytes,
+                        "vshard_lag": g.vshard_lag, "snapshots_installed": g.snapshots_installed,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -350,23 +428,65 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
     if all.iter().all(|(_, s)| s.is_none()) {
         bail!("no node answered");
     }
-    println!(
-        "{:<6} {:<22} {:<6} {:<16} {:<8} {:<6} {:<10} {:<9} {:<9} {:<12}",
-        "node", "endpoint", "group", "range", "role", "term", "leader", "last_log", "applied", "epoch"
-    );
+    // members: voters, then learners after a "+"; log: entries/bytes on disk;
+    // lag: per-vshard executor lag in entries ("0" when all are idle);
+    // snaps: snapshots installed from a leader since the node started.
+    let header = [
+        "node", "endpoint", "group", "range", "role", "term", "leader", "members", "last_log", "applied", "epoch",
+        "snapshot", "log", "lag", "snaps",
+    ];
+    let widths = [5, 21, 5, 14, 9, 5, 6, 10, 8, 8, 10, 8, 14, 8, 5];
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join(" ").trim_end());
+    };
+    line(&header.map(String::from));
     for (ep, s) in &all {
         let Some(s) = s else { continue };
         for g in &s.groups {
             let end = if g.end.is_empty() { "∞".to_string() } else { text(&g.end) };
-            let range = format!("[{},{})", text(&g.start), end);
-            let epoch = format!("{}.{}", g.epoch >> 32, g.epoch & 0xffff_ffff);
-            println!(
-                "{:<6} {:<22} {:<6} {:<16} {:<8} {:<6} {:<10} {:<9} {:<9} {:<12}",
-                s.node_id, ep, g.group_id, range, g.role, g.term, g.leader, g.last_log_index, g.applied_index, epoch
-            );
+            let join = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let members = match g.learners.as_slice() {
+                [] => join(&g.voters),
+                learners => format!("{}+{}", join(&g.voters), join(learners)),
+            };
+            let lag = if g.vshard_lag.iter().all(|&l| l == 0) { "0".to_string() } else { join(&g.vshard_lag) };
+            line(&[
+                s.node_id.to_string(),
+                ep.clone(),
+                g.group_id.to_string(),
+                format!("[{},{})", text(&g.start), end),
+                g.role.clone(),
+                g.term.to_string(),
+                g.leader.to_string(),
+                members,
+                g.last_log_index.to_string(),
+                g.applied_index.to_string(),
+                format!("{}.{}", g.epoch >> 32, g.epoch & 0xffff_ffff),
+                g.snapshot_index.to_string(),
+                format!("{}/{}", g.log_entries, human_bytes(g.log_bytes)),
+                lag,
+                g.snapshots_installed.to_string(),
+            ]);
         }
     }
     Ok(())
+}
+
+/// `1536` -> `1.5KiB`.
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
 }
 
 async fn demo(client: &Client) -> Result<()> {
@@ -463,21 +583,62 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("OK (version {})", r.version);
             }
         }
-        Command::Get { key } => match client.get(&key).await? {
-            Some(kv) if json => println!("{}", kv_json(&kv)),
-            Some(kv) => println!("{}", text(&kv.value)),
-            None => {
-                eprintln!("{key}: not found");
-                std::process::exit(1);
+        Command::Get { key, read } => match read.options()? {
+            None => print_get(&key, client.get(&key).await?, None, json),
+            Some(opts) => {
+                let r = client.get_with(&key, opts).await?;
+                print_get(&key, r.kv, r.header.map(|h| h.read_stamp), json)
             }
         },
-        Command::Scan { prefix, limit, keys_only } => {
-            let r = client
-                .range(pb::RangeRequest { prefix: prefix.into_bytes(), limit, keys_only, ..Default::default() })
-                .await?;
-            print_range(&r, json);
+        Command::Scan { prefix, limit, keys_only, read } => {
+            let req = pb::RangeRequest {
+                prefix: prefix.into_bytes(),
+                limit,
+                keys_only,
+                read: read.options()?,
+                ..Default::default()
+            };
+            print_range(&client.range(req).await?, json);
         }
-        Command::Ls { path } => print_range(&client.list(&path).await?, json),
+        Command::Ls { path, read } => {
+            let mut prefix = path.into_bytes();
+            if !prefix.ends_with(b"/") {
+                prefix.push(b'/');
+            }
+            let req = pb::RangeRequest {
+                prefix,
+                delimiter: "/".into(),
+                keys_only: true,
+                read: read.options()?,
+                ..Default::default()
+            };
+            print_range(&client.range(req).await?, json);
+        }
+        Command::Watch { target, prefix, from, progress } => {
+            let target =
+                if prefix { WatchTarget::Prefix(target.into_bytes()) } else { WatchTarget::Key(target.into_bytes()) };
+            let mut watcher = client.watch(target, from);
+            loop {
+                let batch = watcher.next().await?;
+                for e in &batch.events {
+                    let kv = e.kv.clone().unwrap_or_default();
+                    let deleted = e.r#type == pb::watch_event::Type::Delete as i32;
+                    if json {
+                        let mut v = kv_json(&kv);
+                        v["type"] = serde_json::json!(if deleted { "DELETE" } else { "PUT" });
+                        v["stamp"] = serde_json::json!(e.stamp);
+                        println!("{v}");
+                    } else if deleted {
+                        println!("{} DELETE {}", e.stamp, text(&kv.key));
+                    } else {
+                        println!("{} PUT {} v{} {}", e.stamp, text(&kv.key), kv.version, text(&kv.value));
+                    }
+                }
+                if progress && batch.events.is_empty() {
+                    println!("# progress {}", batch.progress_stamp);
+                }
+            }
+        }
         Command::Delete { key } => println!("deleted {}", client.delete(&key).await?.deleted),
         Command::DeletePrefix { prefix } => println!("deleted {}", client.delete_prefix(&prefix).await?.deleted),
         Command::Incr { key, delta } => println!("{}", client.increment(&key, delta).await?),
@@ -518,6 +679,14 @@ async fn run(cli: Cli) -> Result<()> {
             for group in client.status().await?.groups.iter().map(|g| g.group_id) {
                 let r = client.add_node(group, id, &addr).await?;
                 println!("group {group}: voters {:?}, learners {:?}", r.voters, r.learners);
+            }
+        }
+        Command::Cluster { command: ClusterCommand::TransferLeader { group, node } } => {
+            let r = client.transfer_leader(group, node).await?;
+            if json {
+                println!("{}", serde_json::json!({"group": group, "leader": r.leader, "term": r.term}));
+            } else {
+                println!("group {group}: node {} leads (term {})", r.leader, r.term);
             }
         }
         Command::Cluster { command: ClusterCommand::RemoveNode { id, force } } => {

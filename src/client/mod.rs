@@ -232,12 +232,31 @@ impl Client {
 
     /// A linearizable read of one key.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<pb::KeyValue>, ClientError> {
-        let req = pb::GetRequest { key: key.as_ref().to_vec() };
+        let req = pb::GetRequest { key: key.as_ref().to_vec(), read: None };
         let resp = self.kv(req, |mut c, r| async move { c.get(r).await }).await?;
         Ok(resp.kv)
     }
 
-    /// A linearizable range read.
+    /// A read of one key in any mode (see [`read`]); the response header's
+    /// `read_stamp` is the stamp of the state it returns. Snapshot and
+    /// bounded-staleness reads are served by whichever node the client
+    /// talks to (leader or follower).
+    pub async fn get_with(&self, key: impl AsRef<[u8]>, read: pb::ReadOptions) -> Result<pb::GetResponse, ClientError> {
+        let req = pb::GetRequest { key: key.as_ref().to_vec(), read: Some(read) };
+        self.kv(req, |mut c, r| async move { c.get(r).await }).await
+    }
+
+    /// Watches one key or every key under a prefix, from now
+    /// (`start_after` = 0) or after a past stamp. See [`Watcher`].
+    pub fn watch(&self, target: WatchTarget, start_after: u64) -> Watcher<'_> {
+        let (key, prefix) = match target {
+            WatchTarget::Key(k) => (k, Vec::new()),
+            WatchTarget::Prefix(p) => (Vec::new(), p),
+        };
+        Watcher { client: self, req: pb::WatchRequest { key, prefix, start_after }, stream: None, resumes: 0 }
+    }
+
+    /// A range read (linearizable unless `req.read` says otherwise).
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
         self.kv(req, |mut c, r| async move { c.range(r).await }).await
     }
@@ -328,6 +347,20 @@ impl Client {
         Ok(resp.into_inner())
     }
 
+    /// Moves the leadership of `group` to the voter `to` (served by the
+    /// group's leader; redirections are followed). Returns the new leader
+    /// and its term.
+    pub async fn transfer_leader(&self, group: u64, to: u64) -> Result<pb::TransferLeaderResponse, ClientError> {
+        let req = pb::TransferLeaderRequest { group_id: group, to };
+        let resp = self
+            .retry(true, |ch| {
+                let r = self.request(req);
+                async move { ClusterClient::new(ch).transfer_leader(r).await }
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
     /// The status of the node the client talks to.
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
         let resp = self
@@ -357,6 +390,103 @@ impl Client {
     }
 }
 
+/// What a watch covers.
+#[derive(Clone, Debug)]
+pub enum WatchTarget {
+    Key(Vec<u8>),
+    Prefix(Vec<u8>),
+}
+
+/// A watch that survives broken streams: when a stream ends or fails with
+/// a retryable error (node down, snapshot installed, watcher too slow), it
+/// reconnects — to any node — and resumes after the last progress stamp it
+/// received, so no change is missed or repeated.
+pub struct Watcher<'a> {
+    client: &'a Client,
+    req: pb::WatchRequest,
+    stream: Option<tonic::Streaming<pb::WatchResponse>>,
+    resumes: u64,
+}
+
+impl Watcher<'_> {
+    /// The next batch of changes, or a progress notification (no events).
+    pub async fn next(&mut self) -> Result<pb::WatchResponse, ClientError> {
+        loop {
+            let stream = match self.stream.as_mut() {
+                Some(s) => s,
+                None => {
+                    let client = self.client;
+                    let req = self.req.clone();
+                    let s = client
+                        .retry(true, |ch| {
+                            let req = client.request(req.clone());
+                            async move { KvClient::new(ch).watch(req).await }
+                        })
+                        .await?
+                        .into_inner();
+                    self.stream.insert(s)
+                }
+            };
+            let status = match stream.message().await {
+                Ok(Some(resp)) => {
+                    self.req.start_after = self.req.start_after.max(resp.progress_stamp);
+                    return Ok(resp);
+                }
+                Ok(None) => Status::unavailable("the watch stream ended"),
+                Err(s) => s,
+            };
+            match status.code() {
+                Code::Unavailable | Code::ResourceExhausted | Code::Cancelled | Code::Unknown => {
+                    tracing::debug!(error = %status, after = self.req.start_after, "watch stream broke; resuming");
+                    self.stream = None;
+                    self.resumes += 1;
+                    if status.code() == Code::Unavailable {
+                        // Try the next node: this one may be gone.
+                        let mut preferred = self.client.preferred.lock().unwrap_or_else(|e| e.into_inner());
+                        let i = self.client.endpoints.iter().position(|e| *e == *preferred).map_or(0, |i| i + 1);
+                        *preferred = self.client.endpoints[i % self.client.endpoints.len()].clone();
+                    }
+                }
+                _ => return Err(ClientError::Status(status)),
+            }
+        }
+    }
+
+    /// The stamp the watch would resume after.
+    pub fn position(&self) -> u64 {
+        self.req.start_after
+    }
+
+    /// How many times the stream was re-established.
+    pub fn resumes(&self) -> u64 {
+        self.resumes
+    }
+}
+
+/// Read options for [`Client::get_with`] and [`pb::RangeRequest::read`].
+pub mod read {
+    use super::pb;
+
+    /// The latest committed state, via the leader (the default).
+    pub fn linearizable() -> pb::ReadOptions {
+        pb::ReadOptions::default()
+    }
+
+    /// The state at HLC `stamp`, from any replica once it can prove it.
+    pub fn snapshot_at(stamp: u64) -> pb::ReadOptions {
+        pb::ReadOptions { mode: pb::read_options::Mode::SnapshotAt as i32, stamp, ..Default::default() }
+    }
+
+    /// The replica's latest state if no older than `max_staleness_ms`.
+    pub fn bounded_staleness(max_staleness_ms: u64) -> pb::ReadOptions {
+        pb::ReadOptions {
+            mode: pb::read_options::Mode::BoundedStaleness as i32,
+            max_staleness_ms,
+            ..Default::default()
+        }
+    }
+}
+
 /// Builders of transaction ops.
 pub mod op {
     use super::pb;
@@ -366,7 +496,7 @@ pub mod op {
         pb::Op { op: Some(op) }
     }
     pub fn get(key: impl AsRef<[u8]>) -> pb::Op {
-        wrap(Op::Get(pb::GetRequest { key: key.as_ref().to_vec() }))
+        wrap(Op::Get(pb::GetRequest { key: key.as_ref().to_vec(), read: None }))
     }
     pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
         wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec() }))

@@ -49,6 +49,12 @@ impl Clock for SystemClock {
     }
 }
 
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+}
+
 /// A clock that moves only when told to (tests).
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
@@ -82,8 +88,12 @@ impl<C: Clock> OffsetClock<C> {
     pub fn new(inner: C) -> Self {
         Self { inner, offset_ms: AtomicI64::new(0) }
     }
-    pub fn set_offset_ms(&self, offset: i64) {
-        self.offset_ms.store(offset, Ordering::SeqCst)
+    /// Sets the skew; returns the previous one.
+    pub fn set_offset_ms(&self, offset: i64) -> i64 {
+        self.offset_ms.swap(offset, Ordering::SeqCst)
+    }
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst)
     }
 }
 

@@ -2,8 +2,20 @@
 //! `proto/arbor.proto`). Every group of a node shares one HTTP/2 connection
 //! per peer ([`Peers`]); each message carries the cluster id and the group
 //! id, and its payload is the openraft request or result in MessagePack.
+//!
+//! Every request and reply also carries a CRC-32 of its payload ([`seal`],
+//! [`verify`]): a message corrupted on the way is refused before it reaches
+//! Raft. For snapshot chunks the receiver answers a mismatch with openraft's
+//! snapshot-mismatch error, so the leader restarts the transfer.
+//!
+//! Leader transfer support: [`Peers::pause_replication`] holds back a
+//! group's AppendEntries (heartbeats, read-index probes and log replication)
+//! so that the followers' leader leases run out, and [`Peers::timeout_now`]
+//! asks the chosen follower to campaign at once (see
+//! `Node::transfer_leader`). Dropping messages never endangers Raft's
+//! safety; only liveness.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +29,7 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::BasicNode;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::raft::{NodeId, TypeConfig};
@@ -31,11 +43,84 @@ pub struct Peers {
     channels: Mutex<HashMap<NodeId, (String, Channel)>>,
     /// When each peer last answered a Raft RPC (any group).
     last_answer: Mutex<HashMap<NodeId, Instant>>,
+    /// Groups whose outgoing AppendEntries are held back (leader transfer).
+    paused: Mutex<HashSet<u64>>,
+}
+
+/// The payload of a `TimeoutNow` request: "campaign now", from the leader
+/// of `term`. The receiver refuses it unless it still follows that leader in
+/// that term, so a late or repeated request cannot disturb a newer leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TimeoutNow {
+    pub leader: NodeId,
+    pub term: u64,
+}
+
+/// Wraps a payload in a message with its checksum.
+pub fn seal(cluster_id: String, group: u64, payload: Vec<u8>) -> RaftMessage {
+    let crc32 = Some(crc32fast::hash(&payload));
+    RaftMessage { cluster_id, group_id: group, payload, crc32 }
+}
+
+/// Checks a message's payload against its checksum.
+pub fn verify(msg: &RaftMessage) -> Result<(), String> {
+    let actual = crc32fast::hash(&msg.payload);
+    match msg.crc32 {
+        Some(stored) if stored == actual => Ok(()),
+        Some(stored) => Err(format!(
+            "payload checksum mismatch over {} bytes (sent {stored:#010x}, received {actual:#010x})",
+            msg.payload.len()
+        )),
+        None => Err("the message carries no payload checksum".to_string()),
+    }
 }
 
 impl Peers {
     pub fn new(cluster_id: String) -> Arc<Self> {
-        Arc::new(Self { cluster_id, channels: Mutex::new(HashMap::new()), last_answer: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            cluster_id,
+            channels: Mutex::new(HashMap::new()),
+            last_answer: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Holds back (or lets through again) every AppendEntries this node
+    /// sends for `group`; held-back calls fail at once as unreachable, and
+    /// openraft retries them after its backoff.
+    pub fn pause_replication(&self, group: u64, paused: bool) {
+        let mut set = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if paused {
+            set.insert(group);
+        } else {
+            set.remove(&group);
+        }
+    }
+
+    pub fn replication_paused(&self, group: u64) -> bool {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner()).contains(&group)
+    }
+
+    /// Asks `target` (at `addr`) to campaign for the leadership of `group`
+    /// at once. `Err` says why it did not (unreachable, or refused).
+    pub async fn timeout_now(
+        &self,
+        group: u64,
+        target: NodeId,
+        addr: &str,
+        req: &TimeoutNow,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let channel = self.channel(target, addr).map_err(|e| format!("bad address {addr:?}: {e}"))?;
+        let msg = seal(self.cluster_id.clone(), group, rmp_serde::to_vec(req).expect("a TimeoutNow encodes"));
+        let reply = tokio::time::timeout(timeout, RaftTransportClient::new(channel).timeout_now(msg))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|s| s.to_string())?
+            .into_inner();
+        verify(&reply)?;
+        self.answered(target);
+        rmp_serde::from_slice::<Result<(), String>>(&reply.payload).map_err(|e| format!("undecodable reply: {e}"))?
     }
 
     fn answered(&self, id: NodeId) {
@@ -123,7 +208,7 @@ impl PeerConnection {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(format!("bad peer address: {e}")))))?;
         let payload =
             rmp_serde::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
-        let msg = RaftMessage { cluster_id: self.cluster_id.clone(), group_id: self.group, payload };
+        let msg = seal(self.cluster_id.clone(), self.group, payload);
         let client = RaftTransportClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
@@ -142,6 +227,10 @@ impl PeerConnection {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        if let Err(e) = verify(&reply) {
+            let e = TransportError(format!("raft reply from node {} (group {}): {e}", self.target, self.group));
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
         self.peers.answered(self.target);
         let result: Result<Resp, E> = rmp_serde::from_slice(&reply.payload).map_err(|e| {
             RPCError::Network(NetworkError::new(&TransportError(format!("undecodable raft reply: {e}"))))
@@ -156,6 +245,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if self.peers.replication_paused(self.group) {
+            let e = TransportError(format!("group {} holds back AppendEntries during a leader transfer", self.group));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
     }
 
@@ -174,5 +267,30 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(&rpc, option, |mut c, m| async move { c.vote(m).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flipped_payload_byte_fails_the_checksum() {
+        let msg = seal("c".into(), 7, b"a raft payload".to_vec());
+        assert_eq!(verify(&msg), Ok(()));
+        let mut bad = msg.clone();
+        bad.payload[3] ^= 0x10;
+        assert!(verify(&bad).unwrap_err().contains("checksum mismatch"), "{:?}", verify(&bad));
+        let unsealed = RaftMessage { crc32: None, ..msg };
+        assert!(verify(&unsealed).unwrap_err().contains("no payload checksum"));
+    }
+
+    #[test]
+    fn paused_groups_are_tracked_per_group() {
+        let peers = Peers::new("c".into());
+        peers.pause_replication(2, true);
+        assert!(peers.replication_paused(2) && !peers.replication_paused(1));
+        peers.pause_replication(2, false);
+        assert!(!peers.replication_paused(2));
     }
 }

@@ -3,6 +3,7 @@
 //! an epoch blocks on the vshard executors and on a synced RocksDB write.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -16,11 +17,19 @@ use crate::sequencer::{EpochResponse, GroupStateMachine};
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<GroupStateMachine>>,
+    /// Snapshots installed from a leader since this process started.
+    installed: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     pub fn new(sm: GroupStateMachine) -> Self {
-        Self { inner: Arc::new(Mutex::new(sm)) }
+        Self { inner: Arc::new(Mutex::new(sm)), installed: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The counter of snapshots this replica installed since it started (the
+    /// status API shows it; tests use it to prove the snapshot path ran).
+    pub fn snapshots_installed(&self) -> Arc<AtomicU64> {
+        self.installed.clone()
     }
 
     async fn run<T: Send + 'static>(
@@ -79,7 +88,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let meta = meta.clone();
-        self.run(ErrorVerb::Write, move |sm| sm.install_snapshot(&meta, snapshot.into_inner())).await
+        self.run(ErrorVerb::Write, move |sm| sm.install_snapshot(&meta, snapshot.into_inner())).await?;
+        self.installed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

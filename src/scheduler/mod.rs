@@ -26,6 +26,7 @@
 pub mod sync;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -52,6 +53,10 @@ pub fn vshards_of(txn: &Txn, vshards: u32) -> Vec<u32> {
     set.into_iter().collect()
 }
 
+/// One write of one transaction: (its position in the epoch, key, new
+/// record or `None` for a deletion).
+pub type Change = (usize, Vec<u8>, Option<Record>);
+
 /// One epoch being executed.
 struct Epoch {
     engine: Arc<dyn Engine>,
@@ -59,6 +64,8 @@ struct Epoch {
     index: u64,
     vshards: u32,
     overlays: Vec<Mutex<Overlay>>,
+    /// Per vshard, every write in execution order: (txn position, key, record).
+    changes: Vec<Mutex<Vec<Change>>>,
     outcomes: Vec<Mutex<Option<Result<TxnOutcome>>>>,
     latch: Latch,
 }
@@ -106,6 +113,7 @@ impl Epoch {
             tree::execute(txn, &view, self.stamp).map(|(outcome, writes)| {
                 for (key, record) in writes {
                     let v = tree::vshard_of(&key, self.vshards) as usize;
+                    self.changes[v].lock().unwrap_or_else(|e| e.into_inner()).push((pos, key.clone(), record.clone()));
                     self.overlays[v].lock().unwrap_or_else(|e| e.into_inner()).insert(key, record);
                 }
                 outcome
@@ -130,14 +138,47 @@ pub struct Scheduler {
     vshards: u32,
     queues: Vec<Arc<BoundedQueue<Task>>>,
     marks: Arc<Vec<Watermark>>,
+    /// Per vshard, the position of the last transaction handed to it.
+    given: Arc<Vec<AtomicU64>>,
     threads: Vec<JoinHandle<()>>,
 }
 
-/// The result of executing an epoch: an outcome per transaction (in order)
-/// and each vshard's writes.
+/// A read-only view of every vshard's progress, for the status API; clones
+/// share the executors' counters.
+#[derive(Clone)]
+pub struct VshardProgress {
+    done: Arc<Vec<Watermark>>,
+    given: Arc<Vec<AtomicU64>>,
+}
+
+impl VshardProgress {
+    /// Per vshard, how many log entries its executor is behind the last
+    /// transaction handed to it, counting the entry it is working on: 0 once
+    /// it passed everything it was given (idle), at least 1 while it has work
+    /// queued.
+    pub fn lags(&self) -> Vec<u64> {
+        self.done
+            .iter()
+            .zip(self.given.iter())
+            .map(|(done, given)| {
+                let (done, given) = (done.get(), given.load(Ordering::Acquire));
+                if done >= given {
+                    0
+                } else {
+                    ((given >> 20) - (done >> 20)).max(1)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The result of executing an epoch: an outcome per transaction (in order),
+/// each vshard's final writes, and every write of every transaction in
+/// transaction order (for versions and watchers).
 pub struct EpochOutput {
     pub outcomes: Vec<TxnOutcome>,
     pub writes: Vec<Overlay>,
+    pub changes: Vec<Change>,
 }
 
 impl Scheduler {
@@ -157,7 +198,13 @@ impl Scheduler {
             queues.push(queue);
             threads.push(handle);
         }
-        Self { vshards, queues, marks, threads }
+        let given = Arc::new((0..vshards).map(|_| AtomicU64::new(0)).collect());
+        Self { vshards, queues, marks, given, threads }
+    }
+
+    /// A handle on every vshard's progress (see [`VshardProgress::lags`]).
+    pub fn progress(&self) -> VshardProgress {
+        VshardProgress { done: self.marks.clone(), given: self.given.clone() }
     }
 
     pub fn vshards(&self) -> u32 {
@@ -184,6 +231,7 @@ impl Scheduler {
             index,
             vshards: self.vshards,
             overlays: (0..self.vshards).map(|_| Mutex::new(Overlay::new())).collect(),
+            changes: (0..self.vshards).map(|_| Mutex::new(Vec::new())).collect(),
             outcomes: txns.iter().map(|_| Mutex::new(None)).collect(),
             latch: Latch::new(txns.len()),
         });
@@ -191,6 +239,7 @@ impl Scheduler {
             let involved = vshards_of(&txn, self.vshards);
             let gate = Arc::new(Rendezvous::new(involved.len()));
             for v in involved {
+                self.given[v as usize].fetch_max(Watermark::position(index, pos), Ordering::AcqRel);
                 self.queues[v as usize].push(Task { epoch: epoch.clone(), pos, txn: txn.clone(), gate: gate.clone() });
             }
         }
@@ -205,7 +254,15 @@ impl Scheduler {
             .collect::<Result<Vec<_>>>()?;
         let writes =
             epoch.overlays.iter().map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(|e| e.into_inner()))).collect();
-        Ok(EpochOutput { outcomes, writes })
+        let mut changes: Vec<Change> = epoch
+            .changes
+            .iter()
+            .flat_map(|c| std::mem::take(&mut *c.lock().unwrap_or_else(|e| e.into_inner())))
+            .collect();
+        // Within a vshard, changes are in execution order; across vshards
+        // only the transaction order matters (a key lives in one vshard).
+        changes.sort_by_key(|c| c.0);
+        Ok(EpochOutput { outcomes, writes, changes })
     }
 }
 
@@ -282,5 +339,23 @@ mod tests {
         };
         assert_eq!(vshards_of(&txn, 4), vec![0, 1, 2, 3]);
         assert_eq!(vshards_of(&incr(&["/a"]), 4).len(), 1);
+    }
+
+    #[test]
+    fn vshard_lag_counts_entries_between_what_it_passed_and_what_it_was_given() {
+        let p = VshardProgress {
+            done: Arc::new((0..4).map(|_| Watermark::default()).collect()),
+            given: Arc::new((0..4).map(|_| AtomicU64::new(0)).collect()),
+        };
+        assert_eq!(p.lags(), vec![0; 4], "nothing given: idle");
+        let at = Watermark::position;
+        let cases = [(at(5, 3), at(5, 3)), (at(2, 0), at(5, 1)), (0, at(7, 0)), (at(9, 1), at(9, 4))];
+        for (v, (done, given)) in cases.into_iter().enumerate() {
+            p.done[v].advance(done);
+            p.given[v].store(given, Ordering::Release);
+        }
+        assert_eq!(p.lags(), vec![0, 3, 7, 1], "idle, 3 entries behind, 7 behind, inside its current entry");
+        let s = Scheduler::start(1, 2);
+        assert_eq!(s.progress().lags(), vec![0, 0]);
     }
 }

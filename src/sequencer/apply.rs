@@ -10,14 +10,39 @@
 //! 3. **Dedup**: a transaction whose request id already has a result gets
 //!    that first result and is not executed again.
 //! 4. **Fan-out and execution** on the vshard executors ([`Scheduler`]).
-//! 5. **One WriteBatch** with the epoch's data, every vshard's watermark, the
-//!    dedup entries and the applied state, written durably before the entry
-//!    counts as applied (and before any client hears of it).
+//! 5. **One WriteBatch** with the epoch's data (the latest record of each
+//!    key, and one `Version` per write for snapshot reads and watchers),
+//!    every vshard's watermark, the dedup entries, the version GC and the
+//!    applied state, written durably before the entry counts as applied (and
+//!    before any client hears of it).
+//! 6. **Publication** of the new applied stamp (the closed timestamp, see
+//!    below) and of the epoch's changes to this replica's watchers.
+//!
+//! ## Stamps, the closed timestamp and version GC
+//!
+//! Every epoch carries its leader's HLC stamp; the state machine applies it
+//! as `max(batch stamp, previous stamp + 1)`, so applied stamps strictly
+//! increase along the log *whatever any leader's clock says* — this rule is
+//! deterministic, so it holds on every replica and across leader changes (a
+//! leader also mints above the applied stamp, so the
+//! rule rarely has to lift a stamp). Hence the stamp of the last applied
+//! epoch is a **closed timestamp**: no epoch applied later can carry a lower
+//! or equal stamp, and the state at any `t` up to it is final on this
+//! replica. A snapshot read at `t` waits until the closed timestamp reaches
+//! `t`, then reads the newest version at or below `t` of each key.
+//!
+//! Versions older than the **GC horizon** are collected: the leader puts
+//! `stamp - retention` in each batch and the horizon only moves forward. For
+//! each key written at stamp `s` an index entry `VersionGc(group, s, key)` is
+//! kept; once the horizon reaches `s`, every version of that key older than
+//! its newest one at `s` is unreachable by reads at or above the horizon and
+//! is deleted (a tombstone at `s` too). The index is processed in stamp
+//! order, a bounded number of entries per epoch, by every replica alike.
 //!
 //! Any storage error or broken invariant is returned as an error, which
 //! stops the group's Raft instance: the replica stops rather than diverge.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +58,7 @@ use crate::routing::RangeDesc;
 use crate::scheduler::Scheduler;
 use crate::sequencer::driver::epoch_term;
 use crate::sequencer::EpochBatch;
-use crate::tree::{encode_record, Footprint, Txn, TxnOutcome};
+use crate::tree::{decode_version, encode_record, encode_version, Footprint, Record, Txn, TxnOutcome};
 
 /// How long (in HLC physical time) a request id's first result is kept for
 /// retries. A constant, not a setting: every replica must expire the same
@@ -41,6 +66,11 @@ use crate::tree::{encode_record, Footprint, Txn, TxnOutcome};
 pub const DEDUP_RETENTION_MS: u64 = 10 * 60 * 1000;
 /// At most this many expired dedup entries are removed per epoch.
 const DEDUP_GC_PER_EPOCH: usize = 1024;
+/// At most this many version-GC index entries are processed per epoch
+/// (each removes the superseded versions of one key).
+const VERSION_GC_PER_EPOCH: usize = 4096;
+/// Epochs a watcher may fall behind before it is cancelled.
+pub const WATCH_FEED_CAPACITY: usize = 1024;
 
 /// What the state machine has applied, persisted as `Key::Applied(group)` in
 /// the same WriteBatch as the data it describes.
@@ -51,6 +81,9 @@ pub struct AppliedState {
     pub epoch: u64,
     pub stamp: u64,
     pub epoch_gaps: u64,
+    /// Versions below this stamp may have been collected.
+    #[serde(default)]
+    pub gc_horizon: u64,
 }
 
 /// The result of applying one log entry, returned to the proposing leader.
@@ -64,7 +97,8 @@ pub struct EpochResponse {
 }
 
 enum EpochCheck {
-    /// Execute the epoch with this (monotonic) stamp.
+    /// Execute the epoch with this (monotonic) stamp; `next` has the new
+    /// stamp and GC horizon.
     Apply { stamp: u64 },
     /// Reject every transaction of the epoch, retryably.
     Stale(String),
@@ -77,14 +111,53 @@ struct DedupRecord {
     outcome: TxnOutcome,
 }
 
+/// What a replica's watchers receive, in apply order.
+#[derive(Clone, Debug)]
+pub enum Feed {
+    /// An applied epoch: its stamp and every change, in commit order.
+    Epoch(Arc<EpochChanges>),
+    /// A snapshot replaced the group's state up to `stamp`: watchers must
+    /// resume from their last stamp (the versions came with the snapshot).
+    Reset { stamp: u64 },
+}
+
+/// A key and its new record, or `None` for a deletion.
+pub type KeyChange = (Vec<u8>, Option<Record>);
+
+#[derive(Debug)]
+pub struct EpochChanges {
+    pub stamp: u64,
+    /// Every change, in commit order.
+    pub changes: Vec<KeyChange>,
+}
+
 /// Progress of a group's state machine, readable without locks by the
-/// sequencer driver and the status API.
-#[derive(Debug, Default)]
+/// sequencer driver, the read path and the status API.
+#[derive(Debug)]
 pub struct GroupShared {
     pub applied_index: AtomicU64,
     pub epoch: AtomicU64,
     pub stamp: AtomicU64,
     pub epoch_gaps: AtomicU64,
+    pub gc_horizon: AtomicU64,
+    /// The applied stamp (closed timestamp), for readers waiting on it.
+    pub closed: tokio::sync::watch::Sender<u64>,
+    /// Applied changes, for watchers.
+    pub feed: tokio::sync::broadcast::Sender<Feed>,
+}
+
+impl Default for GroupShared {
+    fn default() -> Self {
+        Self {
+            applied_index: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            stamp: AtomicU64::new(0),
+            epoch_gaps: AtomicU64::new(0),
+            gc_horizon: AtomicU64::new(0),
+            closed: tokio::sync::watch::channel(0).0,
+            feed: tokio::sync::broadcast::channel(WATCH_FEED_CAPACITY).0,
+        }
+    }
 }
 
 /// A snapshot as stored under `Key::Snapshot(group)`.
@@ -111,6 +184,16 @@ pub struct GroupStateMachine {
     state: AppliedState,
     /// `Sync` except under the test-only `volatile_writes` switch.
     durability: Durability,
+    /// When a stamp too far ahead was last logged.
+    skew_warned: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// The applied state of `group` as `view` sees it.
+pub fn read_applied(view: &dyn ReadView, group: u64) -> Result<AppliedState> {
+    match view.get(&Key::Applied(group).encode())? {
+        Some(bytes) => decode(&bytes, "applied state"),
+        None => Ok(AppliedState::default()),
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
@@ -138,7 +221,8 @@ impl GroupStateMachine {
             None => AppliedState::default(),
         };
         let scheduler = Scheduler::start(group, vshards);
-        let sm = Self { group, range, engine, scheduler, shared, hlc, state, durability };
+        let skew_warned = std::sync::Mutex::new(None);
+        let sm = Self { group, range, engine, scheduler, shared, hlc, state, durability, skew_warned };
         sm.publish();
         Ok(sm)
     }
@@ -157,7 +241,24 @@ impl GroupStateMachine {
         s.epoch.store(self.state.epoch, Ordering::Release);
         s.stamp.store(self.state.stamp, Ordering::Release);
         s.epoch_gaps.store(self.state.epoch_gaps, Ordering::Release);
-        self.hlc.observe(self.state.stamp);
+        s.gc_horizon.store(self.state.gc_horizon, Ordering::Release);
+        self.adopt_stamp();
+        s.closed.send_replace(self.state.stamp);
+    }
+
+    /// Moves this node's HLC past the applied stamp, unless that stamp is
+    /// further ahead of the local clock than the maximum offset: then it is
+    /// not adopted (a leader with a runaway clock must not drag every
+    /// node's clock along), and the skew is logged, at most every 10 s.
+    fn adopt_stamp(&self) {
+        if let Err(e) = self.hlc.update(self.state.stamp) {
+            let now = std::time::Instant::now();
+            let mut last = self.skew_warned.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
+                *last = Some(now);
+                tracing::warn!(group = self.group, stamp = self.state.stamp, "applied epoch stamp not adopted: {e}");
+            }
+        }
     }
 
     /// Applies one committed entry.
@@ -185,6 +286,7 @@ impl GroupStateMachine {
         let mut next = self.state.clone();
         next.last_applied = Some(entry.log_id);
         let mut wb = WriteBatch::new();
+        let mut changes = None;
         let response = match entry.payload {
             EntryPayload::Blank => EpochResponse { index, ..Default::default() },
             EntryPayload::Membership(m) => {
@@ -202,7 +304,8 @@ impl GroupStateMachine {
                         outcomes: batch.txns.iter().map(|_| TxnOutcome::Retry { reason: reason.clone() }).collect(),
                     },
                     EpochCheck::Apply { stamp } => {
-                        let outcomes = self.execute(index, &batch, stamp, &mut wb)?;
+                        let (outcomes, epoch_changes) = self.execute(index, &batch, stamp, next.gc_horizon, &mut wb)?;
+                        changes = Some(EpochChanges { stamp, changes: epoch_changes });
                         EpochResponse { index, epoch: batch.epoch, stamp, outcomes }
                     }
                 }
@@ -212,6 +315,12 @@ impl GroupStateMachine {
         self.engine.write(wb, self.durability)?;
         self.state = next;
         self.publish();
+        if let Some(c) = changes {
+            if self.shared.feed.receiver_count() > 0 {
+                // Err = no receiver left: nobody to tell.
+                let _ = self.shared.feed.send(Feed::Epoch(Arc::new(c)));
+            }
+        }
         Ok(response)
     }
 
@@ -249,11 +358,20 @@ impl GroupStateMachine {
         let stamp = batch.stamp.max(self.state.stamp + 1);
         next.epoch = batch.epoch;
         next.stamp = stamp;
+        next.gc_horizon = self.state.gc_horizon.max(batch.gc_before.min(stamp));
         Ok(EpochCheck::Apply { stamp })
     }
 
-    /// Dedup, execution and the epoch's writes into `wb`.
-    fn execute(&self, index: u64, batch: &EpochBatch, stamp: u64, wb: &mut WriteBatch) -> Result<Vec<TxnOutcome>> {
+    /// Dedup, execution and the epoch's writes into `wb`; returns the
+    /// outcomes and every change in commit order.
+    fn execute(
+        &self,
+        index: u64,
+        batch: &EpochBatch,
+        stamp: u64,
+        gc_horizon: u64,
+        wb: &mut WriteBatch,
+    ) -> Result<(Vec<TxnOutcome>, Vec<KeyChange>)> {
         enum Plan {
             Run(usize),
             Known(TxnOutcome),
@@ -296,6 +414,13 @@ impl GroupStateMachine {
                 }
             }
         }
+        let mut written = BTreeSet::new();
+        for (pos, key, record) in &output.changes {
+            wb.put(Key::Version(key, stamp, *pos as u64).encode(), encode_version(record.as_ref()));
+            if written.insert(key.as_slice()) {
+                wb.put(Key::VersionGc(self.group, stamp, key).encode(), Vec::new());
+            }
+        }
         for v in 0..self.scheduler.vshards() {
             wb.put(Key::Watermark(self.group, v).encode(), encode(&(index, batch.epoch)));
         }
@@ -315,7 +440,42 @@ impl GroupStateMachine {
             wb.put(Key::DedupExpiry(self.group, stamp, id).encode(), Vec::new());
         }
         self.expire_dedup(stamp, wb)?;
-        Ok(outcomes)
+        self.collect_versions(gc_horizon, wb)?;
+        let changes = output.changes.into_iter().map(|(_, key, record)| (key, record)).collect();
+        Ok((outcomes, changes))
+    }
+
+    /// Deletes the versions that no read at or above `horizon` can see (see
+    /// the module docs), for up to [`VERSION_GC_PER_EPOCH`] index entries.
+    fn collect_versions(&self, horizon: u64, wb: &mut WriteBatch) -> Result<()> {
+        if horizon == 0 {
+            return Ok(());
+        }
+        let corrupt = |e: arbor_storage::keycode::DecodeError| Error::Corruption(e.to_string());
+        let view: &dyn ReadView = self.engine.as_ref();
+        let start = keys::version_gc_prefix(self.group);
+        let end = Key::VersionGc(self.group, horizon.saturating_add(1), b"").encode();
+        for item in view
+            .scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
+            .take(VERSION_GC_PER_EPOCH)
+        {
+            let (index_key, _) = item?;
+            let (s, key) = keys::decode_version_gc(&index_key).map_err(corrupt)?;
+            let (lo, hi) = keys::versions_at_or_below(&key, s);
+            let mut versions =
+                view.scan(std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi), Direction::Forward);
+            if let Some(newest) = versions.next() {
+                let (k, v) = newest?;
+                if decode_version(&v)?.is_none() {
+                    wb.delete(k);
+                }
+            }
+            for older in versions {
+                wb.delete(older?.0);
+            }
+            wb.delete(index_key);
+        }
+        Ok(())
     }
 
     /// A deterministic refusal for a transaction that touches keys outside
@@ -358,6 +518,7 @@ impl GroupStateMachine {
             Key::Data(&self.range.end).encode()
         };
         ranges.push((Key::Data(&self.range.start).encode(), end));
+        ranges.push(keys::version_bounds(&self.range.start, &self.range.end));
         ranges
     }
 
@@ -378,7 +539,7 @@ impl GroupStateMachine {
         }
         drop(view);
         let image = encode(&SnapshotImage { format: 1, entries });
-        let data = zstd::bulk::compress(&image, 3).map_err(|e| Error::Fatal(format!("zstd: {e}")))?;
+        let data = seal_snapshot(&zstd::bulk::compress(&image, 3).map_err(|e| Error::Fatal(format!("zstd: {e}")))?);
         let index = applied.last_applied.map_or(0, |l| l.index);
         let meta = SnapshotMeta {
             last_log_id: applied.last_applied,
@@ -393,12 +554,21 @@ impl GroupStateMachine {
     }
 
     /// Replaces the group's range and state with a snapshot, atomically.
+    /// The data's checksum is verified first: a corrupted snapshot is an
+    /// [`Error::Corruption`] naming the group and snapshot, and nothing is
+    /// installed.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<()> {
-        let image =
-            zstd::stream::decode_all(data.as_slice()).map_err(|e| Error::Corruption(format!("snapshot zstd: {e}")))?;
-        let image: SnapshotImage = decode(&image, "snapshot image")?;
+        let corrupt = |what: String| {
+            let msg = format!("snapshot {} of group {}: {what}; nothing installed", meta.snapshot_id, self.group);
+            tracing::error!(group = self.group, snapshot = %meta.snapshot_id, "{msg}");
+            Error::Corruption(msg)
+        };
+        let compressed = unseal_snapshot(&data).map_err(corrupt)?;
+        let image = zstd::stream::decode_all(compressed).map_err(|e| corrupt(format!("zstd: {e}")))?;
+        let image: SnapshotImage =
+            rmp_serde::from_slice(&image).map_err(|e| corrupt(format!("undecodable image: {e}")))?;
         if image.format != 1 {
-            return Err(Error::Corruption(format!("unknown snapshot format {}", image.format)));
+            return Err(corrupt(format!("unknown image format {}", image.format)));
         }
         let applied_key = Key::Applied(self.group).encode();
         let mut state = AppliedState::default();
@@ -422,6 +592,7 @@ impl GroupStateMachine {
         self.engine.write(wb, self.durability)?;
         self.state = state;
         self.publish();
+        let _ = self.shared.feed.send(Feed::Reset { stamp: self.state.stamp });
         Ok(())
     }
 
@@ -433,5 +604,49 @@ impl GroupStateMachine {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// Snapshot data (what openraft stores and streams), format 1:
+///
+/// ```text
+/// byte 0      format (1)
+/// bytes 1..5  CRC-32 (IEEE, little-endian) of bytes 5..
+/// bytes 5..   the zstd-compressed image
+/// ```
+const SNAPSHOT_DATA_V1: u8 = 1;
+/// The first bytes of a zstd frame: data of a snapshot built before the
+/// checksum header existed.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Frames a compressed snapshot image with its checksum.
+fn seal_snapshot(compressed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(compressed.len() + 5);
+    out.push(SNAPSHOT_DATA_V1);
+    out.extend_from_slice(&crc32fast::hash(compressed).to_le_bytes());
+    out.extend_from_slice(compressed);
+    out
+}
+
+/// The compressed image inside snapshot data, once its checksum matched.
+fn unseal_snapshot(data: &[u8]) -> std::result::Result<&[u8], String> {
+    match data {
+        [SNAPSHOT_DATA_V1, c0, c1, c2, c3, body @ ..] => {
+            let stored = u32::from_le_bytes([*c0, *c1, *c2, *c3]);
+            let actual = crc32fast::hash(body);
+            if stored != actual {
+                return Err(format!(
+                    "checksum mismatch over {} bytes (stored {stored:#010x}, computed {actual:#010x})",
+                    body.len()
+                ));
+            }
+            Ok(body)
+        }
+        _ if data.starts_with(&ZSTD_MAGIC) => {
+            tracing::warn!("installing a snapshot from before snapshot checksums: it is not verified");
+            Ok(data)
+        }
+        [format, ..] => Err(format!("unknown snapshot data format {format}")),
+        [] => Err("empty snapshot data".to_string()),
     }
 }

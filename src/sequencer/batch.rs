@@ -6,7 +6,7 @@
 //! byte 0      format version (1)
 //! byte 1      flags: bit 0 = payload is zstd-compressed
 //! bytes 2..   MessagePack (rmp-serde, positional) of EpochBatch
-//!             { epoch: u64, stamp: u64, txns: [Txn] }
+//!             { epoch: u64, stamp: u64, txns: [Txn], gc_before: u64 }
 //! ```
 //!
 //! The payload is compressed when its uncompressed size reaches the
@@ -31,6 +31,10 @@ pub struct EpochBatch {
     /// The proposing leader's HLC stamp.
     pub stamp: u64,
     pub txns: Vec<Txn>,
+    /// Versions older than this stamp may be collected (the leader's stamp
+    /// minus the version retention; the applied horizon never moves back).
+    #[serde(default)]
+    pub gc_before: u64,
 }
 
 /// The encoded batch, as stored in the log and sent to followers.
@@ -92,7 +96,7 @@ mod tests {
                 failure: vec![],
             })
             .collect();
-        EpochBatch { epoch: 9, stamp: 1234, txns }
+        EpochBatch { epoch: 9, stamp: 1234, txns, gc_before: 1000 }
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! but never while `max_inflight` epochs are already proposed and not yet
 //! committed: then it keeps filling until one commits, and [`Batcher::full`]
 //! tells the driver to stop taking new transactions (back-pressure).
+//!
+//! An idle leader also closes an *empty* epoch once no epoch has closed for
+//! a while ([`Batcher::poll_idle`]): applied stamps are the replicas'
+//! closed timestamp, and this keeps it moving with the clock.
 
 #[derive(Clone, Debug)]
 pub struct BatcherConfig {
@@ -26,11 +30,12 @@ pub struct Batcher<T> {
     open_bytes: usize,
     opened_at: u64,
     inflight: usize,
+    last_closed: u64,
 }
 
 impl<T> Batcher<T> {
     pub fn new(cfg: BatcherConfig) -> Self {
-        Self { cfg, open: Vec::new(), open_bytes: 0, opened_at: 0, inflight: 0 }
+        Self { cfg, open: Vec::new(), open_bytes: 0, opened_at: 0, inflight: 0, last_closed: 0 }
     }
 
     /// Adds a transaction of `bytes` to the open epoch.
@@ -58,9 +63,25 @@ impl<T> Batcher<T> {
         if idle || self.full() || expired {
             self.inflight += 1;
             self.open_bytes = 0;
+            self.last_closed = now;
             return Some(std::mem::take(&mut self.open));
         }
         None
+    }
+
+    /// True when an empty epoch should be proposed now: nothing is open or
+    /// in flight and no epoch closed in the last `interval_ms` (0 = never).
+    /// The empty epoch then counts as in flight.
+    pub fn poll_idle(&mut self, now: u64, interval_ms: u64) -> bool {
+        let due = interval_ms > 0
+            && self.open.is_empty()
+            && self.inflight == 0
+            && now >= self.last_closed.saturating_add(interval_ms);
+        if due {
+            self.inflight += 1;
+            self.last_closed = now;
+        }
+        due
     }
 
     /// When to poll again if nothing else happens.
@@ -118,6 +139,24 @@ mod tests {
         b.push(5, 10, 8);
         assert!(b.full());
         assert_eq!(b.poll(8), Some(vec![3, 4, 5]), "size limit closes before the window");
+    }
+
+    #[test]
+    fn an_idle_pipeline_closes_empty_epochs_at_the_interval() {
+        let mut b = batcher();
+        assert!(!b.poll_idle(50, 0), "0 disables empty epochs");
+        assert!(b.poll_idle(100, 100));
+        assert!(!b.poll_idle(150, 100), "one in flight");
+        b.committed();
+        assert!(!b.poll_idle(150, 100), "too soon after the last one");
+        b.push(1, 10, 160);
+        assert_eq!(b.poll(160), Some(vec![1]));
+        b.committed();
+        assert!(!b.poll_idle(200, 100), "a real epoch closed at 160");
+        assert!(b.poll_idle(260, 100));
+        b.committed();
+        b.push(2, 10, 400);
+        assert!(!b.poll_idle(400, 100), "something is open");
     }
 
     #[test]

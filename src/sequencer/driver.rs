@@ -76,11 +76,16 @@ impl SequencerHandle {
     }
 }
 
-/// Epoch limits and the compression threshold.
+/// Epoch limits, the compression threshold and the closed-timestamp and
+/// version-retention settings.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
     pub batcher: BatcherConfig,
     pub compress_threshold: usize,
+    /// Empty epochs are proposed after this long without one (0 = never).
+    pub close_interval_ms: u64,
+    /// Each batch lets versions older than its stamp minus this be collected.
+    pub version_retention_ms: u64,
 }
 
 /// Starts the sequencer of `group` on this node.
@@ -120,6 +125,9 @@ impl Driver {
     async fn run(mut self) {
         let mut batcher: Batcher<Submission> = Batcher::new(self.cfg.batcher.clone());
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+        let close_every = Duration::from_millis(self.cfg.close_interval_ms.max(1));
+        let mut close_tick = tokio::time::interval(close_every);
+        close_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let sleep = batcher.deadline().map(|d| d.saturating_sub(self.now_ms()));
             tokio::select! {
@@ -143,6 +151,11 @@ impl Driver {
                     None => break,
                 },
                 _ = tokio::time::sleep(Duration::from_millis(sleep.unwrap_or(0))), if sleep.is_some() => {}
+                _ = close_tick.tick(), if self.cfg.close_interval_ms > 0 => {
+                    if self.leader_term().is_ok() && batcher.poll_idle(self.now_ms(), self.cfg.close_interval_ms) {
+                        self.propose(Vec::new(), done_tx.clone()).await;
+                    }
+                }
             }
             while let Some(subs) = batcher.poll(self.now_ms()) {
                 self.propose(subs, done_tx.clone()).await;
@@ -199,7 +212,11 @@ impl Driver {
         self.seq += 1;
         let epoch = epoch_number(term, self.seq);
         let (txns, replies): (Vec<Txn>, Vec<_>) = subs.into_iter().map(|s| (s.txn, s.reply)).unzip();
-        let batch = EpochBatch { epoch, stamp: self.hlc.now(), txns };
+        // Above every applied stamp even if this node's clock did not adopt
+        // them (too far ahead of it): stamps never go back along the log.
+        let stamp = self.hlc.now().max(self.shared.stamp.load(Ordering::Acquire) + 1);
+        let retention = crate::hlc::pack(self.cfg.version_retention_ms, 0);
+        let batch = EpochBatch { epoch, stamp, txns, gc_before: stamp.saturating_sub(retention) };
         let group = self.group;
         // Hand the proposal to openraft here, in the driver's own order:
         // epochs must reach the log in the order they were numbered.

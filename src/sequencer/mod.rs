@@ -13,5 +13,5 @@ pub mod batch;
 pub mod batcher;
 pub mod driver;
 
-pub use apply::{EpochResponse, GroupShared, GroupStateMachine};
+pub use apply::{EpochChanges, EpochResponse, Feed, GroupShared, GroupStateMachine};
 pub use batch::{EpochBatch, EpochPayload};

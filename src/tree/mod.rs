@@ -19,7 +19,7 @@ mod record;
 pub use exec::{execute, WriteSet};
 pub use merge::Merged;
 pub use model::*;
-pub use record::{decode_record, encode_record};
+pub use record::{decode_record, decode_version, encode_record, encode_version};
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -75,6 +75,59 @@ impl TreeRead for StoredTree<'_> {
             let (k, v) = item?;
             let user = keys::decode_data(&k).map_err(|e| crate::Error::Corruption(e.to_string()))?;
             Ok((user.to_vec(), decode_record(&v)?))
+        }))
+    }
+}
+
+/// The tree as it was at HLC stamp `at`: for every key, its newest
+/// [`Key::Version`] at or below `at` (a tombstone hides the key). Only
+/// correct for stamps at or above the group's GC horizon, which the caller
+/// checks.
+pub struct VersionedTree<'a> {
+    view: &'a dyn ReadView,
+    at: u64,
+}
+
+impl<'a> VersionedTree<'a> {
+    pub fn new(view: &'a dyn ReadView, at: u64) -> Self {
+        Self { view, at }
+    }
+}
+
+fn corrupt(e: arbor_storage::keycode::DecodeError) -> crate::Error {
+    crate::Error::Corruption(e.to_string())
+}
+
+impl TreeRead for VersionedTree<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Record>> {
+        let (lo, hi) = keys::versions_at_or_below(key, self.at);
+        match self.view.scan(Bound::Included(lo), Bound::Excluded(hi), Direction::Forward).next() {
+            Some(item) => decode_version(&item?.1),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, range: &KeyRange) -> RecordIter<'_> {
+        if !range.end.is_empty() && range.end <= range.start {
+            return Box::new(std::iter::empty());
+        }
+        let (lo, hi) = keys::version_bounds(&range.start, &range.end);
+        let at = self.at;
+        // Versions come per key, newest first: keep the first one at or
+        // below `at` of each key, skip the rest of that key.
+        let mut done: Option<Vec<u8>> = None;
+        Box::new(self.view.scan(Bound::Included(lo), Bound::Excluded(hi), Direction::Forward).filter_map(move |item| {
+            let step = || -> Result<Option<(Vec<u8>, Record)>> {
+                let (k, v) = item?;
+                let (user, stamp, _) = keys::decode_version(&k).map_err(corrupt)?;
+                if stamp > at || done.as_deref() == Some(user.as_slice()) {
+                    return Ok(None);
+                }
+                let record = decode_version(&v)?;
+                done = Some(user.clone());
+                Ok(record.map(|r| (user, r)))
+            };
+            step().transpose()
         }))
     }
 }

@@ -25,9 +25,39 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
     Ok(Record { version: u(0), create_stamp: u(1), mod_stamp: u(2), value: bytes[HEADER..].to_vec() })
 }
 
+/// A stored version: `0` for a deletion (tombstone), else `1` and the
+/// record's encoding.
+pub fn encode_version(r: Option<&Record>) -> Vec<u8> {
+    match r {
+        None => vec![0],
+        Some(r) => {
+            let mut out = vec![1];
+            out.extend_from_slice(&encode_record(r));
+            out
+        }
+    }
+}
+
+pub fn decode_version(bytes: &[u8]) -> Result<Option<Record>> {
+    match bytes.split_first() {
+        Some((0, [])) => Ok(None),
+        Some((1, record)) => decode_record(record).map(Some),
+        _ => Err(Error::Corruption(format!("bad version encoding ({} bytes)", bytes.len()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_round_trip() {
+        let r = Record { value: b"v".to_vec(), version: 3, create_stamp: 10, mod_stamp: 20 };
+        assert_eq!(decode_version(&encode_version(Some(&r))).unwrap(), Some(r));
+        assert_eq!(decode_version(&encode_version(None)).unwrap(), None);
+        assert!(decode_version(&[0, 1]).is_err());
+        assert!(decode_version(&[]).is_err());
+    }
 
     #[test]
     fn round_trip_and_reject_garbage() {

@@ -34,6 +34,7 @@ pub fn run<E: Engine, F: Fn() -> E>(new: F) {
     delete_range(&new());
     snapshots_are_isolated(&new());
     binary_keys_sort_bytewise(&new());
+    approximate_sizes(&new());
 }
 
 fn point_ops<E: Engine>(e: &E) {
@@ -129,4 +130,33 @@ fn binary_keys_sort_bytewise<E: Engine>(e: &E) {
     put_all(e, &[(b"\x00", b""), (b"\x00\x00", b""), (b"\x01", b""), (b"\xff", b""), (b"", b"empty key")]);
     let got = collect(e, Unbounded, Unbounded, Direction::Forward);
     assert_eq!(keys(&got), [&b""[..], b"\x00", b"\x00\x00", b"\x01", b"\xff"]);
+}
+
+fn approximate_sizes<E: Engine>(e: &E) {
+    // Incompressible values, so that an estimate from compressed files is
+    // still of the order of the logical size.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut b = WriteBatch::new();
+    let mut logical = 0u64;
+    for i in 0..2000u32 {
+        let key = format!("s/{i:04}").into_bytes();
+        let value: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        logical += (key.len() + value.len()) as u64;
+        b.put(key, value);
+    }
+    e.write(b, Durability::Sync).unwrap();
+    e.flush().unwrap();
+    let all = e.approximate_size(b"s/", b"s0").unwrap();
+    assert!(all > logical / 4, "2000 keys of {logical} bytes in all are estimated at {all} bytes");
+    assert!(e.approximate_size(b"s/0000", b"s/1000").unwrap() <= all, "a sub-range is no larger than the range");
+    assert_eq!(e.approximate_size(b"t", b"u").unwrap(), 0, "a range without keys");
+    assert_eq!(e.approximate_size(b"s0", b"s/").unwrap(), 0, "an inverted range");
+    assert_eq!(e.approximate_size(b"s/", b"s/").unwrap(), 0, "an empty range");
 }

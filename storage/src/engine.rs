@@ -115,6 +115,14 @@ pub trait Engine: ReadView {
 
     /// A consistent view of the engine as of now; later writes are not seen.
     fn snapshot(&self) -> Box<dyn ReadView + '_>;
+
+    /// Approximately how many bytes the keys in `[start, end)` take in
+    /// storage, for observability only (never for decisions that must agree
+    /// between replicas). RocksDB estimates from its flushed files
+    /// (compressed, and counting data deleted but not yet compacted away;
+    /// writes still in the memtable are not counted); the in-memory engine
+    /// counts key and value bytes exactly. An empty range is 0.
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<u64>;
 }
 
 /// The smallest key greater than every key with prefix `prefix`, or `None`

@@ -82,6 +82,14 @@ impl Engine for Memory {
     fn snapshot(&self) -> Box<dyn ReadView + '_> {
         Box::new(MemorySnapshot(self.current()))
     }
+
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<u64> {
+        if start >= end {
+            return Ok(0);
+        }
+        let map = self.current();
+        Ok(map.range(start.to_vec()..end.to_vec()).map(|(k, v)| (k.len() + v.len()) as u64).sum())
+    }
 }
 
 struct MemorySnapshot(Arc<Map>);

@@ -140,6 +140,15 @@ impl Engine for Rocks {
     fn snapshot(&self) -> Box<dyn ReadView + '_> {
         Box::new(RocksSnapshot { snap: self.db.snapshot() })
     }
+
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<u64> {
+        if start >= end {
+            return Ok(0);
+        }
+        // Flushed files only: the C API behind this counts no memtable data.
+        let sizes = self.db.get_approximate_sizes(&[rocksdb::Range::new(start, end)]);
+        Ok(sizes.first().copied().unwrap_or(0))
+    }
 }
 
 struct RocksSnapshot<'a> {

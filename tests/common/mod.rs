@@ -4,11 +4,13 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use arbor::client::pb::GroupStatus;
 use arbor::client::{Client, ClientOptions};
 
 /// One node: its id, address, data dir and (while running) its process.
@@ -40,7 +42,36 @@ pub fn phase(msg: &str) {
 impl Cluster {
     /// Starts `n` nodes with extra server flags.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        Self::start_in(tempfile::tempdir().unwrap(), n, extra)
+    }
+
+    /// Starts `n` nodes reading `toml` as their `--config` file (kept in the
+    /// cluster's temp dir), plus extra server flags. Nodes started later
+    /// (restarts, joins) read it too.
+    pub fn start_with_config(n: u64, toml: &str, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("arbor.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut flags = vec!["--config", path.to_str().unwrap()];
+        flags.extend_from_slice(extra);
+        Self::start_in(tmp, n, &flags)
+    }
+
+    fn start_in(tmp: tempfile::TempDir, n: u64, extra: &[&str]) -> Cluster {
+        let mut c = Self::prepare_in(tmp, n, extra);
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Like [`Cluster::start`], but starts no node: prepare their data dirs,
+    /// then start each with [`Cluster::restart`].
+    pub fn prepare(n: u64, extra: &[&str]) -> Cluster {
+        Self::prepare_in(tempfile::tempdir().unwrap(), n, extra)
+    }
+
+    fn prepare_in(tmp: tempfile::TempDir, n: u64, extra: &[&str]) -> Cluster {
         let nodes: Vec<NodeProc> = (1..=n)
             .map(|id| NodeProc {
                 id,
@@ -51,11 +82,7 @@ impl Cluster {
             })
             .collect();
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
-        let mut c = Cluster { nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp };
-        for i in 0..c.nodes.len() {
-            c.spawn(i);
-        }
-        c
+        Cluster { nodes, peers, extra: extra.iter().map(|s| s.to_string()).collect(), _tmp: tmp }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -204,10 +231,80 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Indexes of the running nodes.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect()
+    }
+
+    /// Addresses of the running nodes.
+    pub fn running_endpoints(&self) -> Vec<String> {
+        self.running().into_iter().map(|i| self.nodes[i].addr.clone()).collect()
+    }
+
+    /// Node `i`'s whole log.
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("arbor.log")).unwrap_or_default()
+    }
+
+    /// The status of `group` on node `i`, `None` while it does not answer.
+    pub async fn group_status(&self, i: usize, group: u64) -> Option<GroupStatus> {
+        let s = self.client().status_of(&self.nodes[i].addr).await.ok()?;
+        s.groups.into_iter().find(|g| g.group_id == group)
+    }
+
+    /// Polls node `i`'s status of `group` until `pred` holds (30 s at most)
+    /// and returns it; `what` names the awaited state in the failure.
+    pub async fn wait_group(
+        &self,
+        i: usize,
+        group: u64,
+        what: &str,
+        pred: impl Fn(&GroupStatus) -> bool,
+    ) -> GroupStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.group_status(i, group).await;
+            if let Some(g) = status.as_ref().filter(|g| pred(g)) {
+                return g.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} group {group}: not {what} within 30 s: {status:?}\n{}",
+                self.nodes[i].id,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits up to `timeout` for node `i` to exit on its own; returns its
+    /// exit status, or `None` (and leaves it running) if it did not exit.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.nodes[i].child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        // ARBOR_KEEP_TEST_DATA=1 keeps a failed test's data dirs and logs.
+        if std::thread::panicking() && std::env::var("ARBOR_KEEP_TEST_DATA").is_ok_and(|v| v == "1") {
+            let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().unwrap());
+            eprintln!("kept the cluster's data dirs and logs in {}", tmp.keep().display());
         }
     }
 }
@@ -217,6 +314,87 @@ pub fn data_of(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     use arbor_storage::{ReadView, Rocks, RocksOptions};
     let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
     db.scan_prefix(&arbor::keys::data_prefix()).collect::<Result<Vec<_>, _>>().unwrap()
+}
+
+/// One group's replicated state on a stopped node, read from its RocksDB:
+/// the `Data` keys of its range `[start, end)` (empty `end` = to the end of
+/// the key space) plus the executor state that moves with it (vshard
+/// watermarks, dedup table). The applied state is left out: its last log id
+/// may differ by trailing blank or membership entries.
+pub fn group_state(dir: &Path, group: u64, start: &[u8], end: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    use arbor::keys::{self, Key};
+    use arbor_storage::{Direction, ReadView, Rocks, RocksOptions};
+    use std::ops::Bound;
+    let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
+    let applied = Key::Applied(group).encode();
+    let data_end =
+        if end.is_empty() { arbor_storage::prefix_end(&keys::data_prefix()).unwrap() } else { Key::Data(end).encode() };
+    let mut ranges = keys::group_state_ranges(group);
+    ranges.push((Key::Data(start).encode(), data_end));
+    let mut out = BTreeMap::new();
+    for (s, e) in ranges {
+        for item in db.scan(Bound::Included(s), Bound::Excluded(e), Direction::Forward) {
+            let (k, v) = item.unwrap();
+            if k != applied {
+                out.insert(k, v);
+            }
+        }
+    }
+    out
+}
+
+/// A 64-bit digest of a group state (same process, same hasher keys).
+pub fn digest(state: &BTreeMap<Vec<u8>, Vec<u8>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    state.hash(&mut h);
+    h.finish()
+}
+
+/// Reads every group's state (groups as reported by a status) on the
+/// stopped nodes `nodes`, asserts that each group's digest is the same on
+/// all of them, and returns the groups' states of the first node.
+pub fn assert_identical_groups(
+    c: &Cluster,
+    nodes: &[usize],
+    groups: &[GroupStatus],
+) -> Vec<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut first = Vec::new();
+    for g in groups {
+        let states: Vec<_> =
+            nodes.iter().map(|&i| group_state(&c.nodes[i].dir, g.group_id, &g.start, &g.end)).collect();
+        for (state, &i) in states.iter().zip(nodes) {
+            if digest(state) != digest(&states[0]) {
+                let key = state
+                    .keys()
+                    .chain(states[0].keys())
+                    .filter(|k| state.get(*k) != states[0].get(*k))
+                    .min()
+                    .cloned()
+                    .unwrap_or_default();
+                panic!(
+                    "group {}: node {} ({} keys) differs from node {} ({} keys), first at key {:?}: {:?} vs {:?}",
+                    g.group_id,
+                    c.nodes[i].id,
+                    state.len(),
+                    c.nodes[nodes[0]].id,
+                    states[0].len(),
+                    String::from_utf8_lossy(&key),
+                    state.get(&key),
+                    states[0].get(&key)
+                );
+            }
+        }
+        eprintln!(
+            "group {}: {} keys, digest {:016x}, identical on nodes {:?}",
+            g.group_id,
+            states[0].len(),
+            digest(&states[0]),
+            nodes.iter().map(|&i| c.nodes[i].id).collect::<Vec<_>>()
+        );
+        first.push(states.into_iter().next().unwrap());
+    }
+    first
 }
 
 /// Sends `body` as the raw protobuf payload of a unary call to `path`
