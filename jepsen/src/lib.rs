@@ -10,7 +10,8 @@
 //! [`check`] dispatches on a [`Workload`]; the `arbor-jepsen` binary is a thin CLI over it.
 //!
 //! [`run`] is the cluster harness behind `arbor-jepsen run`: real `arbor server` processes in
-//! network namespaces, concurrent clients, nemeses, and a report per run.
+//! network namespaces (or, without root, on loopback behind per-link TCP proxies), concurrent
+//! clients, nemeses (partition, kill, pause, clock, member, leader), and a report per run.
 
 pub mod bank;
 pub mod edn;

@@ -5,7 +5,8 @@
 //!
 //! `arbor-jepsen run --workload W --nemesis N [options]` runs a real cluster under faults
 //! (see `arbor_jepsen::run`), writes a run folder and exits the same way (3 = the run could
-//! not be carried out: not root, no `arbor` binary, the cluster never became ready...).
+//! not be carried out: no `arbor` binary, `--net netns` without root, the cluster never
+//! became ready...).
 
 use anyhow::{anyhow, bail, Context, Result};
 use arbor_jepsen::history::{self, Format};
@@ -36,8 +37,9 @@ struct RunArgs {
     /// register, list-append, set or bank.
     #[arg(long, default_value = "register")]
     workload: String,
-    /// Faults, comma separated: partition, kill, pause, all, none
-    /// (clock, leader and member are not supported yet).
+    /// Faults, comma separated: partition, kill, pause, clock, member, leader, all, none.
+    /// `all` = partition,kill,pause,clock,member; member needs --nodes 4 or more (it never
+    /// leaves fewer than 3 voters) and is left out of `all` below that.
     #[arg(long, default_value = "partition,kill")]
     nemesis: String,
     /// Number of arbor servers.
@@ -73,11 +75,16 @@ struct RunArgs {
     /// An extra `arbor server` flag, e.g. --server-flag=--unsafe-stale-reads (repeatable).
     #[arg(long = "server-flag", allow_hyphen_values = true)]
     server_flags: Vec<String>,
+    /// Network: netns (a namespace per node; root), proxy (loopback, a TCP proxy per node
+    /// faulting each directed link; no root needed), auto (netns if possible, else proxy).
+    #[arg(long, default_value = "auto")]
+    net: String,
     /// The private /24 the test namespaces use (nothing else may use it).
     #[arg(long, default_value = "10.250.77.0/24")]
     subnet: String,
-    /// How partitions are made: auto (iptables if installed, else blackhole routes),
-    /// iptables or route.
+    /// How partitions are made: netns: auto (iptables if installed, else blackhole routes),
+    /// iptables or route; proxy: auto (= proxy-stall: traffic held), proxy-stall or
+    /// proxy-reset (connections reset).
     #[arg(long = "partition-backend", default_value = "auto")]
     partition_backend: String,
     /// register: workers per key.
@@ -246,6 +253,7 @@ fn run_options(a: RunArgs) -> Result<run::RunOptions> {
         arbor_bin,
         store: a.store,
         server_flags: a.server_flags,
+        net: run::net::NetMode::parse(&a.net)?,
         subnet: a.subnet,
         partition_backend: a.partition_backend,
         params: run::workload::WorkloadParams {

@@ -1,26 +1,68 @@
 //! Carrying out the nemesis' decisions on the testbed, and recording each as a nemesis
 //! `info` event: `start-partition` / `stop-partition` (value: shape, cut links, what each
 //! side sees), `start-kill` / `stop-kill`, `start-pause` / `stop-pause` (value: targets and
-//! nodes), `crash` (a server that exited on its own). The decisions come from
-//! [`super::nemesis::Planner`]; the final heal stops everything and restarts every server
-//! that is down, whatever the reason.
+//! nodes), `start-clock` / `stop-clock` (bump or strobe: node and offsets; stop: the nodes
+//! reset to offset 0), `start-member` / `stop-member` (the node removed from / added back to
+//! every group, with the groups and any error), `transfer-leader` (group, from, to, and the
+//! outcome), `member-skipped` (no node could be removed), `crash` (a server that exited on
+//! its own). A failed call is recorded in its event's `error` field, never hidden. The
+//! decisions come from [`super::nemesis::Planner`].
+//!
+//! The final heal works in the order that lets each step succeed: network, kills and
+//! pauses first (every server running and reachable), then clock offsets back to 0 on every
+//! node, then the removed node back in every group; with `member`, it finally checks that
+//! every original node is a voter of every group again, and reports it as a problem if not.
 
+use super::admin::{self, ClockAdmin, GroupView, MEMBERSHIP_CALL};
 use super::cluster::leader_of_group_1;
-use super::nemesis::{Action, FaultKind, Grudge, Plan, Planner};
+use super::nemesis::{Action, ClockPlan, FaultKind, Grudge, Plan, Planner, MIN_VOTERS};
 use super::recorder::Recorder;
 use super::Testbed;
 use anyhow::Result;
+use futures::future::join_all;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Nodes hit by the active kill and pause faults.
+/// How long putting a removed node back may take during the main phase...
+const MEMBER_RESTORE: Duration = Duration::from_secs(10);
+/// ... and at the final heal.
+const FINAL_MEMBER_RESTORE: Duration = Duration::from_secs(60);
+/// SIGTERM grace of a removed node.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A running clock fault.
+struct ClockFault {
+    desc: String,
+    /// The strobe task, aborted when the fault stops.
+    strobe: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ClockFault {
+    fn drop(&mut self) {
+        if let Some(t) = &self.strobe {
+            t.abort();
+        }
+    }
+}
+
+/// A node taken out of the groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemberFault {
+    node: usize,
+    /// Removed from every group, wiped and restarted with `--join`.
+    wiped: bool,
+}
+
+/// The active faults.
 #[derive(Default)]
 struct Active {
     killed: Vec<usize>,
     paused: Vec<usize>,
     partition: Option<String>,
+    clock: Option<ClockFault>,
+    member: Option<MemberFault>,
 }
 
 impl Active {
@@ -35,7 +77,18 @@ impl Active {
         if !self.paused.is_empty() {
             parts.push(format!("paused {}", self.paused.iter().map(|&i| name(i)).collect::<Vec<_>>().join(" ")));
         }
+        if let Some(c) = &self.clock {
+            parts.push(format!("clock {}", c.desc));
+        }
+        if let Some(m) = &self.member {
+            parts.push(format!("removed {}", name(m.node)));
+        }
         parts.join(", ")
+    }
+
+    /// The node the member fault owns: kills and pauses leave it alone.
+    fn member_node(&self) -> Option<usize> {
+        self.member.map(|m| m.node)
     }
 }
 
@@ -45,6 +98,11 @@ fn name(i: usize) -> String {
 
 fn names(nodes: &[usize]) -> Json {
     json!(nodes.iter().map(|&i| name(i)).collect::<Vec<_>>())
+}
+
+/// The node index of Arbor node id `id` (ids are 1-based indices).
+fn index_of(id: u64, n: usize) -> Option<usize> {
+    (id as usize).checked_sub(1).filter(|&i| i < n)
 }
 
 /// What each node sees, grouped: `n1 n2 | n3 n4 n5`.
@@ -59,7 +117,20 @@ pub fn components(g: &Grudge, n: usize) -> String {
     views.iter().map(|v| v.iter().map(|&i| name(i)).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join(" | ")
 }
 
-/// Runs the nemesis until `deadline`, then heals everything.
+/// Nodes that the member fault may remove: running, not paused or killed, a voter of every
+/// group, and every group keeps more than [`MIN_VOTERS`] voters before the removal (pure).
+pub fn removable(view: &[GroupView], ids: &[(usize, u64)], busy: &[usize]) -> Vec<usize> {
+    if view.is_empty() || view.iter().any(|g| g.voters.len() <= MIN_VOTERS) {
+        return Vec::new();
+    }
+    ids.iter()
+        .filter(|(i, id)| !busy.contains(i) && view.iter().all(|g| g.voters.contains(id)))
+        .map(|&(i, _)| i)
+        .collect()
+}
+
+/// Runs the nemesis until `deadline`, then heals everything; returns what the heal could
+/// not restore (run problems).
 pub async fn nemesis_loop(
     tb: Arc<Testbed>,
     rec: Arc<Recorder>,
@@ -67,8 +138,9 @@ pub async fn nemesis_loop(
     interval: Duration,
     deadline: tokio::time::Instant,
     status: Arc<Mutex<String>>,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let mut active = Active::default();
+    let kinds = planner.kinds().to_vec();
     let n = tb.endpoints.len();
     loop {
         let next = tokio::time::Instant::now() + interval;
@@ -81,8 +153,11 @@ pub async fn nemesis_loop(
         apply(&tb, &rec, &mut planner, &mut active, action).await?;
         *status.lock().unwrap_or_else(|e| e.into_inner()) = active.describe(name);
     }
+    *status.lock().unwrap_or_else(|e| e.into_inner()) = format!("healing: {}", active.describe(name));
     for kind in planner.stop_all() {
-        apply(&tb, &rec, &mut planner, &mut active, Action::Stop(kind)).await?;
+        if matches!(kind, FaultKind::Partition | FaultKind::Kill | FaultKind::Pause) {
+            apply(&tb, &rec, &mut planner, &mut active, Action::Stop(kind)).await?;
+        }
     }
     // Whatever happened (a crash, a failed step), leave every node running and connected.
     note_crashes(&tb, &rec);
@@ -101,8 +176,33 @@ pub async fn nemesis_loop(
     if !restarted.is_empty() {
         rec.nemesis("restart", json!({"nodes": names(&restarted)}));
     }
+    if kinds.contains(&FaultKind::Clock) {
+        // Every node, skewed or not (a bump may have outlived its fault's bookkeeping).
+        stop_clock(&tb, &rec, &mut active, true).await;
+    }
+    let mut problems = Vec::new();
+    if let Some(m) = active.member {
+        if let Err(e) = restore_member(&tb, &rec, &mut active, m, FINAL_MEMBER_RESTORE).await {
+            problems.push(format!("{} could not be added back to every group: {e}", name(m.node)));
+        }
+    }
+    if kinds.contains(&FaultKind::Member) {
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let view = admin::groups(&tb.endpoints).await;
+        let missing: Vec<String> = view
+            .iter()
+            .flat_map(|g| {
+                ids.iter().filter(|id| !g.voters.contains(id)).map(move |id| format!("n{id} in group {}", g.id))
+            })
+            .collect();
+        if view.is_empty() {
+            problems.push("after healing, no node reported its groups".into());
+        } else if !missing.is_empty() {
+            problems.push(format!("after healing, not a voter: {}", missing.join(", ")));
+        }
+    }
     *status.lock().unwrap_or_else(|e| e.into_inner()) = String::new();
-    Ok(())
+    Ok(problems)
 }
 
 fn note_crashes(tb: &Testbed, rec: &Recorder) {
@@ -112,11 +212,261 @@ fn note_crashes(tb: &Testbed, rec: &Recorder) {
     }
 }
 
+/// The clock admin of node `i` (its advertised address).
+fn clock_admin(tb: &Testbed, i: usize) -> Result<ClockAdmin, String> {
+    let addr = tb.cluster().advertise(i).to_string();
+    ClockAdmin::new(&addr)
+}
+
+async fn start_clock(tb: &Testbed, rec: &Recorder, active: &mut Active, plan: ClockPlan) {
+    let node = plan.node();
+    let admin = match clock_admin(tb, node) {
+        Ok(a) => a,
+        Err(e) => {
+            rec.nemesis("start-clock", json!({"node": name(node), "error": e}));
+            active.clock = Some(ClockFault { desc: format!("{} (failed)", name(node)), strobe: None });
+            return;
+        }
+    };
+    match plan {
+        ClockPlan::Bump { offset_ms, .. } => {
+            let mut v = json!({"mode": "bump", "node": name(node), "offset-ms": offset_ms});
+            match admin.set(offset_ms).await {
+                Ok(prev) => v["previous-offset-ms"] = json!(prev),
+                Err(e) => v["error"] = json!(e),
+            }
+            rec.nemesis("start-clock", v);
+            active.clock = Some(ClockFault { desc: format!("{} {offset_ms:+} ms", name(node)), strobe: None });
+        }
+        ClockPlan::Strobe { offset_ms, period_ms, duration_ms, .. } => {
+            // The strobe flips on its own task; the first flip's outcome is recorded.
+            let first = admin.set(offset_ms).await;
+            let task = tokio::spawn(async move {
+                let end = Instant::now() + Duration::from_millis(duration_ms);
+                let mut on = true;
+                while Instant::now() < end {
+                    tokio::time::sleep(Duration::from_millis(period_ms)).await;
+                    on = !on;
+                    let _ = admin.set(if on { offset_ms } else { 0 }).await;
+                }
+                let _ = admin.set(0).await;
+            });
+            let mut v = json!({
+                "mode": "strobe", "node": name(node), "offset-ms": offset_ms,
+                "period-ms": period_ms, "duration-ms": duration_ms,
+            });
+            if let Err(e) = first {
+                v["error"] = json!(e);
+            }
+            rec.nemesis("start-clock", v);
+            active.clock = Some(ClockFault {
+                desc: format!("{} strobe 0/{offset_ms:+} ms every {period_ms} ms", name(node)),
+                strobe: Some(task),
+            });
+        }
+    }
+}
+
+/// Stops the strobe and sets every running, unpaused node's offset to 0 (`all`: every node).
+async fn stop_clock(tb: &Testbed, rec: &Recorder, active: &mut Active, all: bool) {
+    active.clock = None;
+    let targets: Vec<(usize, String)> = {
+        let c = tb.cluster();
+        (0..c.len())
+            .filter(|&i| all || (c.is_running(i) && !c.is_paused(i)))
+            .map(|i| (i, c.advertise(i).to_string()))
+            .collect()
+    };
+    let results = join_all(targets.iter().map(|(_, addr)| async move {
+        match ClockAdmin::new(addr) {
+            Ok(a) => a.set(0).await,
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
+    let mut reset = Vec::new();
+    let mut errors = serde_json::Map::new();
+    for ((i, _), r) in targets.iter().zip(results) {
+        match r {
+            Ok(_) => reset.push(*i),
+            Err(e) => {
+                errors.insert(name(*i), json!(e));
+            }
+        }
+    }
+    let mut v = json!({"reset": names(&reset)});
+    if !errors.is_empty() {
+        v["errors"] = Json::Object(errors);
+    }
+    rec.nemesis("stop-clock", v);
+}
+
+async fn transfer_leader(tb: &Testbed, rec: &Recorder, planner: &mut Planner) {
+    let n = tb.endpoints.len();
+    let view = admin::groups(&tb.endpoints).await;
+    let led: Vec<usize> = (0..view.len()).filter(|&k| index_of(view[k].leader, n).is_some()).collect();
+    let Some(k) = planner.pick(&led) else {
+        rec.nemesis("transfer-leader", json!({"error": "no group has a known leader"}));
+        return;
+    };
+    let g = &view[k];
+    let others: Vec<u64> = g.voters.iter().copied().filter(|&v| v != g.leader).collect();
+    let Some(to) = planner.pick(&others) else {
+        rec.nemesis("transfer-leader", json!({"group": g.id, "error": "no other voter"}));
+        return;
+    };
+    let from = index_of(g.leader, n).expect("filtered above");
+    let addr = tb.cluster().advertise(from).to_string();
+    let mut v = json!({"group": g.id, "from": format!("n{}", g.leader), "to": format!("n{to}"), "term": g.term});
+    match admin::transfer_leader(&addr, g.id, to).await {
+        Ok((leader, term)) => {
+            v["result"] = json!({"leader": format!("n{leader}"), "term": term});
+        }
+        Err(e) => v["error"] = json!(e),
+    }
+    rec.nemesis("transfer-leader", v);
+}
+
+/// Removes a node from every group, wipes it and restarts it with `--join`.
+async fn start_member(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut Active) {
+    if let Some(m) = active.member {
+        planner.abandon(FaultKind::Member);
+        rec.nemesis("member-skipped", json!({"reason": format!("{} is still out", name(m.node))}));
+        return;
+    }
+    let view = admin::groups(&tb.endpoints).await;
+    let (ids, busy): (Vec<(usize, u64)>, Vec<usize>) = {
+        let c = tb.cluster();
+        let ids = (0..c.len()).map(|i| (i, c.id(i))).collect();
+        let busy = (0..c.len())
+            .filter(|&i| !c.is_running(i) || c.is_paused(i) || active.killed.contains(&i) || active.paused.contains(&i))
+            .collect();
+        (ids, busy)
+    };
+    let candidates = removable(&view, &ids, &busy);
+    let Some(node) = planner.pick(&candidates) else {
+        planner.abandon(FaultKind::Member);
+        let voters: Vec<String> = view.iter().map(|g| format!("group {}: {:?}", g.id, g.voters)).collect();
+        rec.nemesis(
+            "member-skipped",
+            json!({"reason": format!("no node can go without leaving fewer than {MIN_VOTERS} voters, or none is idle"),
+                   "voters": voters}),
+        );
+        return;
+    };
+    let id = ids[node].1;
+    let groups: Vec<u64> = view.iter().map(|g| g.id).collect();
+    let (removed, failure) = match admin::membership_client(&tb.endpoints, MEMBERSHIP_CALL) {
+        Ok(client) => admin::remove_everywhere(&client, id, &groups).await,
+        Err(text) => (Vec::new(), Some(admin::Failure { text, definite: true })),
+    };
+    let mut v = json!({"node": name(node), "removed-from": removed, "groups": groups});
+    if let Some(f) = failure.as_ref().filter(|f| f.definite && removed.is_empty()) {
+        // Refused before anything changed: there is nothing to heal.
+        planner.abandon(FaultKind::Member);
+        v["error"] = json!(f.text);
+        rec.nemesis("member-skipped", v);
+        return;
+    }
+    let mut fault = MemberFault { node, wiped: false };
+    if let Some(f) = failure {
+        // Out of some groups only, or maybe out (no answer): the stop finishes the
+        // removal, then wipes the node and adds it back.
+        v["error"] = json!(f.text);
+    } else {
+        match wipe_and_rejoin(tb, node) {
+            Ok(()) => fault.wiped = true,
+            Err(e) => v["error"] = json!(format!("{e:#}")),
+        }
+    }
+    v["rejoined-empty"] = json!(fault.wiped);
+    rec.nemesis("start-member", v);
+    active.member = Some(fault);
+}
+
+fn wipe_and_rejoin(tb: &Testbed, node: usize) -> Result<()> {
+    // The graceful stop waits (up to STOP_GRACE) on this thread; let the runtime move its
+    // other tasks (the clients) elsewhere meanwhile.
+    tokio::task::block_in_place(|| {
+        let mut c = tb.cluster();
+        c.stop(node, STOP_GRACE);
+        c.rejoin(node)
+    })
+}
+
+/// Puts the member fault's node back in every group: finishes its removal if it was
+/// partial, wipes and restarts it with `--join` if not done yet, then adds it to every
+/// group it is not a voter of, retrying until `limit`.
+async fn restore_member(
+    tb: &Testbed,
+    rec: &Recorder,
+    active: &mut Active,
+    mut m: MemberFault,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let (id, addr) = {
+        let c = tb.cluster();
+        (c.id(m.node), c.advertise(m.node).to_string())
+    };
+    let client = admin::membership_client(&tb.endpoints, MEMBERSHIP_CALL)?;
+    let added = Mutex::new(BTreeSet::new());
+    let outcome = async {
+        if !m.wiped {
+            admin::retry_until(deadline, || async {
+                let view = admin::groups(&tb.endpoints).await;
+                let left: Vec<u64> = view.iter().filter(|g| g.has_member(id)).map(|g| g.id).collect();
+                match admin::remove_everywhere(&client, id, &left).await {
+                    (_, None) if !view.is_empty() => Ok(()),
+                    (_, None) => Err("no node reported its groups".to_string()),
+                    (_, Some(f)) => Err(f.text),
+                }
+            })
+            .await?;
+            wipe_and_rejoin(tb, m.node).map_err(|e| format!("{e:#}"))?;
+            m.wiped = true;
+        }
+        admin::retry_until(deadline, || async {
+            {
+                // A joiner that crashed or was stopped comes back (still with --join).
+                let mut c = tb.cluster();
+                c.restart(m.node).map_err(|e| format!("{e:#}"))?;
+                c.resume(m.node);
+            }
+            let view = admin::groups(&tb.endpoints).await;
+            if view.is_empty() {
+                return Err("no node reported its groups".to_string());
+            }
+            let missing: Vec<u64> = view.iter().filter(|g| !g.voters.contains(&id)).map(|g| g.id).collect();
+            let (done, error) = admin::add_everywhere(&client, id, &addr, &missing).await;
+            added.lock().unwrap_or_else(|e| e.into_inner()).extend(done);
+            match error {
+                None => Ok(()),
+                Some(e) => Err(e),
+            }
+        })
+        .await
+    }
+    .await;
+    let added: Vec<u64> = added.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().collect();
+    let mut v = json!({"node": name(m.node), "added-to": added});
+    match &outcome {
+        Ok(()) => active.member = None,
+        Err(e) => {
+            v["error"] = json!(e);
+            active.member = Some(m);
+        }
+    }
+    rec.nemesis("stop-member", v);
+    outcome
+}
+
 async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut Active, action: Action) -> Result<()> {
     let n = tb.endpoints.len();
     match action {
         Action::Start(plan) => {
             let leader = if plan.needs_leader() { leader_of_group_1(&tb.endpoints).await } else { None };
+            let spared = active.member_node();
             match plan {
                 Plan::Partition(shape) => {
                     let g = planner.grudge(shape, leader);
@@ -129,8 +479,11 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                 Plan::Kill(t) => {
                     let nodes: Vec<usize> = {
                         let mut c = tb.cluster();
-                        let nodes: Vec<usize> =
-                            planner.targets(t, leader).into_iter().filter(|&i| c.is_running(i)).collect();
+                        let nodes: Vec<usize> = planner
+                            .targets(t, leader)
+                            .into_iter()
+                            .filter(|&i| c.is_running(i) && Some(i) != spared)
+                            .collect();
                         for &i in &nodes {
                             c.kill(i);
                         }
@@ -145,8 +498,11 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                     // Only running nodes can be paused (a killed one stays down).
                     let nodes: Vec<usize> = {
                         let mut c = tb.cluster();
-                        let nodes: Vec<usize> =
-                            planner.targets(t, leader).into_iter().filter(|&i| c.is_running(i)).collect();
+                        let nodes: Vec<usize> = planner
+                            .targets(t, leader)
+                            .into_iter()
+                            .filter(|&i| c.is_running(i) && Some(i) != spared)
+                            .collect();
                         for &i in &nodes {
                             c.pause(i);
                         }
@@ -155,6 +511,9 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                     rec.nemesis("start-pause", json!({"targets": t.name(), "nodes": names(&nodes)}));
                     active.paused = nodes;
                 }
+                Plan::Clock(plan) => start_clock(tb, rec, active, plan).await,
+                Plan::Member => start_member(tb, rec, planner, active).await,
+                Plan::Leader => transfer_leader(tb, rec, planner).await,
             }
         }
         Action::Stop(FaultKind::Partition) => {
@@ -182,6 +541,14 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
             }
             rec.nemesis("stop-pause", json!({"nodes": names(&nodes)}));
         }
+        Action::Stop(FaultKind::Clock) => stop_clock(tb, rec, active, false).await,
+        Action::Stop(FaultKind::Member) => {
+            if let Some(m) = active.member {
+                // A node that could not be restored yet stays out; the final heal retries.
+                let _ = restore_member(tb, rec, active, m, MEMBER_RESTORE).await;
+            }
+        }
+        Action::Stop(FaultKind::Leader) => {}
     }
     Ok(())
 }
@@ -198,5 +565,25 @@ mod tests {
         let g = Grudge::of(Shape::IsolateLeader, 3, Some(0), &mut rng);
         assert_eq!(components(&g, 3), "n1 | n2 n3");
         assert_eq!(components(&Grudge::default(), 2), "n1 n2");
+    }
+
+    fn view(voters: &[&[u64]]) -> Vec<GroupView> {
+        voters
+            .iter()
+            .enumerate()
+            .map(|(g, v)| GroupView { id: g as u64 + 1, leader: v[0], voters: v.to_vec(), ..Default::default() })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_is_removed_only_if_every_group_keeps_three_voters() {
+        let ids: Vec<(usize, u64)> = (0..4).map(|i| (i, i as u64 + 1)).collect();
+        assert_eq!(removable(&view(&[&[1, 2, 3, 4]]), &ids, &[]), vec![0, 1, 2, 3]);
+        assert_eq!(removable(&view(&[&[1, 2, 3, 4]]), &ids, &[1, 3]), vec![0, 2], "busy nodes stay");
+        assert!(removable(&view(&[&[1, 2, 3]]), &ids[..3], &[]).is_empty(), "3 voters: never below");
+        assert!(removable(&view(&[&[1, 2, 3, 4], &[1, 2, 3]]), &ids, &[]).is_empty(), "any group at 3 blocks");
+        assert_eq!(removable(&view(&[&[1, 2, 3, 4], &[1, 2, 4, 3]]), &ids, &[]), vec![0, 1, 2, 3]);
+        assert_eq!(removable(&view(&[&[1, 2, 3, 4], &[2, 3, 4, 5]]), &ids, &[]), vec![1, 2, 3], "voter of all");
+        assert!(removable(&[], &ids, &[]).is_empty(), "no view, no removal");
     }
 }

@@ -2,17 +2,20 @@
 //! it and writes a report.
 //!
 //! A run, in phases:
-//! 1. **Setup**: refuse to run without root (network namespaces); clean leftovers of a
-//!    crashed run; build the test network ([`net`]); start N `arbor server`s in it
-//!    ([`cluster`]); wait until every node answers and group 1 has a leader; initialise the
+//! 1. **Setup**: choose the network mode (`--net`: network namespaces when root, else — or
+//!    with `--net proxy` — loopback with a TCP proxy per node that faults each directed link,
+//!    [`proxy`]); clean leftovers of a crashed run; build the test network ([`net`]); start N
+//!    `arbor server`s in it ([`cluster`]; with `--unsafe-clock-admin` when the clock nemesis
+//!    is on); wait until every node answers and group 1 has a leader; initialise the
 //!    workload's data (bank accounts).
 //! 2. **Main phase** (`--time`): `concurrency` workers run the workload's ops
 //!    ([`workload`], executed by [`client`]) and record them ([`recorder`]); a worker whose
 //!    op ended `info` retires its process and continues as process `p + concurrency`, with a
 //!    fresh client. Meanwhile the nemesis starts and stops faults every `--nemesis-interval`
-//!    ([`nemesis`] decides, [`faults`] applies), recording each as a nemesis `info` event.
-//! 3. **Heal** every fault, wait `--recovery`, wait for the cluster, run the workload's
-//!    final reads.
+//!    ([`nemesis`] decides, [`faults`] applies, [`admin`] makes the cluster calls), recording
+//!    each as a nemesis `info` event.
+//! 3. **Heal** every fault (a removed node back in every group), wait `--recovery`, wait for
+//!    the cluster, run the workload's final reads.
 //! 4. **Check and report**: stop the servers, tear the network down, write `history.jsonl`,
 //!    check it (`cas-register` per key, `list-append` strict-serializable, `set`, `bank`),
 //!    write `results.json` and `report.html` ([`report`]). The exit code is the verdict's.
@@ -21,11 +24,13 @@
 //! drop kills the servers first, then removes the namespaces and the bridge, so a failed or
 //! interrupted run cleans up too (and the next run cleans whatever a killed one left).
 
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod faults;
 pub mod nemesis;
 pub mod net;
+pub mod proxy;
 pub mod recorder;
 pub mod report;
 pub mod workload;
@@ -36,11 +41,11 @@ use anyhow::{bail, Context, Result};
 use arbor::client::{Client, ClientOptions};
 use cluster::Cluster;
 use nemesis::FaultKind;
-use net::{Backend, Layout, Network};
+use net::{NetMode, Network};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use recorder::{Counts, Recorder};
-use serde_json::json;
+use serde_json::{json, Value as Json};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -76,9 +81,12 @@ pub struct RunOptions {
     pub store: PathBuf,
     /// Extra `arbor server` flags.
     pub server_flags: Vec<String>,
-    /// The test /24.
+    /// Namespaces, proxies, or whichever works.
+    pub net: NetMode,
+    /// The test /24 (namespaces).
     pub subnet: String,
-    /// `auto`, `iptables` or `route`.
+    /// `auto`, `iptables` or `route` (namespaces); `auto`, `proxy-stall` or `proxy-reset`
+    /// (proxies).
     pub partition_backend: String,
     /// Workload knobs.
     pub params: WorkloadParams,
@@ -102,11 +110,11 @@ pub struct RunSummary {
 }
 
 /// The servers and their network. Field order is drop order: servers die before their
-/// namespaces go.
+/// namespaces (or proxies) go.
 pub struct Testbed {
     /// Server processes.
     pub cluster: Mutex<Cluster>,
-    /// Namespaces, bridge, partitions.
+    /// Namespaces and bridge, or proxies; partitions.
     pub network: Network,
     /// Client addresses of the nodes.
     pub endpoints: Vec<String>,
@@ -181,14 +189,19 @@ pub fn timestamp(unix_secs: u64) -> String {
 /// How long a run waits for another one to finish before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(900);
 
-/// One run at a time on a machine: the namespaces' names are fixed.
+/// One run at a time on a machine: the namespaces' names are fixed, and two runs would
+/// skew each other's timings.
 struct RunLock(#[allow(dead_code)] std::fs::File);
 
 impl RunLock {
     /// Takes the machine-wide lock, waiting (at most [`LOCK_WAIT`]) for a running run.
     async fn acquire() -> Result<RunLock> {
         let path = std::env::temp_dir().join("arbor-jepsen.lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        // flock works on a read-only descriptor too (the file may be another user's).
+        let f = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => std::fs::File::open(&path)?,
+            r => r.with_context(|| format!("opening {}", path.display()))?,
+        };
         let started = Instant::now();
         loop {
             // SAFETY: flock on a descriptor we own; the lock is released with the file.
@@ -207,35 +220,54 @@ impl RunLock {
     }
 }
 
+/// The server flags of a run: the user's, plus `--unsafe-clock-admin` for the clock nemesis.
+pub fn server_flags(opts: &RunOptions) -> Vec<String> {
+    let mut flags = opts.server_flags.clone();
+    let admin = "--unsafe-clock-admin";
+    if opts.nemeses.contains(&FaultKind::Clock) && !flags.iter().any(|f| f == admin) {
+        flags.push(admin.into());
+    }
+    flags
+}
+
 /// Runs a whole test; see the module docs.
-pub async fn run(opts: RunOptions) -> Result<RunSummary> {
-    net::require_namespaces()?;
+pub async fn run(mut opts: RunOptions) -> Result<RunSummary> {
     if !opts.arbor_bin.is_file() {
         bail!("the arbor server binary {} does not exist (cargo build --bin arbor)", opts.arbor_bin.display());
     }
     if opts.concurrency == 0 || opts.nodes == 0 {
         bail!("--nodes and --concurrency must be positive");
     }
-    let layout = Layout::new(&opts.subnet, opts.nodes)?;
-    let backend = Backend::choose(&opts.partition_backend)?;
+    let requested = opts.nemeses.clone();
+    let (kinds, notes) = nemesis::feasible(&requested, opts.nodes);
+    for note in &notes {
+        eprintln!("arbor-jepsen: {note}");
+    }
+    if kinds.is_empty() && !requested.is_empty() {
+        bail!("no requested fault can run on {} nodes", opts.nodes);
+    }
+    opts.nemeses = kinds;
+    opts.server_flags = server_flags(&opts);
+    let namespaces = opts.net.use_namespaces()?;
     let _lock = RunLock::acquire().await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let dir = opts.store.join(format!("{}-{}", opts.workload.name(), timestamp(now.as_secs())));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+
+    let started = Instant::now();
+    let network = Network::setup(namespaces, &opts.subnet, opts.nodes, &opts.partition_backend)?;
     eprintln!(
-        "arbor-jepsen: {} with nemesis [{}] on {} nodes ({} partitions), {} s; run folder {}",
+        "arbor-jepsen: {} with nemesis [{}] on {} nodes, net {} ({} partitions), {} s; run folder {}",
         opts.workload.name(),
         opts.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
         opts.nodes,
-        backend.name(),
+        network.mode(),
+        network.backend(),
         opts.time.as_secs_f64(),
         dir.display()
     );
-
-    let started = Instant::now();
-    let network = Network::setup(layout.clone(), backend)?;
-    let cluster = Cluster::start(&layout, &opts.arbor_bin, &dir, &opts.server_flags)?;
+    let cluster = Cluster::start(network.node_nets(), &opts.arbor_bin, &dir, &opts.server_flags, network.pids())?;
     let endpoints = cluster.endpoints();
     let tb = Arc::new(Testbed { cluster: Mutex::new(cluster), network, endpoints: endpoints.clone() });
     if let Err(e) = cluster::wait_ready(&endpoints, Duration::from_secs(30)).await {
@@ -255,15 +287,17 @@ pub async fn run(opts: RunOptions) -> Result<RunSummary> {
         c.crashes.iter().map(|(n, s)| format!("{n} exited on its own: {s}")).collect()
     };
     tb.cluster().stop_all(Duration::from_secs(5));
+    let net = tb.network.describe();
     drop(tb);
     // The history is worth keeping even when the run broke off.
     let log = rec.snapshot();
     let text = log.to_jsonl();
     std::fs::write(dir.join("history.jsonl"), &text)?;
-    let (drive_secs, finals) =
+    let (drive_secs, finals, heal_problems) =
         outcome.with_context(|| format!("the run broke off; history and logs in {}", dir.display()))?;
-    let recorded = Recorded { log, text, counts: rec.counts(), crashes, finals, setup_secs, drive_secs };
-    conclude(&opts, &dir, backend, recorded)
+    let recorded =
+        Recorded { log, text, counts: rec.counts(), crashes, heal_problems, finals, setup_secs, drive_secs, net };
+    conclude(&opts, &dir, recorded)
 }
 
 /// What a finished run hands to the check.
@@ -273,14 +307,20 @@ struct Recorded {
     text: String,
     counts: Counts,
     crashes: Vec<String>,
+    /// What the final heal could not restore.
+    heal_problems: Vec<String>,
     finals: FinalReads,
     setup_secs: f64,
     drive_secs: f64,
+    /// [`Network::describe`].
+    net: Json,
 }
 
 /// Checks the recorded history and writes `results.json` and `report.html`.
-fn conclude(opts: &RunOptions, dir: &Path, backend: Backend, recorded: Recorded) -> Result<RunSummary> {
-    let Recorded { log, text, counts, crashes, finals, setup_secs, drive_secs } = recorded;
+fn conclude(opts: &RunOptions, dir: &Path, recorded: Recorded) -> Result<RunSummary> {
+    let Recorded { log, text, counts, crashes, heal_problems, finals, setup_secs, drive_secs, net } = recorded;
+    let mode = net["mode"].as_str().unwrap_or("?").to_string();
+    let backend = net["partition-backend"].as_str().unwrap_or("?").to_string();
     let check_started = Instant::now();
     let parsed = history::parse(&text, history::Format::Jsonl).context("re-reading the history")?;
     let mut check_opts = crate::CheckOptions { time_limit: Some(opts.check_time_limit), ..Default::default() };
@@ -295,7 +335,8 @@ fn conclude(opts: &RunOptions, dir: &Path, backend: Backend, recorded: Recorded)
         ("checker".into(), format!("{:?}", opts.workload.checker())),
         ("nemesis".into(), opts.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")),
         ("nodes".into(), opts.nodes.to_string()),
-        ("partition backend".into(), backend.name().into()),
+        ("network".into(), mode.clone()),
+        ("partition backend".into(), backend.clone()),
         ("server flags".into(), opts.server_flags.join(" ")),
         ("concurrency".into(), opts.concurrency.to_string()),
         ("seed".into(), opts.seed.to_string()),
@@ -307,7 +348,7 @@ fn conclude(opts: &RunOptions, dir: &Path, backend: Backend, recorded: Recorded)
         ),
         ("nemesis events".into(), nemesis_events.to_string()),
     ];
-    let harness = harness_verdict(&crashes, finals);
+    let harness = harness_verdict(&crashes, &heal_problems, finals);
     let validity = verdict.validity.and(harness.validity);
     let mut verdict_json = verdict.to_json();
     let results = json!({
@@ -315,7 +356,8 @@ fn conclude(opts: &RunOptions, dir: &Path, backend: Backend, recorded: Recorded)
         "workload": opts.workload.name(),
         "nemesis": opts.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "nodes": opts.nodes,
-        "partition-backend": backend.name(),
+        "net": net,
+        "partition-backend": backend,
         "server-flags": opts.server_flags,
         "seed": opts.seed,
         "time-s": opts.time.as_secs_f64(),
@@ -364,14 +406,19 @@ pub struct FinalReads {
 }
 
 /// What the harness itself saw, besides the history: a server that exited on its own is a
-/// bug (invalid); a cluster that did not answer every final read after healing did not
-/// recover (unknown: the history cannot show what was lost).
-pub fn harness_verdict(crashes: &[String], finals: FinalReads) -> crate::verdict::Verdict {
+/// bug (invalid); a heal that could not restore the cluster (a removed node not a voter
+/// again) or a cluster that did not answer every final read after healing did not recover
+/// (unknown: the history cannot show what was lost).
+pub fn harness_verdict(crashes: &[String], heal_problems: &[String], finals: FinalReads) -> crate::verdict::Verdict {
     let mut problems = Vec::new();
     let mut validity = Validity::Valid;
     if !crashes.is_empty() {
         validity = Validity::Invalid;
         problems.extend(crashes.iter().map(|c| format!("server crash: {c}")));
+    }
+    if !heal_problems.is_empty() {
+        validity = validity.and(Validity::Unknown);
+        problems.extend(heal_problems.iter().map(|p| format!("heal: {p}")));
     }
     if finals.ok < finals.total {
         validity = validity.and(Validity::Unknown);
@@ -402,8 +449,9 @@ async fn init_bank(endpoints: &[String], p: &WorkloadParams) -> Result<()> {
     Ok(())
 }
 
-/// Main phase, heal, recovery and final reads; returns the seconds it took.
-async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Result<(f64, FinalReads)> {
+/// Main phase, heal, recovery and final reads; returns the seconds it took, the final
+/// reads, and what the heal could not restore.
+async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Result<(f64, FinalReads, Vec<String>)> {
     let started = Instant::now();
     let ctx = Arc::new(Ctx {
         gen: Mutex::new(workload::generator(opts.workload, &opts.params, opts.seed)),
@@ -420,7 +468,8 @@ async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Res
     let progress = opts.progress.then(|| {
         let (rec, faults_now, phase) = (rec.clone(), faults_now.clone(), phase.clone());
         let total = opts.time.as_secs_f64();
-        AbortOnDrop(tokio::spawn(progress_loop(rec, faults_now, phase, total)))
+        let net = tb.network.mode();
+        AbortOnDrop(tokio::spawn(progress_loop(rec, faults_now, phase, total, net)))
     });
 
     let mut workers = tokio::task::JoinSet::new();
@@ -445,7 +494,10 @@ async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Res
     }
     let heal = (&mut nemesis.0).await.context("nemesis task");
     *phase.lock().unwrap_or_else(|e| e.into_inner()) = "recovery";
-    heal??;
+    let heal_problems = heal??;
+    for p in &heal_problems {
+        eprintln!("\narbor-jepsen: warning: {p}");
+    }
 
     tokio::time::sleep(opts.recovery).await;
     let ready = cluster::wait_ready(&tb.endpoints, Duration::from_secs(30)).await;
@@ -457,7 +509,7 @@ async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Res
     if progress.is_some() {
         eprintln!();
     }
-    Ok((started.elapsed().as_secs_f64(), finals))
+    Ok((started.elapsed().as_secs_f64(), finals, heal_problems))
 }
 
 /// Aborts a background task when dropped.
@@ -532,13 +584,14 @@ async fn final_reads(ctx: &Ctx, mut process: u64) -> Result<FinalReads> {
     Ok(finals)
 }
 
-/// Prints `[ 12s/60s] main | ops 1234: ok 1200 fail 20 info 14 | partition ...` once a second
-/// (in place on a terminal, every 5 s otherwise).
+/// Prints `[ 12s/60s] main | net proxy | ops 1234: ok 1200 fail 20 info 14 | faults: ...`
+/// once a second (in place on a terminal, every 5 s otherwise).
 async fn progress_loop(
     rec: Arc<Recorder>,
     faults_now: Arc<Mutex<String>>,
     phase: Arc<Mutex<&'static str>>,
     total: f64,
+    net: &'static str,
 ) {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -550,7 +603,7 @@ async fn progress_loop(
         let faults = faults_now.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let phase = *phase.lock().unwrap_or_else(|e| e.into_inner());
         let line = format!(
-            "[{:>5.0}s/{total:.0}s] {phase} | ops {}: ok {} fail {} info {} | faults: {}",
+            "[{:>5.0}s/{total:.0}s] {phase} | net {net} | ops {}: ok {} fail {} info {} | faults: {}",
             started.elapsed().as_secs_f64(),
             c.invoked,
             c.ok,
@@ -579,13 +632,16 @@ mod tests {
     #[test]
     fn crashes_are_invalid_and_no_recovery_is_unknown() {
         let all = FinalReads { ok: 3, total: 3 };
-        assert_eq!(harness_verdict(&[], all).validity, Validity::Valid);
-        let crashed = harness_verdict(&["n2 exited on its own: exit status: 1".into()], all);
+        assert_eq!(harness_verdict(&[], &[], all).validity, Validity::Valid);
+        let crashed = harness_verdict(&["n2 exited on its own: exit status: 1".into()], &[], all);
         assert_eq!(crashed.validity, Validity::Invalid);
         assert!(crashed.to_json()["problems"][0].as_str().unwrap().contains("n2"));
-        let stuck = harness_verdict(&[], FinalReads { ok: 1, total: 3 });
+        let stuck = harness_verdict(&[], &[], FinalReads { ok: 1, total: 3 });
         assert_eq!(stuck.validity, Validity::Unknown);
         assert!(stuck.to_json()["problems"][0].as_str().unwrap().contains("1 of 3 final reads"));
+        let out = harness_verdict(&[], &["not a voter: n4 in group 1".into()], all);
+        assert_eq!(out.validity, Validity::Unknown);
+        assert!(out.to_json()["problems"][0].as_str().unwrap().starts_with("heal: not a voter"));
     }
 
     #[test]

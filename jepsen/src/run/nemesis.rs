@@ -9,19 +9,38 @@
 //!   halves joined by one node that sees both).
 //! - `kill`: kill -9 some [`Targets`], restart them on the same data dir when stopped.
 //! - `pause`: SIGSTOP some targets, SIGCONT when stopped.
+//! - `clock`: skew one node's clock through Arbor's offset clock (the test-only
+//!   `Cluster.SetClockOffset` RPC; never the machine's clock): a [`ClockPlan::Bump`] sets it
+//!   ±100 ms..10 s off, a [`ClockPlan::Strobe`] flips it between two offsets every few ms
+//!   for a few seconds; stopped = every offset back to 0.
+//! - `member`: remove one node from every group (never below [`MIN_VOTERS`] voters, so it
+//!   needs 4 nodes or more), wipe it and restart it with `--join`; stopped = add it back.
+//! - `leader`: move the leadership of a random group to a random other voter. It is
+//!   instantaneous: it never becomes active, so it has no stop.
 //!
 //! [`Planner::tick`] is called every interval: it picks one of the enabled kinds at random
 //! and stops it if it is active, else starts it. A fault active for [`MAX_ACTIVE_TICKS`]
 //! ticks is stopped first. With several kinds, faults overlap (a partition during a kill).
-//! `clock`, `leader` and `member` are accepted names that are not available yet.
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A fault that is active longer than this many ticks is stopped at the next tick.
 pub const MAX_ACTIVE_TICKS: u32 = 2;
+
+/// The `member` fault never leaves a group with fewer voters than this.
+pub const MIN_VOTERS: usize = 3;
+
+/// A clock bump sets a node's offset to ± this range (milliseconds, log-uniform).
+pub const BUMP_MS: (i64, i64) = (100, 10_000);
+/// A strobe flips between 0 and ± this range (milliseconds, log-uniform)...
+pub const STROBE_MS: (i64, i64) = (100, 2_000);
+/// ... every this many milliseconds...
+pub const STROBE_PERIOD_MS: (u64, u64) = (2, 20);
+/// ... for this long (milliseconds).
+pub const STROBE_DURATION_MS: (u64, u64) = (2_000, 5_000);
 
 /// The fault families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,7 +51,17 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP / SIGCONT.
     Pause,
+    /// Clock offsets (bump, strobe; reset at stop).
+    Clock,
+    /// Remove a node from every group; add it back at stop.
+    Member,
+    /// Leadership transfers (instantaneous).
+    Leader,
 }
+
+/// What `--nemesis all` enables.
+pub const ALL: [FaultKind; 6] =
+    [FaultKind::Partition, FaultKind::Kill, FaultKind::Pause, FaultKind::Clock, FaultKind::Member, FaultKind::Leader];
 
 impl FaultKind {
     /// Its name in specs and history events.
@@ -41,42 +70,64 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
+            FaultKind::Clock => "clock",
+            FaultKind::Member => "member",
+            FaultKind::Leader => "leader",
         }
+    }
+
+    /// Whether a start leaves something to stop (a leader transfer does not).
+    pub fn lasts(self) -> bool {
+        self != FaultKind::Leader
     }
 }
 
-/// Parses a `--nemesis` spec (`partition,kill`, `all`, `none`). Names of faults that need
-/// later work are refused with a message saying so.
+/// Parses a `--nemesis` spec (`partition,kill`, `all`, `none`).
 pub fn parse_spec(spec: &str) -> Result<Vec<FaultKind>, String> {
     let mut kinds = BTreeSet::new();
     for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match name {
-            "none" => {}
-            "partition" => {
-                kinds.insert(FaultKind::Partition);
+        let kind = match name {
+            "none" => continue,
+            "all" => {
+                kinds.extend(ALL);
+                continue;
             }
-            "kill" => {
-                kinds.insert(FaultKind::Kill);
-            }
-            "pause" => {
-                kinds.insert(FaultKind::Pause);
-            }
-            "all" => kinds.extend([FaultKind::Partition, FaultKind::Kill, FaultKind::Pause]),
-            "clock" => {
-                return Err("nemesis `clock` is not supported yet: it needs Arbor's offset clock (issue #4)".into())
-            }
-            "leader" => {
-                return Err("nemesis `leader` is not supported yet: it needs leadership transfer (issue #4)".into())
-            }
-            "member" => {
-                return Err("nemesis `member` is not supported yet: it needs membership changes (issue #3)".into())
-            }
+            "partition" => FaultKind::Partition,
+            "kill" => FaultKind::Kill,
+            "pause" => FaultKind::Pause,
+            "clock" => FaultKind::Clock,
+            "member" => FaultKind::Member,
+            "leader" => FaultKind::Leader,
             other => {
-                return Err(format!("unknown nemesis {other:?} (use partition, kill, pause, all or none)"));
+                return Err(format!(
+                    "unknown nemesis {other:?} (use partition, kill, pause, clock, member, leader, all or none)"
+                ));
             }
-        }
+        };
+        kinds.insert(kind);
     }
     Ok(kinds.into_iter().collect())
+}
+
+/// The kinds that can run on `n` nodes, and a note for each one dropped: `member` needs
+/// more than [`MIN_VOTERS`] nodes, since it never removes below that many voters.
+pub fn feasible(kinds: &[FaultKind], n: usize) -> (Vec<FaultKind>, Vec<String>) {
+    let mut notes = Vec::new();
+    let kept = kinds
+        .iter()
+        .copied()
+        .filter(|&k| {
+            let ok = k != FaultKind::Member || n > MIN_VOTERS;
+            if !ok {
+                notes.push(format!(
+                    "nemesis member needs --nodes {} or more (it never removes below {MIN_VOTERS} voters); left out",
+                    MIN_VOTERS + 1
+                ));
+            }
+            ok
+        })
+        .collect();
+    (kept, notes)
 }
 
 /// Partition shapes.
@@ -152,6 +203,46 @@ pub enum Plan {
     Kill(Targets),
     /// SIGSTOP nodes.
     Pause(Targets),
+    /// Skew a node's clock.
+    Clock(ClockPlan),
+    /// Remove a node from every group (which one is chosen when it starts, among the
+    /// nodes that can go: [`Planner::pick`]).
+    Member,
+    /// Transfer a group's leadership (group and voter chosen when it starts).
+    Leader,
+}
+
+/// A clock fault on one node (0-based index); offsets are relative to the true time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockPlan {
+    /// Set the node's offset to `offset_ms`.
+    Bump {
+        /// The node.
+        node: usize,
+        /// Its new offset.
+        offset_ms: i64,
+    },
+    /// Flip the node's offset between 0 and `offset_ms` every `period_ms`, for
+    /// `duration_ms`, then leave it at 0.
+    Strobe {
+        /// The node.
+        node: usize,
+        /// The second offset.
+        offset_ms: i64,
+        /// Time between flips.
+        period_ms: u64,
+        /// How long it flips.
+        duration_ms: u64,
+    },
+}
+
+impl ClockPlan {
+    /// The node it skews.
+    pub fn node(self) -> usize {
+        match self {
+            ClockPlan::Bump { node, .. } | ClockPlan::Strobe { node, .. } => node,
+        }
+    }
 }
 
 impl Plan {
@@ -161,6 +252,9 @@ impl Plan {
             Plan::Partition(_) => FaultKind::Partition,
             Plan::Kill(_) => FaultKind::Kill,
             Plan::Pause(_) => FaultKind::Pause,
+            Plan::Clock(_) => FaultKind::Clock,
+            Plan::Member => FaultKind::Member,
+            Plan::Leader => FaultKind::Leader,
         }
     }
 
@@ -197,6 +291,11 @@ impl Planner {
         Planner { rng: StdRng::seed_from_u64(seed), n, kinds, active: BTreeMap::new() }
     }
 
+    /// The enabled kinds.
+    pub fn kinds(&self) -> &[FaultKind] {
+        &self.kinds
+    }
+
     /// The next action, or `None` if no fault is enabled.
     pub fn tick(&mut self) -> Option<Action> {
         for t in self.active.values_mut() {
@@ -210,13 +309,42 @@ impl Planner {
         if self.active.remove(&kind).is_some() {
             return Some(Action::Stop(kind));
         }
-        self.active.insert(kind, 0);
+        if kind.lasts() {
+            self.active.insert(kind, 0);
+        }
         let plan = match kind {
             FaultKind::Partition => Plan::Partition(*Shape::available(self.n).choose(&mut self.rng).expect("shapes")),
             FaultKind::Kill => Plan::Kill(*Targets::ALL.choose(&mut self.rng).expect("targets")),
             FaultKind::Pause => Plan::Pause(*Targets::ALL.choose(&mut self.rng).expect("targets")),
+            FaultKind::Clock => Plan::Clock(self.clock_plan()),
+            FaultKind::Member => Plan::Member,
+            FaultKind::Leader => Plan::Leader,
         };
         Some(Action::Start(plan))
+    }
+
+    /// Forgets that `kind` is active (its start did not take effect).
+    pub fn abandon(&mut self, kind: FaultKind) {
+        self.active.remove(&kind);
+    }
+
+    fn clock_plan(&mut self) -> ClockPlan {
+        let node = self.rng.gen_range(0..self.n);
+        if self.rng.gen_bool(0.5) {
+            ClockPlan::Bump { node, offset_ms: signed_log_uniform(BUMP_MS, &mut self.rng) }
+        } else {
+            ClockPlan::Strobe {
+                node,
+                offset_ms: signed_log_uniform(STROBE_MS, &mut self.rng),
+                period_ms: self.rng.gen_range(STROBE_PERIOD_MS.0..=STROBE_PERIOD_MS.1),
+                duration_ms: self.rng.gen_range(STROBE_DURATION_MS.0..=STROBE_DURATION_MS.1),
+            }
+        }
+    }
+
+    /// One of `candidates` at random (a node to remove, a group, a voter).
+    pub fn pick<T: Copy>(&mut self, candidates: &[T]) -> Option<T> {
+        candidates.choose(&mut self.rng).copied()
     }
 
     /// Stops every active fault (the end of the run).
@@ -232,6 +360,17 @@ impl Planner {
     /// Draws the grudge of a partition.
     pub fn grudge(&mut self, shape: Shape, leader: Option<usize>) -> Grudge {
         Grudge::of(shape, self.n, leader, &mut self.rng)
+    }
+}
+
+/// ± a log-uniform magnitude within `(lo, hi)`: small skews as often as large ones.
+fn signed_log_uniform((lo, hi): (i64, i64), rng: &mut StdRng) -> i64 {
+    let m = (rng.gen_range((lo as f64).ln()..=(hi as f64).ln())).exp().round() as i64;
+    let m = m.clamp(lo, hi);
+    if rng.gen_bool(0.5) {
+        m
+    } else {
+        -m
     }
 }
 
@@ -441,12 +580,62 @@ mod tests {
     }
 
     #[test]
-    fn specs_parse_and_unsupported_faults_say_why() {
+    fn specs_parse_and_member_needs_four_nodes() {
         assert_eq!(parse_spec("partition,kill").unwrap(), vec![FaultKind::Partition, FaultKind::Kill]);
-        assert_eq!(parse_spec("all").unwrap().len(), 3);
+        assert_eq!(parse_spec("all").unwrap(), ALL.to_vec());
         assert_eq!(parse_spec("none").unwrap(), vec![]);
-        assert!(parse_spec("clock").unwrap_err().contains("not supported yet"));
-        assert!(parse_spec("member").unwrap_err().contains("#3"));
+        assert_eq!(parse_spec("leader, clock").unwrap(), vec![FaultKind::Clock, FaultKind::Leader]);
         assert!(parse_spec("flood").unwrap_err().contains("unknown nemesis"));
+        let (kept, notes) = feasible(&ALL, 3);
+        assert!(!kept.contains(&FaultKind::Member) && kept.len() == ALL.len() - 1);
+        assert!(notes[0].contains("--nodes 4"), "{notes:?}");
+        assert_eq!(feasible(&ALL, 4), (ALL.to_vec(), vec![]));
+    }
+
+    #[test]
+    fn clock_plans_stay_in_their_ranges() {
+        let mut p = Planner::new(3, vec![FaultKind::Clock], 7);
+        let (mut bumps, mut strobes, mut negative) = (0, 0, 0);
+        for _ in 0..400 {
+            match p.tick().unwrap() {
+                Action::Start(Plan::Clock(plan)) => {
+                    assert!(plan.node() < 3);
+                    match plan {
+                        ClockPlan::Bump { offset_ms, .. } => {
+                            bumps += 1;
+                            negative += (offset_ms < 0) as u32;
+                            assert!((BUMP_MS.0..=BUMP_MS.1).contains(&offset_ms.abs()), "{plan:?}");
+                        }
+                        ClockPlan::Strobe { offset_ms, period_ms, duration_ms, .. } => {
+                            strobes += 1;
+                            assert!((STROBE_MS.0..=STROBE_MS.1).contains(&offset_ms.abs()), "{plan:?}");
+                            assert!((STROBE_PERIOD_MS.0..=STROBE_PERIOD_MS.1).contains(&period_ms));
+                            assert!((STROBE_DURATION_MS.0..=STROBE_DURATION_MS.1).contains(&duration_ms));
+                        }
+                    }
+                }
+                Action::Stop(FaultKind::Clock) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(bumps > 50 && strobes > 50 && negative > 10 && negative < bumps - 10, "{bumps} {strobes} {negative}");
+    }
+
+    #[test]
+    fn leader_transfers_never_stay_active_and_member_alternates() {
+        let mut p = Planner::new(5, vec![FaultKind::Leader], 1);
+        for _ in 0..5 {
+            assert_eq!(p.tick(), Some(Action::Start(Plan::Leader)));
+        }
+        assert!(p.stop_all().is_empty(), "a transfer has nothing to heal");
+        let mut p = Planner::new(5, vec![FaultKind::Member], 1);
+        assert_eq!(p.tick(), Some(Action::Start(Plan::Member)));
+        assert_eq!(p.tick(), Some(Action::Stop(FaultKind::Member)));
+        assert_eq!(p.tick(), Some(Action::Start(Plan::Member)));
+        p.abandon(FaultKind::Member);
+        assert_eq!(p.tick(), Some(Action::Start(Plan::Member)), "an abandoned start is not stopped");
+        assert_eq!(p.stop_all(), vec![FaultKind::Member]);
+        assert_eq!(p.pick::<usize>(&[]), None);
+        assert_eq!(p.pick(&[4]), Some(4));
     }
 }

@@ -1,5 +1,10 @@
-//! The test network: one network namespace per node, joined by a bridge in the root
-//! namespace, on a private /24 that only these namespaces use.
+//! The test network of a run, in one of two modes ([`Network`]):
+//!
+//! - **`netns`** (root): one network namespace per node, joined by a bridge in the root
+//!   namespace, on a private /24 that only these namespaces use (below).
+//! - **`proxy`** (no root needed; the fallback when namespaces are unavailable, or
+//!   `--net proxy`): every node on loopback behind a TCP proxy that faults each directed
+//!   link between nodes on its own ([`super::proxy`]).
 //!
 //! ```text
 //!  root namespace: harness clients ── arbj-br0 (10.250.77.1/24)
@@ -24,10 +29,147 @@
 //! (`nf_call_iptables 0`), so the root namespace's firewall never sees the test traffic.
 //! Building the command lines is pure ([`Layout`], [`Backend`]); running them is not.
 
+use super::cluster::{NodeNet, PORT};
 use super::nemesis::Grudge;
+use super::proxy::{CutMode, PidTable, Proxies};
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value as Json};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// `--net`: which network a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetMode {
+    /// Namespaces when they can be made (root), else proxies.
+    Auto,
+    /// Network namespaces (root only).
+    Netns,
+    /// Loopback proxies.
+    Proxy,
+}
+
+impl NetMode {
+    /// Parses `auto|netns|proxy`.
+    pub fn parse(name: &str) -> Result<NetMode> {
+        match name {
+            "auto" => Ok(NetMode::Auto),
+            "netns" => Ok(NetMode::Netns),
+            "proxy" => Ok(NetMode::Proxy),
+            other => bail!("unknown --net {other:?} (auto, netns, proxy)"),
+        }
+    }
+
+    /// Decides between namespaces and proxies (`true`: namespaces); `Auto` explains a
+    /// fallback on stderr.
+    pub fn use_namespaces(self) -> Result<bool> {
+        match self {
+            NetMode::Netns => require_namespaces().map(|()| true),
+            NetMode::Proxy => Ok(false),
+            NetMode::Auto => match require_namespaces() {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    eprintln!("arbor-jepsen: {e:#}; falling back to loopback TCP proxies (--net proxy)");
+                    Ok(false)
+                }
+            },
+        }
+    }
+}
+
+/// The network of a run; torn down on drop.
+pub enum Network {
+    /// One namespace per node.
+    Namespaces(Namespaces),
+    /// Loopback proxies.
+    Proxy(Proxies),
+}
+
+impl Network {
+    /// Builds the network for `nodes` nodes: namespaces on `subnet`, or proxies.
+    /// `partition_backend` is `auto` or a name of the chosen mode's backends.
+    pub fn setup(namespaces: bool, subnet: &str, nodes: usize, partition_backend: &str) -> Result<Network> {
+        if namespaces {
+            let layout = Layout::new(subnet, nodes)?;
+            let backend = Backend::choose(partition_backend)?;
+            Ok(Network::Namespaces(Namespaces::setup(layout, backend)?))
+        } else {
+            if nodes == 0 || nodes > 200 {
+                bail!("--nodes must be within 1..=200");
+            }
+            Ok(Network::Proxy(Proxies::start(nodes, CutMode::choose(partition_backend)?)?))
+        }
+    }
+
+    /// `netns` or `proxy`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Network::Namespaces(_) => "netns",
+            Network::Proxy(_) => "proxy",
+        }
+    }
+
+    /// How partitions are made.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Network::Namespaces(n) => n.backend.name(),
+            Network::Proxy(p) => p.mode.name(),
+        }
+    }
+
+    /// Where each node runs and how it is reached.
+    pub fn node_nets(&self) -> Vec<NodeNet> {
+        match self {
+            Network::Namespaces(n) => (0..n.layout.nodes)
+                .map(|i| {
+                    let addr = format!("{}:{PORT}", n.layout.node_ip(i));
+                    NodeNet { netns: Some(n.layout.netns(i)), listen: addr.clone(), advertise: addr }
+                })
+                .collect(),
+            Network::Proxy(p) => (0..p.len())
+                .map(|i| NodeNet { netns: None, listen: p.server_addr(i), advertise: p.proxy_addr(i) })
+                .collect(),
+        }
+    }
+
+    /// The pid table the cluster must keep current (proxy mode).
+    pub fn pids(&self) -> Option<Arc<PidTable>> {
+        match self {
+            Network::Namespaces(_) => None,
+            Network::Proxy(p) => Some(p.pids()),
+        }
+    }
+
+    /// Replaces the current cuts with `grudge` (heals first).
+    pub async fn partition(&self, grudge: &Grudge) -> Result<()> {
+        match self {
+            Network::Namespaces(n) => n.partition(grudge).await,
+            Network::Proxy(p) => {
+                p.partition(grudge);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every cut.
+    pub async fn heal(&self) -> Result<()> {
+        match self {
+            Network::Namespaces(n) => n.heal().await,
+            Network::Proxy(p) => {
+                p.heal();
+                Ok(())
+            }
+        }
+    }
+
+    /// For `results.json`: mode, backend, and the proxies' counts.
+    pub fn describe(&self) -> Json {
+        match self {
+            Network::Namespaces(n) => json!({"mode": "netns", "partition-backend": n.backend.name()}),
+            Network::Proxy(p) => json!({"mode": "proxy", "partition-backend": p.mode.name(), "proxy": p.stats()}),
+        }
+    }
+}
 
 /// Every namespace and link this harness creates is named with this prefix.
 pub const PREFIX: &str = "arbj-";
@@ -206,9 +348,8 @@ pub fn require_namespaces() -> Result<()> {
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         bail!(
-            "arbor-jepsen run needs root: it puts every node in its own network namespace \
-             (ip netns) behind a bridge. Run it as root (e.g. sudo scripts/jepsen.sh ...); \
-             the loopback TCP-proxy fallback for non-root runs does not exist yet"
+            "network namespaces (--net netns) need root: every node gets its own namespace \
+             behind a bridge (run as root, e.g. sudo scripts/jepsen.sh ...)"
         );
     }
     ip(&args(&["netns", "list"]), None).context("network namespaces are unavailable")?;
@@ -246,17 +387,17 @@ pub fn cleanup_leftovers() -> Result<Vec<String>> {
     Ok(removed)
 }
 
-/// The network of a run; torn down on drop.
-pub struct Network {
+/// The namespaces of a run; torn down on drop.
+pub struct Namespaces {
     /// Names and addresses.
     pub layout: Layout,
     /// How partitions are made.
     pub backend: Backend,
 }
 
-impl Network {
+impl Namespaces {
     /// Cleans leftovers, checks the subnet is free, builds the network.
-    pub fn setup(layout: Layout, backend: Backend) -> Result<Network> {
+    pub fn setup(layout: Layout, backend: Backend) -> Result<Namespaces> {
         let leftovers = cleanup_leftovers()?;
         if !leftovers.is_empty() {
             eprintln!("arbor-jepsen: cleaned leftovers of an earlier run: {}", leftovers.join(", "));
@@ -278,7 +419,7 @@ impl Network {
         if backend == Backend::Iptables && !tool_exists("iptables-restore") {
             bail!("--partition-backend iptables needs iptables and iptables-restore (apt-get install iptables)");
         }
-        let net = Network { layout, backend };
+        let net = Namespaces { layout, backend };
         for cmd in net.layout.setup_commands() {
             ip(&cmd, None)?;
         }
@@ -330,7 +471,7 @@ impl Network {
     }
 }
 
-impl Drop for Network {
+impl Drop for Namespaces {
     fn drop(&mut self) {
         self.teardown();
     }

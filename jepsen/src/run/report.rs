@@ -74,6 +74,10 @@ fn band_color(kind: &str) -> &'static str {
         "partition" => "#f2b8b5",
         "kill" => "#c9b8e8",
         "pause" => "#b8d8f0",
+        "clock" => "#f5dca0",
+        "member" => "#b8e0c0",
+        "transfer-leader" => "#e07b00",
+        "crash" => "#d00000",
         _ => "#dddddd",
     }
 }
@@ -122,9 +126,16 @@ fn bands(events: &[Event], t_end: f64) -> Vec<Band> {
         if let Some(kind) = e.f.strip_prefix("start-") {
             open.insert(kind.to_string(), (t, describe_fault(&e.value)));
         } else if let Some(kind) = e.f.strip_prefix("stop-") {
+            // A stop that failed (a removed node not added back yet) leaves the fault on.
+            if e.value.get("error").is_some() {
+                continue;
+            }
             if let Some((start, label)) = open.remove(kind) {
                 out.push(Band { kind: kind.to_string(), start, end: t, label });
             }
+        } else {
+            // Instantaneous: a leader transfer, a crash, a restart, a skipped fault.
+            out.push(Band { kind: e.f.clone(), start: t, end: t, label: describe_fault(&e.value) });
         }
     }
     for (kind, (start, label)) in open {
@@ -136,10 +147,24 @@ fn bands(events: &[Event], t_end: f64) -> Vec<Band> {
 
 fn describe_fault(v: &Json) -> String {
     let mut parts = Vec::new();
-    for field in ["shape", "targets"] {
+    for field in ["shape", "targets", "mode", "node"] {
         if let Some(s) = v.get(field).and_then(Json::as_str) {
             parts.push(s.to_string());
         }
+    }
+    if let Some(ms) = v.get("offset-ms").and_then(Json::as_i64) {
+        parts.push(format!("{ms:+} ms"));
+    }
+    if let (Some(g), Some(from), Some(to)) = (v.get("group"), v.get("from"), v.get("to")) {
+        parts.push(format!("group {g}: {} → {}", from.as_str().unwrap_or("?"), to.as_str().unwrap_or("?")));
+    }
+    for field in ["reason", "error"] {
+        if let Some(s) = v.get(field).and_then(Json::as_str) {
+            parts.push(format!("{field}: {s}"));
+        }
+    }
+    if let Some(s) = v.as_str() {
+        parts.push(s.to_string());
     }
     if let Some(nodes) = v.get("nodes").and_then(Json::as_array) {
         parts.push(nodes.iter().filter_map(Json::as_str).collect::<Vec<_>>().join(" "));
@@ -672,6 +697,28 @@ mod tests {
         assert_eq!(s[2].kind, OpType::Info);
         let b = bands(&h.events, 3.0);
         assert_eq!(b, vec![Band { kind: "partition".into(), start: 0.5, end: 2.0, label: "bridge n1 | n2 n3".into() }]);
+    }
+
+    #[test]
+    fn clock_member_and_leader_faults_are_shown() {
+        let mut h = HistoryLog::default();
+        h.nemesis(1_000_000_000, "start-clock", json!({"mode": "bump", "node": "n2", "offset-ms": -250}));
+        h.nemesis(1_500_000_000, "transfer-leader", json!({"group": 1, "from": "n1", "to": "n3", "error": "x"}));
+        h.nemesis(2_000_000_000, "stop-clock", json!({"reset": ["n1", "n2", "n3"]}));
+        h.nemesis(2_500_000_000, "start-member", json!({"node": "n4", "removed-from": [1]}));
+        h.nemesis(3_000_000_000, "stop-member", json!({"node": "n4", "error": "no answer"}));
+        let b = bands(&h.events, 4.0);
+        let got: Vec<(&str, f64, f64, &str)> =
+            b.iter().map(|b| (b.kind.as_str(), b.start, b.end, b.label.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("clock", 1.0, 2.0, "bump n2 -250 ms"),
+                ("transfer-leader", 1.5, 1.5, "group 1: n1 → n3 error: x"),
+                ("member", 2.5, 4.0, "n4"),
+            ]
+        );
+        assert_ne!(band_color("member"), band_color("other"));
     }
 
     #[test]
