@@ -578,6 +578,7 @@ async fn a_leader_with_a_corrupted_entry_stops_its_group_instead_of_sending_it()
         None => {
             let g = c.group_status(corrupt, 1).await.expect("the node answers status");
             assert_eq!(g.role, "Shutdown", "its group is stopped: {g:?}");
+            assert!(g.fault.contains("corrupt Raft log entry"), "status names the fault: {g:?}");
         }
         Some(status) => assert!(!status.success(), "{status}"),
     }
@@ -768,6 +769,7 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
     eprintln!("next write: {err}");
     let g = c.group_status(0, 1).await.expect("the node itself keeps running");
     assert_eq!(g.role, "Shutdown", "the group stopped rather than go on without its writes: {g:?}");
+    assert!(g.fault.contains("No space left on device"), "status names the fault: {g:?}");
 
     phase("free the space and restart the node: it recovers with every acknowledged write");
     std::fs::remove_file(&filler).unwrap();

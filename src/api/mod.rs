@@ -243,6 +243,7 @@ impl Cluster for ClusterService {
                     leader_addr: leader_addr.unwrap_or_default(),
                     term: m.current_term,
                     role: format!("{:?}", m.state),
+                    fault: m.running_state.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
                     last_log_index: m.last_log_index.unwrap_or(0),
                     applied_index: m.last_applied.map_or(0, |l| l.index),
                     epoch: self.node.epoch(g),

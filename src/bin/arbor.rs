@@ -418,6 +418,7 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
                         "snapshot_index": g.snapshot_index, "purged_index": g.purged_index,
                         "learners": g.learners, "log_entries": g.log_entries, "log_bytes": g.log_bytes,
                         "vshard_lag": g.vshard_lag, "snapshots_installed": g.snapshots_installed,
+                        "closed_stamp": g.closed_stamp, "gc_horizon": g.gc_horizon, "fault": g.fault,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -468,6 +469,9 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
                 lag,
                 g.snapshots_installed.to_string(),
             ]);
+            if !g.fault.is_empty() {
+                println!("  ^ node {} group {} STOPPED: {}", s.node_id, g.group_id, g.fault);
+            }
         }
     }
     Ok(())

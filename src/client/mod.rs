@@ -186,9 +186,16 @@ impl Client {
         let mut attempts = 0u32;
         loop {
             let addr = self.preferred.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let status = match call(self.channel(&addr)?).await {
-                Ok(v) => return Ok(v),
-                Err(s) => s,
+            // One attempt never outlives the call's deadline (a leader that
+            // lost its quorum may hold a request indefinitely).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = match tokio::time::timeout(left, call(self.channel(&addr)?)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "{addr} did not answer within the client timeout of {:?}; the outcome is unknown",
+                    self.options.timeout
+                )),
             };
             let redirect = status
                 .metadata()

@@ -229,12 +229,23 @@ impl Driver {
                 .map_err(|e| Error::Unavailable(format!("group {group}: raft stopped: {e}"))),
             Err(e) => Err(e),
         };
+        let (metrics, me) = (self.raft.metrics(), self.node);
         tokio::spawn(async move {
             let result = match submitted {
-                Ok(rx) => match rx.await {
-                    Ok(Ok(resp)) => Ok(resp),
-                    Ok(Err(e)) => Err(client_write_error(group, openraft::error::RaftError::APIError(e))),
-                    Err(_) => Err(Error::Indeterminate(format!("group {group}: raft dropped the epoch's reply"))),
+                Ok(rx) => tokio::select! {
+                    biased;
+                    reply = rx => match reply {
+                        Ok(Ok(resp)) => Ok(resp),
+                        Ok(Err(e)) => Err(client_write_error(group, openraft::error::RaftError::APIError(e))),
+                        Err(_) => Err(Error::Indeterminate(format!("group {group}: raft dropped the epoch's reply"))),
+                    },
+                    // openraft 0.9 does not always answer a write pending
+                    // when its leader steps down (e.g. removed from the
+                    // group): never leave the clients waiting.
+                    () = leadership_lost(metrics, me, term) => Err(Error::Indeterminate(format!(
+                        "group {group}: node {me} stopped leading term {term} before epoch {epoch} was answered; \
+                         its outcome is unknown (a retry with the same request id is safe)"
+                    ))),
                 },
                 Err(e) => Err(e),
             };
@@ -264,6 +275,14 @@ impl Driver {
             let _ = done.send(());
         });
     }
+}
+
+/// Resolves once `me` no longer leads `term` (or its Raft stopped).
+async fn leadership_lost(mut metrics: tokio::sync::watch::Receiver<crate::raft::Metrics>, me: NodeId, term: u64) {
+    let lost =
+        |m: &crate::raft::Metrics| m.current_term != term || m.current_leader != Some(me) || m.running_state.is_err();
+    // An error means the Raft instance is gone: lost as well.
+    let _ = metrics.wait_for(lost).await;
 }
 
 /// Request errors are re-created per waiting client.
