@@ -331,6 +331,8 @@ impl Cluster for ClusterService {
 /// The internal `RaftTransport` service: routes each message to its group.
 pub struct RaftService {
     node: Arc<Node>,
+    /// When a vote from a non-member was last logged, per (group, node).
+    refused_logged: std::sync::Mutex<std::collections::HashMap<(u64, u64), std::time::Instant>>,
 }
 
 impl RaftService {
@@ -392,6 +394,34 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// A node that is no longer (or was never) a member of the group — e.g.
+    /// one removed and restarted on its old data dir — must not disturb it
+    /// with elections: its votes are refused, and said so (in this node's
+    /// log at most every 10 s per node, and in the refusal it receives).
+    fn refuse_non_member(&self, g: &Group, candidate: u64) -> Result<(), Status> {
+        let m = g.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&candidate).is_some() {
+            return Ok(());
+        }
+        let group = g.range.group;
+        let members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+        let reason = format!(
+            "node {candidate} asked for votes in group {group}, but it is not a member (members {members:?}): \
+             it was removed or never added; wipe its data dir and add it again with `arbor cluster add-node`"
+        );
+        let now = std::time::Instant::now();
+        let mut logged = self.refused_logged.lock().unwrap_or_else(|e| e.into_inner());
+        let quiet = logged.get(&(group, candidate)).is_some_and(|t| now.duration_since(*t).as_secs() < 10);
+        if !quiet {
+            logged.insert((group, candidate), now);
+            tracing::warn!(group, node = candidate, "refusing a vote request from a non-member: {reason}");
+        }
+        Err(status(Error::Refused(reason)))
+    }
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
@@ -406,7 +436,11 @@ impl RaftTransport for RaftService {
         let msg = req.into_inner();
         let g = self.group(&msg)?;
         Self::verified(&msg)?;
-        let r = g.raft.vote(Self::decode(&msg)?).await;
+        let vote: openraft::raft::VoteRequest<crate::raft::NodeId> = Self::decode(&msg)?;
+        if let Some(candidate) = vote.vote.leader_id().voted_for() {
+            self.refuse_non_member(g, candidate)?;
+        }
+        let r = g.raft.vote(vote).await;
         Self::reply(msg.group_id, r)
     }
 
@@ -435,5 +469,8 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
         .add_service(KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(max))
         .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
-        .add_service(RaftTransportServer::new(RaftService { node }).max_decoding_message_size(usize::MAX))
+        .add_service(
+            RaftTransportServer::new(RaftService { node, refused_logged: Default::default() })
+                .max_decoding_message_size(usize::MAX),
+        )
 }

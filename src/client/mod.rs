@@ -184,6 +184,8 @@ impl Client {
         let mut backoff = self.options.initial_backoff;
         let mut rotation = 0usize;
         let mut attempts = 0u32;
+        // The last error a server answered, which says more than a timeout.
+        let mut answered: Option<String> = None;
         loop {
             let addr = self.preferred.lock().unwrap_or_else(|e| e.into_inner()).clone();
             // One attempt never outlives the call's deadline (a leader that
@@ -191,10 +193,14 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             let status = match tokio::time::timeout(left, call(self.channel(&addr)?)).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(s)) => s,
+                Ok(Err(s)) => {
+                    answered = Some(s.message().to_string());
+                    s
+                }
                 Err(_) => Status::deadline_exceeded(format!(
-                    "{addr} did not answer within the client timeout of {:?}; the outcome is unknown",
-                    self.options.timeout
+                    "{addr} did not answer within the client timeout of {:?}; the outcome is unknown{}",
+                    self.options.timeout,
+                    answered.as_ref().map(|a| format!(" (earlier answer: {a})")).unwrap_or_default()
                 )),
             };
             let redirect = status

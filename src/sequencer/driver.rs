@@ -242,9 +242,9 @@ impl Driver {
                     // openraft 0.9 does not always answer a write pending
                     // when its leader steps down (e.g. removed from the
                     // group): never leave the clients waiting.
-                    () = leadership_lost(metrics, me, term) => Err(Error::Indeterminate(format!(
-                        "group {group}: node {me} stopped leading term {term} before epoch {epoch} was answered; \
-                         its outcome is unknown (a retry with the same request id is safe)"
+                    why = leadership_lost(metrics, me, term) => Err(Error::Indeterminate(format!(
+                        "group {group}: node {me} stopped leading term {term} before epoch {epoch} was answered \
+                         ({why}); its outcome is unknown (a retry with the same request id is safe)"
                     ))),
                 },
                 Err(e) => Err(e),
@@ -277,12 +277,22 @@ impl Driver {
     }
 }
 
-/// Resolves once `me` no longer leads `term` (or its Raft stopped).
-async fn leadership_lost(mut metrics: tokio::sync::watch::Receiver<crate::raft::Metrics>, me: NodeId, term: u64) {
+/// Resolves once `me` no longer leads `term` (or its Raft stopped), with
+/// the reason.
+async fn leadership_lost(
+    mut metrics: tokio::sync::watch::Receiver<crate::raft::Metrics>,
+    me: NodeId,
+    term: u64,
+) -> String {
     let lost =
         |m: &crate::raft::Metrics| m.current_term != term || m.current_leader != Some(me) || m.running_state.is_err();
-    // An error means the Raft instance is gone: lost as well.
-    let _ = metrics.wait_for(lost).await;
+    match metrics.wait_for(lost).await {
+        Ok(m) => match &m.running_state {
+            Err(fatal) => format!("its raft stopped: {fatal}"),
+            Ok(()) => format!("now term {}, leader {:?}", m.current_term, m.current_leader),
+        },
+        Err(_) => "its raft is gone".to_string(),
+    }
 }
 
 /// Request errors are re-created per waiting client.
