@@ -570,6 +570,7 @@ async fn a_leader_with_a_corrupted_entry_stops_its_group_instead_of_sending_it()
     let line = wait_log_line(&c, corrupt, &["corrupt Raft log entry", &format!("group 1 index {k}")]).await;
     eprintln!("reported: {line}");
     assert!(line.contains("checksum mismatch"), "{line}");
+    assert!(line.contains("/db/"), "the report names the file: {line}");
     // Its group stops; the node goes on serving. (Had a leader change in
     // the writes above put an entry near k on the path of the log-id scan
     // at startup, the node would instead have refused to start, which
@@ -648,6 +649,7 @@ async fn a_node_with_a_corrupted_uncommitted_entry_refuses_to_start() {
     let line = line.unwrap_or_else(|| panic!("no corruption report\n{}", c.log_of(li)));
     eprintln!("reported: {line}\nexit: {status}, last words: {}", c.log_of(li).lines().last().unwrap_or(""));
     assert!(line.contains(&format!("group 1 index {n}")) && line.contains("checksum mismatch"), "{line}");
+    assert!(line.contains("/db/"), "the report names the file: {line}");
     c.wait_for_leader(1).await;
     let client = c.client_of(&c.running_endpoints());
     let r = client.put("/u/after", "2").await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));

@@ -193,3 +193,22 @@ async fn a_corrupted_snapshot_chunk_is_refused_so_the_leader_restarts_the_transf
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[test]
+fn a_damaged_stored_snapshot_is_rebuilt_rather_than_sent() {
+    let (engine, mut sm) = replica("/a", 3);
+    sm.build_snapshot().unwrap();
+    // Flip the last byte of the stored snapshot: the end of its data.
+    let key = Key::Snapshot(1).encode();
+    let mut stored = engine.get(&key).unwrap().unwrap();
+    *stored.last_mut().unwrap() ^= 0x40;
+    let mut b = WriteBatch::new();
+    b.put(key, stored);
+    engine.write(b, Durability::Sync).unwrap();
+
+    let (meta, data) = sm.current_snapshot().unwrap().expect("a snapshot");
+    assert_eq!(meta.last_log_id.unwrap().index, 3);
+    let (fresh_engine, mut fresh) = replica("/other", 0);
+    fresh.install_snapshot(&meta, data).expect("the rebuilt snapshot verifies and installs");
+    assert_eq!(data_keys(&fresh_engine), vec![Key::Data(b"/a").encode()]);
+}

@@ -113,7 +113,8 @@ impl LogStore {
     /// naming the group and index (openraft then stops the group).
     fn decode_at(&self, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
         decode_entry(bytes).map_err(|e| {
-            let msg = format!("corrupt Raft log entry: group {} index {index}: {e}", self.group);
+            let file = self.engine.locate(&Key::RaftLog(self.group, index).encode());
+            let msg = format!("corrupt Raft log entry: group {} index {index} in {file}: {e}", self.group);
             tracing::error!(group = self.group, index, "{msg}; stopping the group rather than applying it");
             StorageIOError::read_log_at_index(index, openraft::AnyError::error(msg)).into()
         })

@@ -596,10 +596,22 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    pub fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    /// The stored snapshot, verified: one whose checksum no longer matches
+    /// (damaged on this node's disk) is never sent — every receiver would
+    /// refuse it — but replaced by a new one built from the current state.
+    pub fn current_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
         match self.engine.get(&Key::Snapshot(self.group).encode())? {
             Some(bytes) => {
                 let s: StoredSnapshot = decode(&bytes, "stored snapshot")?;
+                if let Err(why) = unseal_snapshot(&s.data) {
+                    let at = self.engine.locate(&Key::Snapshot(self.group).encode());
+                    tracing::error!(
+                        group = self.group,
+                        snapshot = %s.meta.snapshot_id,
+                        "the stored snapshot in {at} is damaged ({why}); building a new one instead of sending it"
+                    );
+                    return self.build_snapshot().map(Some);
+                }
                 Ok(Some((s.meta, s.data)))
             }
             None => Ok(None),

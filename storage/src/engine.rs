@@ -123,6 +123,10 @@ pub trait Engine: ReadView {
     /// writes still in the memtable are not counted); the in-memory engine
     /// counts key and value bytes exactly. An empty range is 0.
     fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<u64>;
+
+    /// Where `key` is stored, for error reports naming the damaged file:
+    /// e.g. `/data/n1/db/000012.sst` or the write-ahead log.
+    fn locate(&self, key: &[u8]) -> String;
 }
 
 /// The smallest key greater than every key with prefix `prefix`, or `None`

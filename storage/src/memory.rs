@@ -83,6 +83,10 @@ impl Engine for Memory {
         Box::new(MemorySnapshot(self.current()))
     }
 
+    fn locate(&self, _key: &[u8]) -> String {
+        "the in-memory engine".to_string()
+    }
+
     fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<u64> {
         if start >= end {
             return Ok(0);
