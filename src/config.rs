@@ -119,6 +119,9 @@ pub struct RaftTimings {
     /// (0 = never); the log is then purged up to the snapshot, keeping
     /// `keep_entries_after_snapshot` entries for slow followers.
     pub snapshot_every_entries: u64,
+    /// Also build one once this many bytes of entries were appended to
+    /// the group's log since the last one (0 = never), whichever comes first.
+    pub snapshot_every_bytes: u64,
     pub keep_entries_after_snapshot: u64,
 }
 
@@ -181,6 +184,7 @@ impl Default for RaftTimings {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             snapshot_every_entries: 10_000,
+            snapshot_every_bytes: 64 << 20,
             keep_entries_after_snapshot: 1_000,
         }
     }

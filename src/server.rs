@@ -208,15 +208,14 @@ impl Node {
             let vshard_progress = sm.scheduler().progress();
             let state_machine = StateMachine::new(sm);
             let snapshots_installed = state_machine.snapshots_installed();
-            let raft = Raft::new(
-                config.node_id,
-                rcfg.clone(),
-                network,
-                LogStore::new(range.group, dyn_engine, durability),
-                state_machine,
-            )
-            .await
-            .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
+            let log_store = LogStore::new(range.group, dyn_engine, durability);
+            let appended = log_store.appended_bytes();
+            let raft = Raft::new(config.node_id, rcfg.clone(), network, log_store, state_machine)
+                .await
+                .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
+            if config.raft.snapshot_every_bytes > 0 {
+                tokio::spawn(snapshot_by_bytes(range.group, raft.clone(), appended, config.raft.snapshot_every_bytes));
+            }
             if fresh && !config.join {
                 let members: BTreeMap<NodeId, BasicNode> =
                     meta.members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -623,6 +622,29 @@ impl Node {
     /// The applied epoch of a group.
     pub fn epoch(&self, group: &Group) -> u64 {
         group.shared.epoch.load(Ordering::Acquire)
+    }
+}
+
+/// The byte-based half of the snapshot policy (openraft's own policy counts
+/// entries only): once `every` bytes of entries were appended since the
+/// last trigger, ask for a snapshot (after which openraft purges the log).
+/// Ends when the group's Raft stops.
+async fn snapshot_by_bytes(group: u64, raft: Raft, appended: Arc<AtomicU64>, every: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let metrics = raft.metrics();
+    loop {
+        tick.tick().await;
+        if metrics.has_changed().is_err() {
+            return; // the group's Raft is gone
+        }
+        if appended.load(Ordering::Relaxed) < every {
+            continue;
+        }
+        let bytes = appended.swap(0, Ordering::Relaxed);
+        tracing::info!(group, bytes, "log grew past raft.snapshot_every_bytes; building a snapshot");
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -804,3 +804,28 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
     assert_eq!(values[b"/full/after".as_slice()], b"2");
     assert_eq!(values[b"/full/before".as_slice()], b"1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_grows_past_the_byte_bound_is_compacted() {
+    // Only the byte bound can trigger a snapshot here.
+    let toml = format!(
+        "{QUIET}[raft]\nsnapshot_every_entries = 0\nsnapshot_every_bytes = 65536\nkeep_entries_after_snapshot = 5\n"
+    );
+    let c = Cluster::start_with_config(3, &toml, &[]);
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    phase("write 300 KiB in 1 KiB values");
+    let value = vec![b'b'; 1024];
+    let mut last = 0;
+    for i in 0..300 {
+        last = client.put(format!("/bytes/{i:04}"), &value).await.unwrap().header.unwrap().log_index;
+    }
+    c.wait_applied(1, last).await;
+    phase("every replica snapshotted and purged its log");
+    for i in 0..c.nodes.len() {
+        let g = c.wait_group(i, 1, "purged by the byte bound", |g| g.snapshot_index > 0 && g.purged_index > 0).await;
+        assert!(g.log_entries < 300, "the log was compacted: {g:?}");
+    }
+    let got = client.get("/bytes/0299").await.unwrap().unwrap();
+    assert_eq!(got.value.len(), 1024);
+}

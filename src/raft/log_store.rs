@@ -21,6 +21,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arbor_storage::{Direction, Durability, Engine, WriteBatch};
@@ -37,6 +38,9 @@ pub struct LogStore {
     engine: Arc<dyn Engine>,
     /// `Sync` except under the test-only `volatile_writes` switch.
     durability: Durability,
+    /// Bytes of entries appended since the counter was last taken (the
+    /// byte-based snapshot policy reads and resets it).
+    appended: Arc<AtomicU64>,
 }
 
 fn read_err(e: impl ToString) -> StorageError {
@@ -77,7 +81,12 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
 
 impl LogStore {
     pub fn new(group: u64, engine: Arc<dyn Engine>, durability: Durability) -> Self {
-        Self { group, engine, durability }
+        Self { group, engine, durability, appended: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The counter of bytes appended (see [`crate::server`]'s snapshot policy).
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn get_meta<T: for<'de> serde::Deserialize<'de>>(&self, key: Key<'_>) -> Result<Option<T>, StorageError> {
@@ -206,9 +215,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut b = WriteBatch::new();
+        let mut bytes = 0;
         for entry in entries {
-            b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), encode_entry(&entry));
+            let encoded = encode_entry(&entry);
+            bytes += encoded.len() as u64;
+            b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), encoded);
         }
+        self.appended.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let result = self.write(b).await;
         callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
         result
