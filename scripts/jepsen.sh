@@ -9,9 +9,15 @@
 #   scripts/jepsen.sh --workload list-append --nemesis all --time 60
 #   scripts/jepsen.sh --workload register --nemesis clock,leader --nodes 3 --time 30
 #   scripts/jepsen.sh --workload register --nemesis member --nodes 4 --time 30
+#   scripts/jepsen.sh --workload watch --nemesis partition,kill --time 60
 #   scripts/jepsen.sh --workload register --nemesis partition --server-flag=--unsafe-stale-reads
 #   scripts/jepsen.sh --net proxy --workload register --nemesis partition,kill
 #   scripts/jepsen.sh --help            # every option (arbor-jepsen run --help)
+#
+# Workloads: register (linearizable cas registers), list-append (Elle, strict
+# serializability), set, bank, watch (writers put and delete under /jepsen/watch/ while one
+# watcher per node, a roaming and a late one stream the prefix: all must see the same
+# per-key changes, every acknowledged write once, nothing failed or never written).
 #
 # Nemeses: partition, kill, pause, clock (Arbor's offset clock, never the machine's),
 # member (remove a node from every group and add it back; needs --nodes 4+), leader

@@ -3,7 +3,9 @@
 //! - [`linear`]: linearizability (Wing–Gong–Lowe with memoisation, P-compositional) for
 //!   `register`, `cas-register` and `kv` histories;
 //! - [`elle`]: Elle-style transactional anomaly detection for list-append histories;
-//! - [`set`] and [`bank`]: the classic Jepsen set and bank checks.
+//! - [`set`] and [`bank`]: the classic Jepsen set and bank checks;
+//! - [`watch`]: every watcher of a prefix saw the same changes, in the same per-key order,
+//!   with every acknowledged write and nothing else.
 //!
 //! Histories are read by [`history`] (Arbor JSONL, Jepsen EDN via [`edn`], old Jepsen
 //! console logs) into one operation model; every checker returns a [`verdict::Verdict`].
@@ -23,6 +25,7 @@ pub mod run;
 pub mod set;
 pub mod value;
 pub mod verdict;
+pub mod watch;
 
 use std::time::Duration;
 use thiserror::Error;
@@ -42,6 +45,8 @@ pub enum Workload {
     Set,
     /// Bank transfers with total-preserving reads.
     Bank,
+    /// Puts and guarded deletes under a prefix, and the streams of its watchers.
+    Watch,
 }
 
 impl Workload {
@@ -54,6 +59,7 @@ impl Workload {
             "list-append" => Workload::ListAppend,
             "set" => Workload::Set,
             "bank" => Workload::Bank,
+            "watch" => Workload::Watch,
             _ => return None,
         })
     }
@@ -87,6 +93,9 @@ pub enum CheckError {
     /// Bank input error.
     #[error(transparent)]
     Bank(#[from] bank::BankError),
+    /// Watch input error.
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
 }
 
 /// Runs the checker for `workload` on `history`.
@@ -108,5 +117,6 @@ pub fn check(
         Workload::ListAppend => elle::check(history, &elle)?,
         Workload::Set => set::check(history)?,
         Workload::Bank => bank::check(history, opts.bank_total)?,
+        Workload::Watch => watch::check(history)?,
     })
 }

@@ -34,7 +34,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// register, list-append, set or bank.
+    /// register, list-append, set, bank or watch.
     #[arg(long, default_value = "register")]
     workload: String,
     /// Faults, comma separated: partition, kill, pause, clock, member, leader, all, none.
@@ -93,7 +93,7 @@ struct RunArgs {
     /// register: operations per key.
     #[arg(long = "ops-per-key", default_value_t = 200)]
     ops_per_key: u64,
-    /// list-append: active keys.
+    /// list-append: active keys; watch: keys written (under /jepsen/watch/).
     #[arg(long = "key-count", default_value_t = 8)]
     key_count: usize,
     /// list-append: appends per key before it is retired.
@@ -124,6 +124,7 @@ enum ModelArg {
     ListAppend,
     Set,
     Bank,
+    Watch,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +179,7 @@ fn workload(m: ModelArg) -> Workload {
         ModelArg::ListAppend => Workload::ListAppend,
         ModelArg::Set => Workload::Set,
         ModelArg::Bank => Workload::Bank,
+        ModelArg::Watch => Workload::Watch,
     }
 }
 
@@ -231,7 +233,7 @@ fn seconds(name: &str, v: f64) -> Result<Duration> {
 
 fn run_options(a: RunArgs) -> Result<run::RunOptions> {
     let workload = run::workload::WorkloadKind::parse(&a.workload)
-        .ok_or_else(|| anyhow!("unknown --workload {:?} (register, list-append, set, bank)", a.workload))?;
+        .ok_or_else(|| anyhow!("unknown --workload {:?} (register, list-append, set, bank, watch)", a.workload))?;
     let nemeses = run::nemesis::parse_spec(&a.nemesis).map_err(|e| anyhow!(e))?;
     let arbor_bin = match a.arbor_bin {
         Some(p) => p,

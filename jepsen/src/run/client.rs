@@ -3,7 +3,8 @@
 //!
 //! Keys: register `k` is `/jepsen/register/<k>`; list `k` is `/jepsen/la/<k, 8 digits>`;
 //! set elements are appended (`"e,"`) to shard keys `/jepsen/set/<e / 256>`, so that a
-//! duplicated add would show; bank account `a` is `/jepsen/bank/<a>`, a decimal counter.
+//! duplicated add would show; bank account `a` is `/jepsen/bank/<a>`, a decimal counter;
+//! watch key `k` is `/jepsen/watch/<k>`, holding the decimal value last put.
 //!
 //! | op | Arbor calls |
 //! |---|---|
@@ -13,6 +14,10 @@
 //! | set add / read | txn `append`; paginated `range` of `/jepsen/set/` |
 //! | bank transfer | `get` of the source, then txn `if version = seen then increment -n, increment +n` |
 //! | bank read | one `range` of `/jepsen/bank/` |
+//! | watch put | `put` |
+//! | watch delete of X | txn `if value = X then delete`; compare failed = `fail` without error |
+//! | watch final read | one `range` of `/jepsen/watch/` (read index); its header's stamp is the barrier |
+//! | watch chunk | `Client::watch` of the prefix, driven by `super::watchers` |
 //!
 //! [`classify`] maps errors to outcomes: a read-only op that errs did not happen (`fail`);
 //! a write rejected with `FAILED_PRECONDITION` / `INVALID_ARGUMENT` (or refused by the
@@ -53,6 +58,45 @@ pub const BANK_PREFIX: &str = "/jepsen/bank/";
 /// Key of bank account `a`.
 pub fn account_key(a: u32) -> String {
     format!("{BANK_PREFIX}{a}")
+}
+
+/// Prefix of the watch workload's keys.
+pub const WATCH_PREFIX: &str = "/jepsen/watch/";
+
+/// Key of watch key `k`.
+pub fn watch_key(k: u64) -> String {
+    format!("{WATCH_PREFIX}{k}")
+}
+
+/// A watch key or value as the history holds it: the number, else the raw text.
+fn watch_json(b: &[u8]) -> Json {
+    let t = text(b);
+    t.parse::<u64>().map(Json::from).unwrap_or(Json::String(t))
+}
+
+/// The key number of a watched key (the text after the prefix; the whole key if it is
+/// outside the prefix, which the checker then reports).
+fn watch_key_json(key: &[u8]) -> Json {
+    match key.strip_prefix(WATCH_PREFIX.as_bytes()) {
+        Some(rest) => watch_json(rest),
+        None => Json::String(text(key)),
+    }
+}
+
+/// A watch response's events as the history holds them: `[key, value or null, stamp]`.
+pub fn watch_events(resp: &pb::WatchResponse) -> Vec<Json> {
+    resp.events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref();
+            let key = watch_key_json(kv.map_or(&[][..], |kv| &kv.key));
+            let value = match (e.r#type(), kv) {
+                (pb::watch_event::Type::Put, Some(kv)) => watch_json(&kv.value),
+                _ => Json::Null,
+            };
+            json!([key, value, e.stamp])
+        })
+        .collect()
 }
 
 /// A read-only list-append txn spanning more keys than this is run as a txn, not a range.
@@ -183,6 +227,34 @@ async fn run(client: &Client, op: &Op) -> Result<Outcome, ClientError> {
                 balances.insert(name, t.parse::<i64>().map(Json::from).unwrap_or(Json::String(t)));
             }
             Outcome::ok(Json::Object(balances))
+        }
+        Op::WatchPut { key, value } => {
+            client.put(watch_key(*key), value.to_string()).await?;
+            Outcome::ok(json!(value))
+        }
+        Op::WatchDelete { key, value } => {
+            let k = watch_key(*key);
+            let txn = Txn::new().if_value(&k, "=", value.to_string())?.then(op::delete(&k));
+            if client.txn(txn).await?.succeeded {
+                Outcome::ok(json!(value))
+            } else {
+                Outcome::fail(json!(value), None)
+            }
+        }
+        Op::WatchRead => {
+            let resp = client.scan(WATCH_PREFIX, 0).await?;
+            let Some(stamp) = resp.header.as_ref().map(|h| h.read_stamp).filter(|s| *s > 0) else {
+                return Ok(Outcome::fail(Json::Null, Some("the read carried no stamp".into())));
+            };
+            if resp.more {
+                return Ok(Outcome::fail(Json::Null, Some("the read was cut short".into())));
+            }
+            let kvs: Vec<Json> =
+                resp.kvs.iter().map(|kv| json!([watch_key_json(&kv.key), watch_json(&kv.value)])).collect();
+            Outcome::ok(json!({"stamp": stamp, "kvs": kvs}))
+        }
+        Op::WatchChunk { .. } => {
+            Outcome::fail(op.invoke_value(), Some("watch chunks are recorded by their watcher task".into()))
         }
     })
 }
@@ -328,5 +400,18 @@ mod tests {
         assert_ne!(set_key(0), set_key(SET_SHARD));
         let mops = [Mop::Append { key: 1, value: 4 }, Mop::Read { key: 2 }];
         assert_eq!(fill_reads(&mops, |k| json!([k])), json!([["append", 1, 4], ["r", 2, [2]]]));
+    }
+
+    #[test]
+    fn watch_events_are_recorded_as_key_value_stamp() {
+        let kv = |k: &str, v: &str| Some(pb::KeyValue { key: k.into(), value: v.into(), ..Default::default() });
+        let put =
+            pb::WatchEvent { r#type: pb::watch_event::Type::Put as i32, kv: kv("/jepsen/watch/3", "17"), stamp: 9 };
+        let del =
+            pb::WatchEvent { r#type: pb::watch_event::Type::Delete as i32, kv: kv("/jepsen/watch/3", ""), stamp: 10 };
+        let odd = pb::WatchEvent { r#type: pb::watch_event::Type::Put as i32, kv: kv("/elsewhere", "x"), stamp: 11 };
+        let resp = pb::WatchResponse { group_id: 1, events: vec![put, del, odd], progress_stamp: 11 };
+        assert_eq!(watch_events(&resp), vec![json!([3, 17, 9]), json!([3, null, 10]), json!(["/elsewhere", "x", 11])]);
+        assert_eq!(watch_key(3), "/jepsen/watch/3");
     }
 }

@@ -10,15 +10,19 @@
 //!    workload's data (bank accounts).
 //! 2. **Main phase** (`--time`): `concurrency` workers run the workload's ops
 //!    ([`workload`], executed by [`client`]) and record them ([`recorder`]); a worker whose
-//!    op ended `info` retires its process and continues as process `p + concurrency`, with a
-//!    fresh client. Meanwhile the nemesis starts and stops faults every `--nemesis-interval`
+//!    op ended `info` retires its process and continues as process `p + lanes` (`lanes` =
+//!    `concurrency`, plus the watchers for the watch workload), with a fresh client.
+//!    Meanwhile the nemesis starts and stops faults every `--nemesis-interval`
 //!    ([`nemesis`] decides, [`faults`] applies, [`admin`] makes the cluster calls), recording
-//!    each as a nemesis `info` event.
+//!    each as a nemesis `info` event. The watch workload also runs its watchers
+//!    ([`watchers`]) from the start, through the heal and recovery.
 //! 3. **Heal** every fault (a removed node back in every group), wait `--recovery`, wait for
-//!    the cluster, run the workload's final reads.
+//!    the cluster, run the workload's final reads (watch: then let every watcher reach the
+//!    final read's stamp).
 //! 4. **Check and report**: stop the servers, tear the network down, write `history.jsonl`,
-//!    check it (`cas-register` per key, `list-append` strict-serializable, `set`, `bank`),
-//!    write `results.json` and `report.html` ([`report`]). The exit code is the verdict's.
+//!    check it (`cas-register` per key, `list-append` strict-serializable, `set`, `bank`,
+//!    `watch`), write `results.json` and `report.html` ([`report`]). The exit code is the
+//!    verdict's.
 //!
 //! Every loop is bounded in time. Servers and network are owned by one [`Testbed`] whose
 //! drop kills the servers first, then removes the namespaces and the bridge, so a failed or
@@ -33,6 +37,7 @@ pub mod net;
 pub mod proxy;
 pub mod recorder;
 pub mod report;
+pub mod watchers;
 pub mod workload;
 
 use crate::history::{self, OpType};
@@ -133,6 +138,9 @@ struct Ctx {
     rec: Arc<Recorder>,
     endpoints: Vec<String>,
     concurrency: usize,
+    /// Timeline lanes: the workers, then the watchers. A retired process `p` goes on as
+    /// `p + lanes`, so it keeps its lane.
+    lanes: usize,
     op_timeout: Duration,
     rate: f64,
 }
@@ -218,6 +226,11 @@ impl RunLock {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Timeline lanes of a run: one per worker, plus one per watcher (watch workload).
+pub fn lanes(opts: &RunOptions) -> usize {
+    opts.concurrency + if opts.workload == WorkloadKind::Watch { watchers::count(opts.nodes) } else { 0 }
 }
 
 /// The server flags of a run: the user's, plus `--unsafe-clock-admin` for the clock nemesis.
@@ -378,7 +391,7 @@ fn conclude(opts: &RunOptions, dir: &Path, recorded: Recorded) -> Result<RunSumm
             dir.file_name().unwrap_or_default().to_string_lossy()
         ),
         facts,
-        concurrency: opts.concurrency,
+        concurrency: lanes(opts),
         notes: harness
             .details
             .get("problems")
@@ -458,6 +471,7 @@ async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Res
         rec: rec.clone(),
         endpoints: tb.endpoints.clone(),
         concurrency: opts.concurrency,
+        lanes: lanes(opts),
         op_timeout: opts.op_timeout,
         rate: opts.rate,
     });
@@ -472,6 +486,19 @@ async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Res
         AbortOnDrop(tokio::spawn(progress_loop(rec, faults_now, phase, total, net)))
     });
 
+    let watchers = if opts.workload == WorkloadKind::Watch {
+        let setup = watchers::Setup {
+            endpoints: tb.endpoints.clone(),
+            rec: rec.clone(),
+            start_after: watchers::start_stamp(&tb.endpoints).await?,
+            op_timeout: opts.op_timeout,
+            seed: opts.seed,
+            late_start: opts.time / 2,
+        };
+        Some(watchers::Watchers::start(watchers::specs(opts.nodes, opts.concurrency as u64), setup))
+    } else {
+        None
+    };
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..opts.concurrency {
         workers.spawn(worker(w, ctx.clone(), deadline, opts.seed));
@@ -505,7 +532,12 @@ async fn drive(opts: &RunOptions, tb: &Arc<Testbed>, rec: &Arc<Recorder>) -> Res
         eprintln!("\narbor-jepsen: warning: after healing, {e:#}; running the final reads anyway");
     }
     *phase.lock().unwrap_or_else(|e| e.into_inner()) = "final reads";
-    let finals = final_reads(&ctx, last_process).await?;
+    let (finals, final_values) = final_reads(&ctx, last_process).await?;
+    if let Some(watchers) = watchers {
+        *phase.lock().unwrap_or_else(|e| e.into_inner()) = "watchers catching up";
+        let barrier = final_values.last().and_then(|v| v["stamp"].as_u64());
+        watchers.finish(barrier).await?;
+    }
     if progress.is_some() {
         eprintln!();
     }
@@ -541,7 +573,7 @@ async fn worker(w: usize, ctx: Arc<Ctx>, deadline: tokio::time::Instant, seed: u
         let outcome = ctx.execute(process, &client, &op).await?;
         ctx.rec.complete(process, &op, &outcome);
         if outcome.kind == OpType::Info {
-            process += ctx.concurrency as u64;
+            process += ctx.lanes as u64;
             client = ctx.client(process)?;
         }
     }
@@ -552,17 +584,19 @@ const FINAL_PHASE_LIMIT: Duration = Duration::from_secs(60);
 /// Attempts per final op.
 const FINAL_ATTEMPTS: usize = 5;
 
-/// Runs the generator's final ops (each retried until ok, a few times) as worker 0.
-async fn final_reads(ctx: &Ctx, mut process: u64) -> Result<FinalReads> {
+/// Runs the generator's final ops (each retried until ok, a few times) as worker 0;
+/// returns the counts and the values of the ok ones.
+async fn final_reads(ctx: &Ctx, mut process: u64) -> Result<(FinalReads, Vec<Json>)> {
     let ops = ctx.gen.lock().unwrap_or_else(|e| e.into_inner()).final_ops();
     let deadline = Instant::now() + FINAL_PHASE_LIMIT;
     let mut client = ctx.client(process)?;
     let mut finals = FinalReads { ok: 0, total: ops.len() };
+    let mut values = Vec::new();
     for op in ops {
         for _ in 0..FINAL_ATTEMPTS {
             if Instant::now() >= deadline {
                 eprintln!("\narbor-jepsen: warning: final reads stopped after {FINAL_PHASE_LIMIT:?}");
-                return Ok(finals);
+                return Ok((finals, values));
             }
             ctx.rec.invoke(process, &op);
             let outcome = ctx.execute(process, &client, &op).await?;
@@ -570,10 +604,11 @@ async fn final_reads(ctx: &Ctx, mut process: u64) -> Result<FinalReads> {
             match outcome.kind {
                 OpType::Ok => {
                     finals.ok += 1;
+                    values.push(outcome.value);
                     break;
                 }
                 OpType::Info => {
-                    process += ctx.concurrency as u64;
+                    process += ctx.lanes as u64;
                     client = ctx.client(process)?;
                 }
                 _ => {}
@@ -581,7 +616,7 @@ async fn final_reads(ctx: &Ctx, mut process: u64) -> Result<FinalReads> {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    Ok(finals)
+    Ok((finals, values))
 }
 
 /// Prints `[ 12s/60s] main | net proxy | ops 1234: ok 1200 fail 20 info 14 | faults: ...`

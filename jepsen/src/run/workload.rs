@@ -15,6 +15,11 @@
 //!   has received `max_writes_per_key` appends is replaced by a fresh one, so lists stay short.
 //! - **set**: unique adds; the final op reads the whole set.
 //! - **bank**: transfers of 1..=5 between `accounts` accounts, and reads of every balance.
+//! - **watch**: puts of globally unique values to `key_count` keys under one prefix, and
+//!   one in [`WATCH_DELETE_ONE_IN`] ops a guarded delete ("delete the key if it holds X",
+//!   X the last value issued for it), so that every change a watcher sees names the op that
+//!   made it; the final op is one linearizable read of the prefix (the watchers' barrier).
+//!   The watchers themselves are tasks of their own (`super::watchers`), not generator ops.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,6 +36,8 @@ pub enum WorkloadKind {
     Set,
     /// Transfers between accounts; every read sums to the total.
     Bank,
+    /// Puts and guarded deletes under a prefix, streamed by several watchers that must agree.
+    Watch,
 }
 
 impl WorkloadKind {
@@ -41,6 +48,7 @@ impl WorkloadKind {
             "list-append" => WorkloadKind::ListAppend,
             "set" => WorkloadKind::Set,
             "bank" => WorkloadKind::Bank,
+            "watch" => WorkloadKind::Watch,
             _ => return None,
         })
     }
@@ -52,6 +60,7 @@ impl WorkloadKind {
             WorkloadKind::ListAppend => "list-append",
             WorkloadKind::Set => "set",
             WorkloadKind::Bank => "bank",
+            WorkloadKind::Watch => "watch",
         }
     }
 
@@ -62,6 +71,7 @@ impl WorkloadKind {
             WorkloadKind::ListAppend => crate::Workload::ListAppend,
             WorkloadKind::Set => crate::Workload::Set,
             WorkloadKind::Bank => crate::Workload::Bank,
+            WorkloadKind::Watch => crate::Workload::Watch,
         }
     }
 }
@@ -124,14 +134,41 @@ pub enum Op {
     },
     /// bank: read every balance.
     BankRead,
+    /// watch: put a unique value.
+    WatchPut {
+        /// Key number (under the watch prefix).
+        key: u64,
+        /// Unique across the run.
+        value: u64,
+    },
+    /// watch: delete the key if it holds `value`.
+    WatchDelete {
+        /// Key number.
+        key: u64,
+        /// The value the key must hold.
+        value: u64,
+    },
+    /// watch: one chunk of a watcher's stream, recorded by the watcher task (never executed
+    /// by a worker).
+    WatchChunk {
+        /// The watcher's name (`n1`, `roaming`, ...).
+        watcher: String,
+        /// The stamp the chunk starts after.
+        after: u64,
+    },
+    /// watch: the final read of the whole prefix.
+    WatchRead,
 }
 
 impl Op {
     /// The history's `f`.
     pub fn f(&self) -> &'static str {
         match self {
-            Op::Read { .. } | Op::SetRead | Op::BankRead => "read",
+            Op::Read { .. } | Op::SetRead | Op::BankRead | Op::WatchRead => "read",
             Op::Write { .. } => "write",
+            Op::WatchPut { .. } => "put",
+            Op::WatchDelete { .. } => "delete",
+            Op::WatchChunk { .. } => "watch",
             Op::Cas { .. } => "cas",
             Op::Txn(_) => "txn",
             Op::Add(_) => "add",
@@ -139,10 +176,14 @@ impl Op {
         }
     }
 
-    /// The history's `key` (register ops only: independent keys).
+    /// The history's `key` (register ops: independent keys; watch writes).
     pub fn key(&self) -> Option<u64> {
         match self {
-            Op::Read { key } | Op::Write { key, .. } | Op::Cas { key, .. } => Some(*key),
+            Op::Read { key }
+            | Op::Write { key, .. }
+            | Op::Cas { key, .. }
+            | Op::WatchPut { key, .. }
+            | Op::WatchDelete { key, .. } => Some(*key),
             _ => None,
         }
     }
@@ -150,8 +191,9 @@ impl Op {
     /// The invocation's `value`.
     pub fn invoke_value(&self) -> Json {
         match self {
-            Op::Read { .. } | Op::SetRead | Op::BankRead => Json::Null,
-            Op::Write { value, .. } => json!(value),
+            Op::Read { .. } | Op::SetRead | Op::BankRead | Op::WatchRead => Json::Null,
+            Op::Write { value, .. } | Op::WatchPut { value, .. } | Op::WatchDelete { value, .. } => json!(value),
+            Op::WatchChunk { watcher, after } => json!({"watcher": watcher, "after": after}),
             Op::Cas { from, to, .. } => json!([from, to]),
             Op::Txn(mops) => Json::Array(
                 mops.iter()
@@ -169,7 +211,7 @@ impl Op {
     /// Whether the op changes nothing: a read that errs is a definite failure.
     pub fn is_read_only(&self) -> bool {
         match self {
-            Op::Read { .. } | Op::SetRead | Op::BankRead => true,
+            Op::Read { .. } | Op::SetRead | Op::BankRead | Op::WatchRead | Op::WatchChunk { .. } => true,
             Op::Txn(mops) => mops.iter().all(|m| matches!(m, Mop::Read { .. })),
             _ => false,
         }
@@ -191,7 +233,7 @@ pub struct WorkloadParams {
     pub threads_per_key: usize,
     /// register: operations per key before its group moves on.
     pub ops_per_key: u64,
-    /// list-append: active keys.
+    /// list-append: active keys; watch: keys written.
     pub key_count: usize,
     /// list-append: appends per key before it is retired.
     pub max_writes_per_key: u64,
@@ -225,6 +267,7 @@ pub fn generator(kind: WorkloadKind, params: &WorkloadParams, seed: u64) -> Box<
         WorkloadKind::ListAppend => Box::new(ListAppendGen::new(params, rng)),
         WorkloadKind::Set => Box::new(SetGen { next: 0 }),
         WorkloadKind::Bank => Box::new(BankGen { rng, accounts: params.accounts.max(2) }),
+        WorkloadKind::Watch => Box::new(WatchGen::new(params, rng)),
     }
 }
 
@@ -378,6 +421,43 @@ impl Generator for BankGen {
     }
 }
 
+/// watch: one op in this many is a guarded delete (when the key was written before).
+pub const WATCH_DELETE_ONE_IN: u32 = 5;
+
+/// watch: unique puts and guarded deletes over a few keys.
+pub struct WatchGen {
+    rng: StdRng,
+    /// Values issued so far; the next one is this + 1.
+    issued: u64,
+    /// Per key: the last value put on it since its last delete was issued.
+    last: Vec<Option<u64>>,
+}
+
+impl WatchGen {
+    fn new(p: &WorkloadParams, rng: StdRng) -> Self {
+        WatchGen { rng, issued: 0, last: vec![None; p.key_count.max(1)] }
+    }
+}
+
+impl Generator for WatchGen {
+    fn next(&mut self, _worker: usize) -> Op {
+        let key = self.rng.gen_range(0..self.last.len());
+        if self.last[key].is_some() && self.rng.gen_range(0..WATCH_DELETE_ONE_IN) == 0 {
+            // Taken, so that no two deletes are guarded on the same value: each watched
+            // deletion then names exactly one op.
+            let value = self.last[key].take().expect("checked");
+            return Op::WatchDelete { key: key as u64, value };
+        }
+        self.issued += 1;
+        self.last[key] = Some(self.issued);
+        Op::WatchPut { key: key as u64, value: self.issued }
+    }
+
+    fn final_ops(&self) -> Vec<Op> {
+        vec![Op::WatchRead]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +532,32 @@ mod tests {
             }
         }
         assert!(reads > 50 && reads < 150);
+    }
+
+    #[test]
+    fn watch_values_are_unique_and_deletes_name_one_put() {
+        let mut g = gen(WorkloadKind::Watch, WorkloadParams { key_count: 3, ..WorkloadParams::default() });
+        let mut put: HashMap<u64, u64> = HashMap::new();
+        let mut guarded: HashSet<u64> = HashSet::new();
+        let mut deletes = 0;
+        for _ in 0..500 {
+            match g.next(0) {
+                Op::WatchPut { key, value } => assert!(put.insert(value, key).is_none(), "value {value} put twice"),
+                Op::WatchDelete { key, value } => {
+                    assert_eq!(put.get(&value), Some(&key), "a delete is guarded on a value put on its key");
+                    assert!(guarded.insert(value), "two deletes guarded on {value}");
+                    deletes += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(deletes > 30 && deletes < 150, "{deletes} deletes");
+        assert!(put.values().all(|&k| k < 3));
+        assert_eq!(g.final_ops(), vec![Op::WatchRead]);
+        assert!(Op::WatchRead.is_read_only() && !Op::WatchDelete { key: 0, value: 1 }.is_read_only());
+        assert_eq!(Op::WatchDelete { key: 2, value: 7 }.key(), Some(2));
+        let chunk = Op::WatchChunk { watcher: "n1".into(), after: 9 };
+        assert_eq!((chunk.f(), chunk.invoke_value()), ("watch", json!({"watcher": "n1", "after": 9})));
     }
 
     #[test]
