@@ -11,6 +11,7 @@
 #   scripts/jepsen.sh --workload register --nemesis member --nodes 4 --time 30
 #   scripts/jepsen.sh --workload watch --nemesis partition,kill --time 60
 #   scripts/jepsen.sh --workload register --nemesis partition --server-flag=--unsafe-stale-reads
+#   scripts/jepsen.sh --workload set --nemesis amnesia --nodes 3 --time 15 --server-flag=--unsafe-volatile-writes
 #   scripts/jepsen.sh --net proxy --workload register --nemesis partition,kill
 #   scripts/jepsen.sh --help            # every option (arbor-jepsen run --help)
 #
@@ -21,7 +22,9 @@
 #
 # Nemeses: partition, kill, pause, clock (Arbor's offset clock, never the machine's),
 # member (remove a node from every group and add it back; needs --nodes 4+), leader
-# (leadership transfers), all (= every one of them; member only with 4+ nodes), none.
+# (leadership transfers), all (= every one of them; member only with 4+ nodes), none;
+# amnesia (not in all: isolate a minority, kill -9 the rest together, restart, heal — loses
+# acknowledged writes with --server-flag=--unsafe-volatile-writes, nothing without it).
 #
 # Network (--net): as root, every node runs in its own network namespace (`netns`);
 # partitions use iptables when installed (set JEPSEN_INSTALL_IPTABLES=1 to install it with

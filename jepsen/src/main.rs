@@ -37,9 +37,11 @@ struct RunArgs {
     /// register, list-append, set, bank or watch.
     #[arg(long, default_value = "register")]
     workload: String,
-    /// Faults, comma separated: partition, kill, pause, clock, member, leader, all, none.
-    /// `all` = partition,kill,pause,clock,member; member needs --nodes 4 or more (it never
-    /// leaves fewer than 3 voters) and is left out of `all` below that.
+    /// Faults, comma separated: partition, kill, pause, clock, member, leader, amnesia, all,
+    /// none. `all` = partition,kill,pause,clock,member,leader; member needs --nodes 4 or more
+    /// (it never leaves fewer than 3 voters) and is left out of `all` below that. amnesia
+    /// (not in `all`) isolates a minority, kills -9 the rest together, restarts, heals: with
+    /// --server-flag=--unsafe-volatile-writes it loses acknowledged writes.
     #[arg(long, default_value = "partition,kill")]
     nemesis: String,
     /// Number of arbor servers.

@@ -213,6 +213,16 @@ impl Cluster {
         self.nodes[i].paused = false;
     }
 
+    /// kill -9 `nodes` together: every SIGKILL is sent before any is reaped.
+    pub fn kill_together(&mut self, nodes: &[usize]) {
+        for &i in nodes {
+            self.signal(i, libc::SIGKILL);
+        }
+        for &i in nodes {
+            self.kill(i);
+        }
+    }
+
     /// Stops node `i` gracefully: SIGCONT, SIGTERM, SIGKILL after `grace`.
     pub fn stop(&mut self, i: usize, grace: Duration) {
         self.resume(i);

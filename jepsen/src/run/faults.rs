@@ -4,8 +4,9 @@
 //! nodes), `start-clock` / `stop-clock` (bump or strobe: node and offsets; stop: the nodes
 //! reset to offset 0), `start-member` / `stop-member` (the node removed from / added back to
 //! every group, with the groups and any error), `transfer-leader` (group, from, to, and the
-//! outcome), `member-skipped` (no node could be removed), `crash` (a server that exited on
-//! its own). A failed call is recorded in its event's `error` field, never hidden. The
+//! outcome), `member-skipped` (no node could be removed), `amnesia-checkpoint`,
+//! `start-amnesia`, `amnesia-kill`, `amnesia-restart`, `stop-amnesia` (see [`amnesia`]),
+//! `amnesia-skipped`, `crash` (a server that exited on its own). A failed call is recorded in its event's `error` field, never hidden. The
 //! decisions come from [`super::nemesis::Planner`].
 //!
 //! The final heal works in the order that lets each step succeed: network, kills and
@@ -14,7 +15,7 @@
 //! every original node is a voter of every group again, and reports it as a problem if not.
 
 use super::admin::{self, ClockAdmin, GroupView, MEMBERSHIP_CALL};
-use super::cluster::leader_of_group_1;
+use super::cluster::{leader_of_group_1, wait_ready};
 use super::nemesis::{Action, ClockPlan, FaultKind, Grudge, Plan, Planner, MIN_VOTERS};
 use super::recorder::Recorder;
 use super::Testbed;
@@ -31,6 +32,10 @@ const MEMBER_RESTORE: Duration = Duration::from_secs(10);
 const FINAL_MEMBER_RESTORE: Duration = Duration::from_secs(60);
 /// SIGTERM grace of a removed node.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the amnesia fault lets writes go on while its minority lags...
+const AMNESIA_WRITES: Duration = Duration::from_secs(2);
+/// ... and how long it waits for a leader after each checkpoint restart.
+const CHECKPOINT_READY: Duration = Duration::from_secs(15);
 
 /// A running clock fault.
 struct ClockFault {
@@ -63,6 +68,8 @@ struct Active {
     partition: Option<String>,
     clock: Option<ClockFault>,
     member: Option<MemberFault>,
+    /// Every node was restarted gracefully once (the amnesia fault's checkpoint).
+    checkpointed: bool,
 }
 
 impl Active {
@@ -461,6 +468,96 @@ async fn restore_member(
     outcome
 }
 
+/// The amnesia fault, one sequence:
+///
+/// 1. **checkpoint** (first time only): every node is stopped gracefully (SIGTERM) and
+///    restarted, one at a time, each time waiting for a leader. A stopping server flushes
+///    its storage, so even under `--unsafe-volatile-writes` its Raft membership and log so
+///    far are on disk. Without it, a node killed under that switch comes back with no
+///    membership at all, refuses every vote and nothing is ever elected again (the run
+///    ends `unknown`, not `invalid`).
+/// 2. `start-amnesia`: a minority of non-leaders of group 1 ([`Planner::laggards`]) is cut
+///    from the rest; writes go on for [`AMNESIA_WRITES`], committed by the rest alone.
+/// 3. `amnesia-kill`: the rest (the leader among them) are killed -9 together, then
+///    `amnesia-restart`ed on their data dirs; 4. `stop-amnesia`: the network heals.
+///
+/// With durable writes the killed nodes come back with every entry they acknowledged and
+/// a laggard can only win an election once it has them: nothing is lost. A server that
+/// loses unsynced writes at kill -9 comes back with its checkpoint, votes for a laggard
+/// (or elects one of its own kind) and the writes of step 2 are gone.
+async fn amnesia(
+    tb: &Testbed,
+    rec: &Recorder,
+    planner: &mut Planner,
+    active: &mut Active,
+    mut leader: Option<usize>,
+) -> Result<()> {
+    let n = tb.endpoints.len();
+    {
+        let c = tb.cluster();
+        let down: Vec<usize> = (0..n).filter(|&i| !c.is_running(i) || c.is_paused(i)).collect();
+        if !down.is_empty() || active.member.is_some() {
+            rec.nemesis(
+                "amnesia-skipped",
+                json!({"reason": "a node is down, paused or removed", "nodes": names(&down)}),
+            );
+            return Ok(());
+        }
+    }
+    if !active.checkpointed {
+        let mut errors = serde_json::Map::new();
+        for i in 0..n {
+            let restarted = tokio::task::block_in_place(|| {
+                let mut c = tb.cluster();
+                c.stop(i, STOP_GRACE);
+                c.restart(i)
+            });
+            if let Err(e) = restarted {
+                errors.insert(name(i), json!(format!("{e:#}")));
+                continue;
+            }
+            if let Err(e) = wait_ready(&tb.endpoints, CHECKPOINT_READY).await {
+                errors.insert(name(i), json!(format!("no leader after its restart: {e:#}")));
+            }
+        }
+        let mut v = json!({"restarted": names(&(0..n).collect::<Vec<_>>())});
+        if !errors.is_empty() {
+            v["errors"] = Json::Object(errors);
+        }
+        rec.nemesis("amnesia-checkpoint", v);
+        active.checkpointed = true;
+        leader = leader_of_group_1(&tb.endpoints).await;
+    }
+    let lag = planner.laggards(leader);
+    let rest: Vec<usize> = (0..n).filter(|i| !lag.contains(i)).collect();
+    let g = Grudge::isolate("amnesia", &lag, n);
+    tb.network.partition(&g).await?;
+    let desc = components(&g, n);
+    rec.nemesis(
+        "start-amnesia",
+        json!({"lagging": names(&lag), "leader": leader.map(name), "to-kill": names(&rest), "components": desc}),
+    );
+    active.partition = Some(format!("amnesia [{desc}]"));
+    tokio::time::sleep(AMNESIA_WRITES).await;
+    {
+        tb.cluster().kill_together(&rest);
+    }
+    rec.nemesis("amnesia-kill", json!({"nodes": names(&rest)}));
+    let restarted: Result<()> = {
+        let mut c = tb.cluster();
+        rest.iter().try_for_each(|&i| c.restart(i))
+    };
+    let mut v = json!({"nodes": names(&rest)});
+    if let Err(e) = &restarted {
+        v["error"] = json!(format!("{e:#}"));
+    }
+    rec.nemesis("amnesia-restart", v);
+    tb.network.heal().await?;
+    rec.nemesis("stop-amnesia", Json::Null);
+    active.partition = None;
+    restarted
+}
+
 async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut Active, action: Action) -> Result<()> {
     let n = tb.endpoints.len();
     match action {
@@ -514,6 +611,7 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                 Plan::Clock(plan) => start_clock(tb, rec, active, plan).await,
                 Plan::Member => start_member(tb, rec, planner, active).await,
                 Plan::Leader => transfer_leader(tb, rec, planner).await,
+                Plan::Amnesia => amnesia(tb, rec, planner, active, leader).await?,
             }
         }
         Action::Stop(FaultKind::Partition) => {
@@ -548,7 +646,7 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                 let _ = restore_member(tb, rec, active, m, MEMBER_RESTORE).await;
             }
         }
-        Action::Stop(FaultKind::Leader) => {}
+        Action::Stop(FaultKind::Leader | FaultKind::Amnesia) => {}
     }
     Ok(())
 }

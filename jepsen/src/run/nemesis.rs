@@ -17,6 +17,13 @@
 //!   needs 4 nodes or more), wipe it and restart it with `--join`; stopped = add it back.
 //! - `leader`: move the leadership of a random group to a random other voter. It is
 //!   instantaneous: it never becomes active, so it has no stop.
+//! - `amnesia` (not in `all`): the pattern in which a node that loses what it acknowledged
+//!   at kill -9 (the server's `--unsafe-volatile-writes`) loses writes: a minority of
+//!   non-leaders is cut off, writes go on, the rest (leader included) are killed -9 at once
+//!   and restarted, then the network heals. The lagging minority can then win an election
+//!   with votes from the forgetful nodes, without the writes the others acknowledged. A
+//!   sound server keeps its log through kill -9, so nothing is lost. A whole sequence on
+//!   its own, like `leader`: it never stays active.
 //!
 //! [`Planner::tick`] is called every interval: it picks one of the enabled kinds at random
 //! and stops it if it is active, else starts it. A fault active for [`MAX_ACTIVE_TICKS`]
@@ -57,6 +64,8 @@ pub enum FaultKind {
     Member,
     /// Leadership transfers (instantaneous).
     Leader,
+    /// Isolate a minority, kill -9 the rest at once, restart, heal (one sequence).
+    Amnesia,
 }
 
 /// What `--nemesis all` enables.
@@ -73,12 +82,13 @@ impl FaultKind {
             FaultKind::Clock => "clock",
             FaultKind::Member => "member",
             FaultKind::Leader => "leader",
+            FaultKind::Amnesia => "amnesia",
         }
     }
 
     /// Whether a start leaves something to stop (a leader transfer does not).
     pub fn lasts(self) -> bool {
-        self != FaultKind::Leader
+        !matches!(self, FaultKind::Leader | FaultKind::Amnesia)
     }
 }
 
@@ -98,9 +108,10 @@ pub fn parse_spec(spec: &str) -> Result<Vec<FaultKind>, String> {
             "clock" => FaultKind::Clock,
             "member" => FaultKind::Member,
             "leader" => FaultKind::Leader,
+            "amnesia" => FaultKind::Amnesia,
             other => {
                 return Err(format!(
-                    "unknown nemesis {other:?} (use partition, kill, pause, clock, member, leader, all or none)"
+                    "unknown nemesis {other:?} (use partition, kill, pause, clock, member, leader, amnesia, all or none)"
                 ));
             }
         };
@@ -110,13 +121,18 @@ pub fn parse_spec(spec: &str) -> Result<Vec<FaultKind>, String> {
 }
 
 /// The kinds that can run on `n` nodes, and a note for each one dropped: `member` needs
-/// more than [`MIN_VOTERS`] nodes, since it never removes below that many voters.
+/// more than [`MIN_VOTERS`] nodes, since it never removes below that many voters; `amnesia`
+/// needs 3 (a lagging minority and a majority to kill).
 pub fn feasible(kinds: &[FaultKind], n: usize) -> (Vec<FaultKind>, Vec<String>) {
     let mut notes = Vec::new();
     let kept = kinds
         .iter()
         .copied()
         .filter(|&k| {
+            if k == FaultKind::Amnesia && n < 3 {
+                notes.push("nemesis amnesia needs --nodes 3 or more; left out".to_string());
+                return false;
+            }
             let ok = k != FaultKind::Member || n > MIN_VOTERS;
             if !ok {
                 notes.push(format!(
@@ -210,6 +226,8 @@ pub enum Plan {
     Member,
     /// Transfer a group's leadership (group and voter chosen when it starts).
     Leader,
+    /// Isolate a minority of non-leaders, kill -9 the others at once, restart, heal.
+    Amnesia,
 }
 
 /// A clock fault on one node (0-based index); offsets are relative to the true time.
@@ -255,6 +273,7 @@ impl Plan {
             Plan::Clock(_) => FaultKind::Clock,
             Plan::Member => FaultKind::Member,
             Plan::Leader => FaultKind::Leader,
+            Plan::Amnesia => FaultKind::Amnesia,
         }
     }
 
@@ -262,7 +281,10 @@ impl Plan {
     pub fn needs_leader(self) -> bool {
         matches!(
             self,
-            Plan::Partition(Shape::IsolateLeader) | Plan::Kill(Targets::Leader) | Plan::Pause(Targets::Leader)
+            Plan::Partition(Shape::IsolateLeader)
+                | Plan::Kill(Targets::Leader)
+                | Plan::Pause(Targets::Leader)
+                | Plan::Amnesia
         )
     }
 }
@@ -319,6 +341,7 @@ impl Planner {
             FaultKind::Clock => Plan::Clock(self.clock_plan()),
             FaultKind::Member => Plan::Member,
             FaultKind::Leader => Plan::Leader,
+            FaultKind::Amnesia => Plan::Amnesia,
         };
         Some(Action::Start(plan))
     }
@@ -355,6 +378,15 @@ impl Planner {
     /// Chooses the nodes of a kill or pause.
     pub fn targets(&mut self, t: Targets, leader: Option<usize>) -> Vec<usize> {
         choose_targets(t, self.n, leader, &mut self.rng)
+    }
+
+    /// The lagging side of an amnesia fault: `(n - 1) / 2` nodes, none of them `leader`
+    /// (sorted; the rest are killed).
+    pub fn laggards(&mut self, leader: Option<usize>) -> Vec<usize> {
+        let mut v: Vec<usize> = shuffled(self.n, &mut self.rng).into_iter().filter(|&i| Some(i) != leader).collect();
+        v.truncate((self.n - 1) / 2);
+        v.sort_unstable();
+        v
     }
 
     /// Draws the grudge of a partition.
@@ -422,6 +454,12 @@ impl Grudge {
             }
         }
         Grudge { cuts, shape }
+    }
+
+    /// `side` cut from every other node of `n`.
+    pub fn isolate(shape: &'static str, side: &[usize], n: usize) -> Grudge {
+        let rest: Vec<usize> = (0..n).filter(|i| !side.contains(i)).collect();
+        Grudge::cut_between(shape, &[side, &rest])
     }
 
     /// A random grudge of `shape` over `n` nodes.
@@ -586,6 +624,10 @@ mod tests {
         assert_eq!(parse_spec("none").unwrap(), vec![]);
         assert_eq!(parse_spec("leader, clock").unwrap(), vec![FaultKind::Clock, FaultKind::Leader]);
         assert!(parse_spec("flood").unwrap_err().contains("unknown nemesis"));
+        assert_eq!(parse_spec("amnesia").unwrap(), vec![FaultKind::Amnesia]);
+        assert!(!ALL.contains(&FaultKind::Amnesia), "amnesia is a sensitivity probe, not part of all");
+        assert_eq!(feasible(&[FaultKind::Amnesia], 3).0, vec![FaultKind::Amnesia]);
+        assert!(feasible(&[FaultKind::Amnesia], 2).0.is_empty());
         let (kept, notes) = feasible(&ALL, 3);
         assert!(!kept.contains(&FaultKind::Member) && kept.len() == ALL.len() - 1);
         assert!(notes[0].contains("--nodes 4"), "{notes:?}");
@@ -637,5 +679,26 @@ mod tests {
         assert_eq!(p.stop_all(), vec![FaultKind::Member]);
         assert_eq!(p.pick::<usize>(&[]), None);
         assert_eq!(p.pick(&[4]), Some(4));
+    }
+
+    #[test]
+    fn amnesia_never_stays_active_and_lags_a_minority_of_non_leaders() {
+        let mut p = Planner::new(3, vec![FaultKind::Amnesia], 1);
+        for _ in 0..3 {
+            assert_eq!(p.tick(), Some(Action::Start(Plan::Amnesia)));
+        }
+        assert!(p.stop_all().is_empty());
+        for leader in [Some(0), Some(2), None] {
+            let lag = p.laggards(leader);
+            assert_eq!(lag.len(), 1);
+            assert!(leader.is_none_or(|l| !lag.contains(&l)), "{lag:?} {leader:?}");
+        }
+        let mut p = Planner::new(5, vec![FaultKind::Amnesia], 2);
+        let lag = p.laggards(Some(3));
+        assert_eq!(lag.len(), 2);
+        assert!(!lag.contains(&3));
+        let g = Grudge::isolate("amnesia", &lag, 5);
+        assert_eq!(g.cuts.len(), 6);
+        assert!(g.connected(lag[0], lag[1]) && !g.connected(lag[0], 3));
     }
 }
