@@ -11,22 +11,12 @@
 //! No root needed (`--net auto` falls back to loopback proxies); runs are serialised by the
 //! harness's machine-wide lock. About 2 × 18 s.
 
+mod common;
+
+use common::arbor_bin;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-/// The `arbor` binary: next to `arbor-jepsen`, else `$CARGO_TARGET_DIR/debug`, else the
-/// workspace's `target/debug`.
-fn arbor_bin() -> PathBuf {
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_arbor-jepsen"));
-    let mut candidates = vec![harness.parent().expect("a target dir").join("arbor")];
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("debug").join("arbor"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/arbor"));
-    candidates.into_iter().find(|p| p.is_file()).expect("an arbor binary: cargo build --workspace")
-}
 
 /// Runs a 15 s set workload on 3 nodes under `amnesia` (with `extra` flags); returns the exit
 /// code, results.json and the nemesis events, and removes the run's store.

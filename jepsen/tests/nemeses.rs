@@ -8,26 +8,13 @@
 //! serialised by the harness's machine-wide lock. It runs the `arbor` server binary of the
 //! same target dir (`cargo test --workspace` builds it).
 
+mod common;
+
+use common::{arbor_bin, phase};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
-
-fn phase(msg: &str) {
-    eprintln!("--- {msg}");
-}
-
-/// The `arbor` binary: next to `arbor-jepsen`, else `$CARGO_TARGET_DIR/debug`, else the
-/// workspace's `target/debug`.
-fn arbor_bin() -> PathBuf {
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_arbor-jepsen"));
-    let mut candidates = vec![harness.parent().expect("a target dir").join("arbor")];
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("debug").join("arbor"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/arbor"));
-    candidates.into_iter().find(|p| p.is_file()).expect("an arbor binary: cargo build --workspace")
-}
 
 /// One finished run: its folder, results.json, and nemesis events.
 struct Run {

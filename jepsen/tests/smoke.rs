@@ -6,26 +6,13 @@
 //! `CI=true`, where it fails. It runs the `arbor` server binary of the same target dir
 //! (`cargo test --workspace` builds it; `cargo test -p arbor-jepsen` alone does not).
 
+mod common;
+
+use common::{find_arbor_bin, phase};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-fn phase(msg: &str) {
-    eprintln!("--- {msg}");
-}
-
-/// The `arbor` binary: next to `arbor-jepsen`, else `$CARGO_TARGET_DIR/debug`, else the
-/// workspace's `target/debug`.
-fn arbor_bin() -> Option<PathBuf> {
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_arbor-jepsen"));
-    let mut candidates = vec![harness.parent().expect("a target dir").join("arbor")];
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("debug").join("arbor"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/arbor"));
-    candidates.into_iter().find(|p| p.is_file())
-}
 
 /// Runs one workload; returns (run folder, results.json).
 fn run(store: &Path, arbor: &Path, workload: &str, seed: &str) -> (PathBuf, Value) {
@@ -84,7 +71,7 @@ fn register_and_list_append_stay_valid_under_partitions_and_kills() {
         eprintln!("skipping the Jepsen smoke: it needs root for network namespaces");
         return;
     }
-    let arbor = arbor_bin().unwrap_or_else(|| {
+    let arbor = find_arbor_bin().unwrap_or_else(|| {
         panic!(
             "no `arbor` binary in the target dir: build it first (cargo build --bin arbor, or cargo test --workspace)"
         )

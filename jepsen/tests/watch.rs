@@ -11,27 +11,14 @@
 //! loopback proxies. It runs the `arbor` server binary of the same target dir (`cargo test
 //! --workspace` builds it).
 
+mod common;
+
+use common::{arbor_bin, phase};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-
-fn phase(msg: &str) {
-    eprintln!("--- {msg}");
-}
-
-/// The `arbor` binary: next to `arbor-jepsen`, else `$CARGO_TARGET_DIR/debug`, else the
-/// workspace's `target/debug`.
-fn arbor_bin() -> PathBuf {
-    let harness = PathBuf::from(env!("CARGO_BIN_EXE_arbor-jepsen"));
-    let mut candidates = vec![harness.parent().expect("a target dir").join("arbor")];
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(dir).join("debug").join("arbor"));
-    }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/arbor"));
-    candidates.into_iter().find(|p| p.is_file()).expect("an arbor binary: cargo build --workspace")
-}
 
 /// `arbor-jepsen check --model watch` of `history`: (exit code, verdict).
 fn check(path: &Path, history: &[Value]) -> (i32, Value) {
