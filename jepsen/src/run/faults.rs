@@ -15,7 +15,7 @@
 //! every original node is a voter of every group again, and reports it as a problem if not.
 
 use super::admin::{self, ClockAdmin, GroupView, MEMBERSHIP_CALL};
-use super::cluster::{leader_of_group_1, wait_ready};
+use super::cluster::{leader_of_group_1, wait_ready, Cluster};
 use super::nemesis::{Action, ClockPlan, FaultKind, Grudge, Plan, Planner, MIN_VOTERS};
 use super::recorder::Recorder;
 use super::Testbed;
@@ -558,6 +558,17 @@ async fn amnesia(
     restarted
 }
 
+/// Applies `act` to those of `targets` that are running, never to
+/// `spared` (the member nemesis's node), under one lock; returns them.
+fn strike(tb: &Testbed, targets: Vec<usize>, spared: Option<usize>, act: fn(&mut Cluster, usize)) -> Vec<usize> {
+    let mut c = tb.cluster();
+    let nodes: Vec<usize> = targets.into_iter().filter(|&i| c.is_running(i) && Some(i) != spared).collect();
+    for &i in &nodes {
+        act(&mut c, i);
+    }
+    nodes
+}
+
 async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut Active, action: Action) -> Result<()> {
     let n = tb.endpoints.len();
     match action {
@@ -574,18 +585,7 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                     active.partition = Some(format!("{} [{desc}]", g.shape));
                 }
                 Plan::Kill(t) => {
-                    let nodes: Vec<usize> = {
-                        let mut c = tb.cluster();
-                        let nodes: Vec<usize> = planner
-                            .targets(t, leader)
-                            .into_iter()
-                            .filter(|&i| c.is_running(i) && Some(i) != spared)
-                            .collect();
-                        for &i in &nodes {
-                            c.kill(i);
-                        }
-                        nodes
-                    };
+                    let nodes = strike(tb, planner.targets(t, leader), spared, Cluster::kill);
                     rec.nemesis("start-kill", json!({"targets": t.name(), "nodes": names(&nodes)}));
                     let all: BTreeSet<usize> = active.killed.iter().chain(&nodes).copied().collect();
                     active.killed = all.into_iter().collect();
@@ -593,18 +593,7 @@ async fn apply(tb: &Testbed, rec: &Recorder, planner: &mut Planner, active: &mut
                 }
                 Plan::Pause(t) => {
                     // Only running nodes can be paused (a killed one stays down).
-                    let nodes: Vec<usize> = {
-                        let mut c = tb.cluster();
-                        let nodes: Vec<usize> = planner
-                            .targets(t, leader)
-                            .into_iter()
-                            .filter(|&i| c.is_running(i) && Some(i) != spared)
-                            .collect();
-                        for &i in &nodes {
-                            c.pause(i);
-                        }
-                        nodes
-                    };
+                    let nodes = strike(tb, planner.targets(t, leader), spared, Cluster::pause);
                     rec.nemesis("start-pause", json!({"targets": t.name(), "nodes": names(&nodes)}));
                     active.paused = nodes;
                 }
