@@ -13,8 +13,9 @@
 //! 5. **One WriteBatch** with the epoch's data (the latest record of each
 //!    key, and one `Version` per write for snapshot reads and watchers),
 //!    every vshard's watermark, the dedup entries, the version GC and the
-//!    applied state, written durably before the entry counts as applied (and
-//!    before any client hears of it).
+//!    applied state, written before the entry counts as applied (and before
+//!    any client hears of it). See "Durability" below for why this write
+//!    goes to the WAL without its own fsync.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
 //!    below) and of the epoch's changes to this replica's watchers.
 //!
@@ -38,6 +39,28 @@
 //! its newest one at `s` is unreachable by reads at or above the horizon and
 //! is deleted (a tombstone at `s` too). The index is processed in stamp
 //! order, a bounded number of entries per epoch, by every replica alike.
+//!
+//! ## Durability
+//!
+//! An epoch is durable before it is applied: it is committed, so a majority
+//! of the group has appended it with a synced write. The apply batch (data
+//! and applied state together, atomically) is written to RocksDB's WAL
+//! without a second fsync of its own ([`Durability::Buffered`]). That loses
+//! nothing, because the node's Raft log and state share one RocksDB and one
+//! WAL, and RocksDB recovers a *prefix* of that WAL:
+//! - a process crash loses no WAL write at all (the OS holds it);
+//! - a machine crash can lose the WAL's unsynced tail. The recovered state
+//!   machine is then at an earlier applied index, and every entry after it
+//!   is still in the synced log (purging needs a snapshot, and a snapshot is
+//!   written with a sync, which also syncs every apply batch before it). The
+//!   replica applies those entries again, deterministically, reaching the
+//!   same state and answering the same outcomes (the dedup records go with
+//!   it).
+//!
+//! So each write costs one fsync per replica (the log append), not two; the
+//! next synced log append makes the earlier apply batches durable as well.
+//! Installed and built snapshots are written with the group's configured
+//! durability (synced).
 //!
 //! Any storage error or broken invariant is returned as an error, which
 //! stops the group's Raft instance: the replica stops rather than diverge.
@@ -182,8 +205,12 @@ pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
     hlc: Arc<Hlc>,
     state: AppliedState,
-    /// `Sync` except under the test-only `volatile_writes` switch.
+    /// For snapshots: `Sync` except under the test-only `volatile_writes`
+    /// switch.
     durability: Durability,
+    /// For epoch batches: `Buffered` (see "Durability" in the module docs),
+    /// `Volatile` under the switch.
+    apply_durability: Durability,
     /// When a stamp too far ahead was last logged.
     skew_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -222,7 +249,12 @@ impl GroupStateMachine {
         };
         let scheduler = Scheduler::start(group, vshards);
         let skew_warned = std::sync::Mutex::new(None);
-        let sm = Self { group, range, engine, scheduler, shared, hlc, state, durability, skew_warned };
+        let apply_durability = match durability {
+            Durability::Volatile => Durability::Volatile,
+            Durability::Sync | Durability::Buffered => Durability::Buffered,
+        };
+        let sm =
+            Self { group, range, engine, scheduler, shared, hlc, state, durability, apply_durability, skew_warned };
         sm.publish();
         Ok(sm)
     }
@@ -312,7 +344,7 @@ impl GroupStateMachine {
             }
         };
         wb.put(Key::Applied(self.group).encode(), encode(&next));
-        self.engine.write(wb, self.durability)?;
+        self.engine.write(wb, self.apply_durability)?;
         self.state = next;
         self.publish();
         if let Some(c) = changes {
