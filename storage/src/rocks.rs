@@ -41,8 +41,12 @@ impl Rocks {
     pub fn open(path: &Path, options: &RocksOptions) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
+        // LZ4 on every level. zstd at the bottommost level cost 10-30% of a
+        // node's CPU in compactions under a write load (docs/BENCHMARKS.md),
+        // and with dynamic level sizes a small database compacts straight
+        // into its bottommost level.
         opts.set_compression_type(DBCompressionType::Lz4);
-        opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+        opts.set_bottommost_compression_type(DBCompressionType::Lz4);
         opts.set_write_buffer_size(options.write_buffer_bytes);
         opts.set_max_background_jobs(2);
         opts.set_paranoid_checks(true);
