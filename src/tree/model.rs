@@ -1,6 +1,10 @@
 //! The transaction model: what a client can ask for, as it travels in the
 //! Raft log (serde, MessagePack) and as the executor returns it.
 //!
+//! Keys and values are encoded as MessagePack `bin` (`serde_bytes`), not as
+//! arrays of integers: one copy instead of a marker per byte. Entries written
+//! before that (arrays) still decode: `serde_bytes` accepts both.
+//!
 //! Transactions are one-shot (Calvin style): every key they may touch is
 //! known from the request, so the sequencer can route and lock them before
 //! execution.
@@ -10,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// A key's stored state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// 1 on creation, +1 on every modification; a delete removes the record.
     pub version: u64,
@@ -22,6 +27,7 @@ pub struct Record {
 /// A key with its record, as returned to clients.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub record: Record,
 }
@@ -29,7 +35,9 @@ pub struct KeyValue {
 /// `[start, end)` over user keys; an empty `end` is unbounded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
+    #[serde(with = "serde_bytes")]
     pub start: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub end: Vec<u8>,
 }
 
@@ -64,7 +72,7 @@ pub enum CmpOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CmpTarget {
     /// The value, compared bytewise. A missing key fails every value compare.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The version; a missing key has version 0.
     Version(u64),
     /// Existence; only `Equal` / `NotEqual`.
@@ -73,6 +81,7 @@ pub enum CmpTarget {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub op: CmpOp,
     pub target: CmpTarget,
@@ -81,25 +90,32 @@ pub struct Compare {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Range(RangeSpec),
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     DeleteRange(KeyRange),
     /// Adds `delta` to a signed 64-bit counter stored as decimal text.
     Increment {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: i64,
     },
     /// Concatenates bytes to the value (a missing key starts empty).
     Append {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
 }
@@ -193,5 +209,40 @@ impl Txn {
             .map(|c| c.key.len() + if let CmpTarget::Value(v) = &c.target { v.len() } else { 8 } + 8)
             .sum();
         self.request_id.len() + cmp + self.success.iter().chain(&self.failure).map(op_bytes).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encoding before keys and values became `bin`: plain `Vec<u8>`.
+    #[derive(Serialize)]
+    enum OldOp {
+        #[allow(dead_code)]
+        Get {
+            key: Vec<u8>,
+        },
+        #[allow(dead_code)]
+        Range(()),
+        Put {
+            key: Vec<u8>,
+            value: Vec<u8>,
+        },
+    }
+
+    #[test]
+    fn keys_and_values_are_bin_and_old_arrays_still_decode() {
+        let value: Vec<u8> = (0..=255).collect();
+        let put = Op::Put { key: b"/k".to_vec(), value: value.clone() };
+        let new = rmp_serde::to_vec(&put).unwrap();
+        assert!(new.len() < value.len() + 16, "bin encoding: {} bytes for a 256-byte value", new.len());
+        let old = rmp_serde::to_vec(&OldOp::Put { key: b"/k".to_vec(), value: value.clone() }).unwrap();
+        assert!(old.len() > value.len() + 100, "the old encoding spent a marker per byte");
+        assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), put);
+        assert_eq!(rmp_serde::from_slice::<Op>(&new).unwrap(), put);
+        let record = Record { value, version: 2, create_stamp: 3, mod_stamp: 4 };
+        let old = rmp_serde::to_vec(&(record.value.clone(), 2u64, 3u64, 4u64)).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Record>(&old).unwrap(), record);
     }
 }
