@@ -50,12 +50,22 @@ impl Rocks {
         opts.set_write_buffer_size(options.write_buffer_bytes);
         opts.set_max_background_jobs(2);
         opts.set_paranoid_checks(true);
+        // One thread inserts each write group into the memtable, reusing
+        // its search path from key to key (see `write`); concurrent inserts
+        // would start every key's search from the top of the skip list.
+        opts.set_allow_concurrent_memtable_write(false);
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, path).map_err(map_err)?;
         Ok(Self { db })
+    }
+}
+
+fn op_key(op: &BatchOp) -> &[u8] {
+    match op {
+        BatchOp::Put(k, _) | BatchOp::Delete(k) | BatchOp::DeleteRange(k, _) => k,
     }
 }
 
@@ -119,7 +129,16 @@ impl ReadView for Rocks {
 impl Engine for Rocks {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         let mut wb = rocksdb::WriteBatch::default();
-        for op in batch.ops() {
+        let mut ops: Vec<&BatchOp> = batch.ops().iter().collect();
+        // RocksDB inserts a batch into its memtable (a skip list) in batch
+        // order, reusing the search path of the previous key: keys in order
+        // cost a fraction of keys at random (the apply batch of an epoch
+        // spent a quarter of its time there). Sorting is stable, so ops on
+        // one key keep their order; batches with range deletes keep theirs.
+        if !ops.iter().any(|op| matches!(op, BatchOp::DeleteRange(..))) {
+            ops.sort_by(|a, b| op_key(a).cmp(op_key(b)));
+        }
+        for op in ops {
             match op {
                 BatchOp::Put(k, v) => wb.put(k, v),
                 BatchOp::Delete(k) => wb.delete(k),
