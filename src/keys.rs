@@ -12,9 +12,13 @@
 //! | 0x10 | `Applied(group)`                 | applied log id, membership, epoch       |
 //! | 0x11 | `Watermark(group, vshard)`       | the vshard's applied (index, epoch)     |
 //! | 0x12 | `Dedup(group, request_id)`       | the first result of a request id        |
-//! | 0x13 | `DedupExpiry(group, stamp, id)`  | index of dedup entries by age, for GC   |
+//! | 0x13 | `DedupExpiry(group, stamp, "")`  | the request ids recorded at `stamp`     |
+//! |      |                                  | (a list), for GC; older data dirs also  |
+//! |      |                                  | hold one entry per id, with no value    |
 //! | 0x14 | `Snapshot(group)`                | the group's current Raft snapshot       |
-//! | 0x15 | `VersionGc(group, stamp, key)`   | `key` got versions at `stamp`: GC index |
+//! | 0x15 | `VersionGc(group, stamp, b"")`   | the keys given versions at `stamp` (a   |
+//! |      |                                  | list): GC index; older data dirs also   |
+//! |      |                                  | hold one entry per key, with no value   |
 //! | 0x20 | `Data(user_key)`                 | a state tree record (the latest)        |
 //! | 0x21 | `Version(user_key, stamp, pos)`  | the record (or tombstone) written by    |
 //! |      |                                  | txn `pos` of the epoch stamped `stamp`  |

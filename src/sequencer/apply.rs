@@ -33,12 +33,14 @@
 //! `t`, then reads the newest version at or below `t` of each key.
 //!
 //! Versions older than the **GC horizon** are collected: the leader puts
-//! `stamp - retention` in each batch and the horizon only moves forward. For
-//! each key written at stamp `s` an index entry `VersionGc(group, s, key)` is
-//! kept; once the horizon reaches `s`, every version of that key older than
-//! its newest one at `s` is unreachable by reads at or above the horizon and
-//! is deleted (a tombstone at `s` too). The index is processed in stamp
-//! order, a bounded number of entries per epoch, by every replica alike.
+//! `stamp - retention` in each batch and the horizon only moves forward. An
+//! epoch at stamp `s` that wrote keys stores one index entry
+//! `VersionGc(group, s)` listing them; once the horizon reaches `s`, every
+//! version of those keys older than their newest one at `s` is unreachable
+//! by reads at or above the horizon and is deleted (a tombstone at `s` too).
+//! The index is processed in stamp order, a bounded number of keys per
+//! epoch, by every replica alike. Request ids for dedup expire the same
+//! way, through one `DedupExpiry(group, s)` list per epoch.
 //!
 //! ## Durability
 //!
@@ -87,10 +89,11 @@ use crate::tree::{decode_version, encode_record, encode_version, Footprint, Reco
 /// retries. A constant, not a setting: every replica must expire the same
 /// entries at the same epoch.
 pub const DEDUP_RETENTION_MS: u64 = 10 * 60 * 1000;
-/// At most this many expired dedup entries are removed per epoch.
+/// Expired request ids are removed an epoch's list at a time, until at
+/// least this many were removed in one epoch.
 const DEDUP_GC_PER_EPOCH: usize = 1024;
-/// At most this many version-GC index entries are processed per epoch
-/// (each removes the superseded versions of one key).
+/// Superseded versions are collected an epoch's key list at a time, until
+/// the keys of at least this many were collected in one epoch.
 const VERSION_GC_PER_EPOCH: usize = 4096;
 /// Epochs a watcher may fall behind before it is cancelled.
 pub const WATCH_FEED_CAPACITY: usize = 1024;
@@ -449,9 +452,12 @@ impl GroupStateMachine {
         let mut written = BTreeSet::new();
         for (pos, key, record) in &output.changes {
             wb.put(Key::Version(key, stamp, *pos as u64).encode(), encode_version(record.as_ref()));
-            if written.insert(key.as_slice()) {
-                wb.put(Key::VersionGc(self.group, stamp, key).encode(), Vec::new());
-            }
+            written.insert(serde_bytes::Bytes::new(key));
+        }
+        // One GC index entry per epoch, listing its keys (one key per write
+        // would double the keys each write costs).
+        if !written.is_empty() {
+            wb.put(Key::VersionGc(self.group, stamp, b"").encode(), encode(&written));
         }
         for v in 0..self.scheduler.vshards() {
             wb.put(Key::Watermark(self.group, v).encode(), encode(&(index, batch.epoch)));
@@ -465,11 +471,16 @@ impl GroupStateMachine {
             };
             outcomes.push(outcome);
         }
+        let mut recorded = Vec::with_capacity(new_ids.len());
         for pos in new_ids {
             let id = batch.txns[pos].request_id.as_str();
             let record = DedupRecord { stamp, outcome: outcomes[pos].clone() };
             wb.put(Key::Dedup(self.group, id).encode(), encode(&record));
-            wb.put(Key::DedupExpiry(self.group, stamp, id).encode(), Vec::new());
+            recorded.push(id);
+        }
+        // Likewise one expiry entry per epoch, listing its request ids.
+        if !recorded.is_empty() {
+            wb.put(Key::DedupExpiry(self.group, stamp, "").encode(), encode(&recorded));
         }
         self.expire_dedup(stamp, wb)?;
         self.collect_versions(gc_horizon, wb)?;
@@ -478,7 +489,8 @@ impl GroupStateMachine {
     }
 
     /// Deletes the versions that no read at or above `horizon` can see (see
-    /// the module docs), for up to [`VERSION_GC_PER_EPOCH`] index entries.
+    /// the module docs), for the index entries up to the one in which
+    /// [`VERSION_GC_PER_EPOCH`] keys have been processed.
     fn collect_versions(&self, horizon: u64, wb: &mut WriteBatch) -> Result<()> {
         if horizon == 0 {
             return Ok(());
@@ -487,25 +499,38 @@ impl GroupStateMachine {
         let view: &dyn ReadView = self.engine.as_ref();
         let start = keys::version_gc_prefix(self.group);
         let end = Key::VersionGc(self.group, horizon.saturating_add(1), b"").encode();
-        for item in view
-            .scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
-            .take(VERSION_GC_PER_EPOCH)
-        {
-            let (index_key, _) = item?;
+        let mut processed = 0;
+        for item in view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward) {
+            if processed >= VERSION_GC_PER_EPOCH {
+                break;
+            }
+            let (index_key, value) = item?;
             let (s, key) = keys::decode_version_gc(&index_key).map_err(corrupt)?;
-            let (lo, hi) = keys::versions_at_or_below(&key, s);
-            let mut versions =
-                view.scan(std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi), Direction::Forward);
-            if let Some(newest) = versions.next() {
-                let (k, v) = newest?;
-                if decode_version(&v)?.is_none() {
-                    wb.delete(k);
-                }
+            // An empty value is the older format: one entry per key.
+            let keys: Vec<serde_bytes::ByteBuf> =
+                if value.is_empty() { vec![serde_bytes::ByteBuf::from(key)] } else { decode(&value, "GC index")? };
+            for key in &keys {
+                self.collect_key(view, key, s, wb)?;
             }
-            for older in versions {
-                wb.delete(older?.0);
-            }
+            processed += keys.len().max(1);
             wb.delete(index_key);
+        }
+        Ok(())
+    }
+
+    /// Deletes the versions of `key` older than its newest one at `s`, and
+    /// that one too if it is a tombstone.
+    fn collect_key(&self, view: &dyn ReadView, key: &[u8], s: u64, wb: &mut WriteBatch) -> Result<()> {
+        let (lo, hi) = keys::versions_at_or_below(key, s);
+        let mut versions = view.scan(std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi), Direction::Forward);
+        if let Some(newest) = versions.next() {
+            let (k, v) = newest?;
+            if decode_version(&v)?.is_none() {
+                wb.delete(k);
+            }
+        }
+        for older in versions {
+            wb.delete(older?.0);
         }
         Ok(())
     }
@@ -525,18 +550,27 @@ impl GroupStateMachine {
         })
     }
 
+    /// Forgets the request ids recorded more than [`DEDUP_RETENTION_MS`]
+    /// before `stamp`, for the expiry entries up to the one in which
+    /// [`DEDUP_GC_PER_EPOCH`] ids have been removed.
     fn expire_dedup(&self, stamp: u64, wb: &mut WriteBatch) -> Result<()> {
         let cutoff = stamp.saturating_sub(hlc::pack(DEDUP_RETENTION_MS, 0));
         let start = keys::dedup_expiry_prefix(self.group);
         let end = Key::DedupExpiry(self.group, cutoff, "").encode();
         let view: &dyn ReadView = self.engine.as_ref();
-        for item in view
-            .scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
-            .take(DEDUP_GC_PER_EPOCH)
-        {
-            let (k, _) = item?;
+        let mut removed = 0;
+        for item in view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward) {
+            if removed >= DEDUP_GC_PER_EPOCH {
+                break;
+            }
+            let (k, value) = item?;
             let (_, id) = keys::decode_dedup_expiry(&k).map_err(|e| Error::Corruption(e.to_string()))?;
-            wb.delete(Key::Dedup(self.group, &id).encode());
+            // An empty value is the older format: one entry per id.
+            let ids: Vec<String> = if value.is_empty() { vec![id] } else { decode(&value, "dedup expiry")? };
+            for id in &ids {
+                wb.delete(Key::Dedup(self.group, id).encode());
+            }
+            removed += ids.len().max(1);
             wb.delete(k);
         }
         Ok(())
