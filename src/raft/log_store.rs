@@ -288,12 +288,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not synced: losing it only makes a restarted node re-learn the
         // commit index from the leader. Under the test-only volatile switch
         // it is lost with the log, so a killed node comes back consistent.
+        // Without a sync the write is a memtable insert and a write(2) to
+        // the WAL: done here rather than paying two thread hand-offs of the
+        // blocking pool on every commit.
         let durability = match self.durability {
             Durability::Volatile => Durability::Volatile,
             _ => Durability::Buffered,
         };
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.write(b, durability)).await.map_err(write_err)?.map_err(write_err)
+        self.engine.write(b, durability).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
