@@ -54,6 +54,11 @@ impl Rocks {
         // its search path from key to key (see `write`); concurrent inserts
         // would start every key's search from the top of the skip list.
         opts.set_allow_concurrent_memtable_write(false);
+        // A bloom filter over whole keys in the memtable: point reads of
+        // absent keys (every new request id is looked up for dedup) stop
+        // searching the skip list.
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.05);
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
         table.set_bloom_filter(10.0, false);
