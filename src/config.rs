@@ -32,7 +32,9 @@ pub struct Config {
     /// start empty and wait to be added (`arbor cluster add-node`). Needs the
     /// cluster's `initial_ranges`.
     pub join: bool,
-    /// Vshards (executor threads) per group.
+    /// Vshards (executor threads) per group. Default: one per core, at most
+    /// 8 ([`default_vshards`]). A local choice: replicas with different
+    /// counts reach the same state.
     pub vshards: u32,
     pub epoch: EpochConfig,
     pub limits: Limits,
@@ -125,6 +127,13 @@ pub struct RaftTimings {
     pub keep_entries_after_snapshot: u64,
 }
 
+/// One vshard per core, at most 8: more executor threads than cores only
+/// adds hand-offs (on 2 cores, 8 vshards made 4-key transactions ~20% slower
+/// than 1 or 2; docs/BENCHMARKS.md).
+pub fn default_vshards() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u32)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -136,7 +145,7 @@ impl Default for Config {
             peers: Vec::new(),
             initial_ranges: Vec::new(),
             join: false,
-            vshards: 8,
+            vshards: default_vshards(),
             epoch: EpochConfig::default(),
             limits: Limits::default(),
             raft: RaftTimings::default(),

@@ -190,6 +190,7 @@ struct ServerArgs {
     /// Split points of the initial ranges, e.g. `/m,/t` for 3 groups.
     #[arg(long, env = "ARBOR_INITIAL_RANGES", value_delimiter = ',')]
     initial_ranges: Option<Vec<String>>,
+    /// Executor threads per group (default: the number of cores, at most 8).
     #[arg(long, env = "ARBOR_VSHARDS")]
     vshards: Option<u32>,
     /// Join an existing cluster (groups wait for `arbor cluster add-node`)
