@@ -19,6 +19,7 @@ use crate::hlc::{Clock, Hlc, OffsetClock};
 use crate::keys::Key;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{GroupNetwork, Peers, TimeoutNow};
+use crate::raft::read_index::ReadBarrier;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeId, Raft};
 use crate::routing::{Catalog, RangeDesc, Span};
@@ -60,7 +61,14 @@ pub struct Group {
     /// Set while this node hands the group's leadership over: new writes are
     /// refused, retryably, so that the log stops growing.
     transferring: AtomicBool,
+    /// Linearizable reads share read-index rounds through this.
+    read_barrier: ReadBarrier<ReadIndexError>,
 }
+
+/// Why a read-index round failed (openraft's error, shared by every read of
+/// the round).
+type ReadIndexError =
+    openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>;
 
 /// How long a leader transfer waits for the target to hold the leader's
 /// whole log before it is refused.
@@ -232,6 +240,13 @@ impl Node {
                 driver_cfg.clone(),
             );
             tracing::info!(node = config.node_id, group = range.group, range = %range.display(), "group started");
+            let read_barrier = ReadBarrier::spawn({
+                let raft = raft.clone();
+                move || {
+                    let raft = raft.clone();
+                    async move { raft.ensure_linearizable().await.map(|_| ()) }
+                }
+            });
             let group = Group {
                 range: range.clone(),
                 raft,
@@ -241,6 +256,7 @@ impl Node {
                 vshard_progress,
                 snapshots_installed,
                 transferring: AtomicBool::new(false),
+                read_barrier,
             };
             groups.insert(range.group, group);
         }
@@ -310,7 +326,9 @@ impl Node {
                 // Test-only: skip the read index and serve whatever is applied here.
             }
             ReadMode::Linearizable => {
-                if let Err(e) = group.raft.ensure_linearizable().await {
+                let round = group.read_barrier.wait().await;
+                let round = round.ok_or_else(|| Error::Unavailable(format!("group {g} is shutting down")))?;
+                if let Err(e) = round {
                     return Err(match e.forward_to_leader() {
                         Some(f) => Error::NotLeader {
                             group: g,

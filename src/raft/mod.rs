@@ -7,12 +7,15 @@
 //!   state machine ([`crate::sequencer::apply`]).
 //! - [`network`]: Raft RPCs over gRPC, every message tagged with cluster and
 //!   group id.
+//! - [`read_index`]: concurrent linearizable reads share one read-index
+//!   round.
 //!
 //! openraft 0.9 (the stable line) is pinned exactly; see
 //! `docs/architecture.md` for why not 0.10.
 
 pub mod log_store;
 pub mod network;
+pub mod read_index;
 pub mod state_machine;
 
 use std::io::Cursor;
