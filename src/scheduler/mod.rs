@@ -38,6 +38,10 @@ use sync::{Arrival, BoundedQueue, Latch, Rendezvous, Watermark};
 
 /// Capacity of each vshard's queue, in transactions.
 pub const VSHARD_QUEUE_CAPACITY: usize = 256;
+/// An epoch of at most this many transactions runs on the applying thread
+/// when the executors are idle: handing it to them costs more than it runs
+/// (a lone client's epoch holds one transaction).
+pub const INLINE_MAX_TXNS: usize = 2;
 
 /// The vshards a transaction touches, sorted.
 pub fn vshards_of(txn: &Txn, vshards: u32) -> Vec<u32> {
@@ -235,13 +239,10 @@ impl Scheduler {
             outcomes: txns.iter().map(|_| Mutex::new(None)).collect(),
             latch: Latch::new(txns.len()),
         });
-        for (pos, txn) in txns.into_iter().enumerate() {
-            let involved = vshards_of(&txn, self.vshards);
-            let gate = Arc::new(Rendezvous::new(involved.len()));
-            for v in involved {
-                self.given[v as usize].fetch_max(Watermark::position(index, pos), Ordering::AcqRel);
-                self.queues[v as usize].push(Task { epoch: epoch.clone(), pos, txn: txn.clone(), gate: gate.clone() });
-            }
+        if txns.len() <= INLINE_MAX_TXNS && self.idle() {
+            self.run_inline(&epoch, index, &txns);
+        } else {
+            self.fan_out(&epoch, index, txns);
         }
         epoch.latch.wait();
         // Every transaction has run and written its overlays; waiting
@@ -263,6 +264,45 @@ impl Scheduler {
         // only the transaction order matters (a key lives in one vshard).
         changes.sort_by_key(|c| c.0);
         Ok(EpochOutput { outcomes, writes, changes })
+    }
+}
+
+impl Scheduler {
+    /// True when every executor has passed everything it was given (so no
+    /// executor will touch its watermark until given more).
+    fn idle(&self) -> bool {
+        self.marks.iter().zip(self.given.iter()).all(|(done, given)| done.get() >= given.load(Ordering::Acquire))
+    }
+
+    /// Runs a small epoch on the calling thread, in log order: the same
+    /// outcomes and writes as the executors produce (they too run every
+    /// transaction after the earlier ones it conflicts with), without
+    /// waking them. The watermarks advance as if they had.
+    fn run_inline(&self, epoch: &Epoch, index: u64, txns: &[Arc<Txn>]) {
+        for (pos, txn) in txns.iter().enumerate() {
+            let at = Watermark::position(index, pos);
+            let involved = vshards_of(txn, self.vshards);
+            for &v in &involved {
+                self.given[v as usize].fetch_max(at, Ordering::AcqRel);
+            }
+            epoch.execute(pos, txn);
+            epoch.latch.count_down();
+            for &v in &involved {
+                self.marks[v as usize].advance(at);
+            }
+        }
+    }
+
+    /// Hands each transaction, in order, to the queues of its vshards.
+    fn fan_out(&self, epoch: &Arc<Epoch>, index: u64, txns: Vec<Arc<Txn>>) {
+        for (pos, txn) in txns.into_iter().enumerate() {
+            let involved = vshards_of(&txn, self.vshards);
+            let gate = Arc::new(Rendezvous::new(involved.len()));
+            for v in involved {
+                self.given[v as usize].fetch_max(Watermark::position(index, pos), Ordering::AcqRel);
+                self.queues[v as usize].push(Task { epoch: epoch.clone(), pos, txn: txn.clone(), gate: gate.clone() });
+            }
+        }
     }
 }
 
@@ -327,6 +367,54 @@ mod tests {
         let TxnOutcome::Done { results, .. } = &out.outcomes[199] else { panic!() };
         assert!(matches!(results[0], OpResult::Increment { .. }));
         assert!(s.watermarks().iter().all(|&w| w >> 20 == 7), "every vshard passed the epoch");
+    }
+
+    #[test]
+    fn small_epochs_run_inline_with_the_same_results_and_watermarks() {
+        let s = Scheduler::start(1, 4);
+        let engine: Arc<dyn Engine> = Arc::new(Memory::new());
+        let keys = ["/a", "/b", "/c", "/d", "/e"];
+        let mut serial = Overlay::new();
+        let mut i = 0;
+        // Small epochs (inline) right after big ones (fanned out, with
+        // multi-vshard transactions whose waiting vshards may still be
+        // finishing): results equal a serial replay, watermarks only grow.
+        for (index, size) in [50usize, 1, 2, 40, 1, 1, 3, 2].into_iter().enumerate() {
+            let txns: Vec<_> = (0..size)
+                .map(|_| {
+                    i += 1;
+                    incr(&[keys[i % 5], keys[(i * 3 + 1) % 5]])
+                })
+                .collect();
+            let index = index as u64 + 1;
+            let out = s.run_epoch(engine.clone(), index, 100, txns.clone()).unwrap();
+            for (txn, got) in txns.iter().zip(&out.outcomes) {
+                let stored = StoredTree::new(engine.as_ref());
+                let layered = tree::Layered { base: &stored, overlay: &serial };
+                let (want, writes) = tree::execute(txn, &layered, 100).unwrap();
+                assert_eq!(got, &want, "epoch {index} of {size}");
+                serial.extend(writes);
+            }
+            // The next epoch reads the engine, as after the apply's batch.
+            let mut wb = arbor_storage::WriteBatch::new();
+            for (key, record) in out.writes.into_iter().flatten() {
+                match record {
+                    Some(r) => wb.put(crate::keys::Key::Data(&key).encode(), tree::encode_record(&r)),
+                    None => wb.delete(crate::keys::Key::Data(&key).encode()),
+                }
+            }
+            engine.write(wb, arbor_storage::Durability::Sync).unwrap();
+            serial.clear();
+        }
+        // Waiting vshards of the last fanned-out epoch finish on their own.
+        for _ in 0..200 {
+            if s.progress().lags().iter().all(|&l| l == 0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(s.progress().lags(), vec![0; 4], "every vshard passed what it was given");
+        assert!(s.watermarks().iter().any(|&w| w >> 20 == 8), "the last (inline) epoch moved watermarks");
     }
 
     #[test]
