@@ -11,19 +11,24 @@ use openraft::{ErrorVerb, RaftSnapshotBuilder};
 
 use crate::error::Error;
 use crate::raft::{storage_error, Entry, LogId, Membership, SnapshotMeta, StorageError, TypeConfig};
+use crate::sequencer::apply::SnapshotBuilder;
 use crate::sequencer::{EpochResponse, GroupStateMachine};
 
 /// Handle to a group's state machine; clones share it.
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<GroupStateMachine>>,
+    /// Builds snapshots without locking `inner`: a large snapshot takes
+    /// seconds, and applying must not wait for it.
+    builder: SnapshotBuilder,
     /// Snapshots installed from a leader since this process started.
     installed: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     pub fn new(sm: GroupStateMachine) -> Self {
-        Self { inner: Arc::new(Mutex::new(sm)), installed: Arc::new(AtomicU64::new(0)) }
+        let builder = sm.snapshot_builder();
+        Self { inner: Arc::new(Mutex::new(sm)), builder, installed: Arc::new(AtomicU64::new(0)) }
     }
 
     /// The counter of snapshots this replica installed since it started (the
@@ -53,7 +58,14 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = self.run(ErrorVerb::Write, |sm| sm.build_snapshot()).await?;
+        let builder = self.builder.clone();
+        let built = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(|e| storage_error(e, ErrorVerb::Write))?;
+        let (meta, data) = built.map_err(|e| {
+            tracing::error!(error = %e, "building a snapshot failed; stopping this group's replica");
+            storage_error(e, ErrorVerb::Write)
+        })?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }

@@ -186,18 +186,49 @@ impl Default for GroupShared {
     }
 }
 
-/// A snapshot as stored under `Key::Snapshot(group)`.
-#[derive(Serialize, Deserialize)]
+/// A snapshot as stored under `Key::Snapshot(group)`. The data is a
+/// MessagePack `bin`; snapshots stored as an array of integers (before
+/// that) still decode.
+#[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
+/// [`StoredSnapshot`] for encoding, without copying the data.
+#[derive(Serialize)]
+struct StoredSnapshotRef<'a> {
+    meta: &'a SnapshotMeta,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+}
+
 /// The image inside a snapshot: every key of the group's range and state.
+/// Format 2 encodes keys and values as `bin`; format 1 (arrays of
+/// integers) still installs.
 #[derive(Serialize, Deserialize)]
 struct SnapshotImage {
     format: u8,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+const IMAGE_FORMAT: u8 = 2;
+
+/// What building a snapshot needs, apart from the state machine: building
+/// reads one consistent engine snapshot (whole epochs only, with the
+/// applied state that describes them), so it runs without holding the
+/// state machine, and epochs keep being applied meanwhile.
+#[derive(Clone)]
+pub struct SnapshotBuilder {
+    group: u64,
+    range: RangeDesc,
+    engine: Arc<dyn Engine>,
+    durability: Durability,
+    /// Held while `Key::Snapshot` is replaced, by builds and installs alike,
+    /// so a build that read older state never overwrites a newer snapshot
+    /// installed meanwhile.
+    store_lock: Arc<std::sync::Mutex<()>>,
 }
 
 pub struct GroupStateMachine {
@@ -216,6 +247,8 @@ pub struct GroupStateMachine {
     apply_durability: Durability,
     /// When a stamp too far ahead was last logged.
     skew_warned: std::sync::Mutex<Option<std::time::Instant>>,
+    /// See [`SnapshotBuilder::store_lock`].
+    snapshot_store: Arc<std::sync::Mutex<()>>,
 }
 
 /// The applied state of `group` as `view` sees it.
@@ -256,8 +289,20 @@ impl GroupStateMachine {
             Durability::Volatile => Durability::Volatile,
             Durability::Sync | Durability::Buffered => Durability::Buffered,
         };
-        let sm =
-            Self { group, range, engine, scheduler, shared, hlc, state, durability, apply_durability, skew_warned };
+        let snapshot_store = Arc::new(std::sync::Mutex::new(()));
+        let sm = Self {
+            group,
+            range,
+            engine,
+            scheduler,
+            shared,
+            hlc,
+            state,
+            durability,
+            apply_durability,
+            skew_warned,
+            snapshot_store,
+        };
         sm.publish();
         Ok(sm)
     }
@@ -576,47 +621,20 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    fn group_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut ranges = keys::group_state_ranges(self.group);
-        let end = if self.range.end.is_empty() {
-            arbor_storage::prefix_end(&keys::data_prefix()).expect("data tag < 0xff")
-        } else {
-            Key::Data(&self.range.end).encode()
-        };
-        ranges.push((Key::Data(&self.range.start).encode(), end));
-        ranges.push(keys::version_bounds(&self.range.start, &self.range.end));
-        ranges
+    /// Builds a snapshot of the group's range and state and stores it as
+    /// the current snapshot (see [`SnapshotBuilder`]).
+    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta, Vec<u8>)> {
+        self.snapshot_builder().build()
     }
 
-    /// Builds a snapshot of the group's range and state from one consistent
-    /// engine snapshot, and stores it as the current snapshot.
-    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta, Vec<u8>)> {
-        let view = self.engine.snapshot();
-        let applied: AppliedState = match view.get(&Key::Applied(self.group).encode())? {
-            Some(b) => decode(&b, "applied state")?,
-            None => AppliedState::default(),
-        };
-        let mut entries = Vec::new();
-        for (start, end) in self.group_ranges() {
-            for item in view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
-            {
-                entries.push(item?);
-            }
+    pub fn snapshot_builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            group: self.group,
+            range: self.range.clone(),
+            engine: self.engine.clone(),
+            durability: self.durability,
+            store_lock: self.snapshot_store.clone(),
         }
-        drop(view);
-        let image = encode(&SnapshotImage { format: 1, entries });
-        let data = seal_snapshot(&zstd::bulk::compress(&image, 3).map_err(|e| Error::Fatal(format!("zstd: {e}")))?);
-        let index = applied.last_applied.map_or(0, |l| l.index);
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id: format!("g{}-i{}-s{}", self.group, index, applied.stamp),
-        };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        let mut wb = WriteBatch::new();
-        wb.put(Key::Snapshot(self.group).encode(), encode(&stored));
-        self.engine.write(wb, self.durability)?;
-        Ok((meta, data))
     }
 
     /// Replaces the group's range and state with a snapshot, atomically.
@@ -633,29 +651,31 @@ impl GroupStateMachine {
         let image = zstd::stream::decode_all(compressed).map_err(|e| corrupt(format!("zstd: {e}")))?;
         let image: SnapshotImage =
             rmp_serde::from_slice(&image).map_err(|e| corrupt(format!("undecodable image: {e}")))?;
-        if image.format != 1 {
+        if !(1..=IMAGE_FORMAT).contains(&image.format) {
             return Err(corrupt(format!("unknown image format {}", image.format)));
         }
         let applied_key = Key::Applied(self.group).encode();
         let mut state = AppliedState::default();
         let mut wb = WriteBatch::new();
-        for (start, end) in self.group_ranges() {
+        for (start, end) in group_ranges(self.group, &self.range) {
             wb.delete_range(start, end);
         }
         for (k, v) in image.entries {
-            if k == applied_key {
+            if *k == applied_key {
                 state = decode(&v, "applied state")?;
             } else {
-                wb.put(k, v);
+                wb.put(k.into_vec(), v.into_vec());
             }
         }
         // The snapshot's meta is authoritative for what it covers.
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         wb.put(applied_key, encode(&state));
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        wb.put(Key::Snapshot(self.group).encode(), encode(&stored));
-        self.engine.write(wb, self.durability)?;
+        wb.put(Key::Snapshot(self.group).encode(), encode(&StoredSnapshotRef { meta, data: &data }));
+        {
+            let _store = self.snapshot_store.lock().unwrap_or_else(|e| e.into_inner());
+            self.engine.write(wb, self.durability)?;
+        }
         self.state = state;
         self.publish();
         let _ = self.shared.feed.send(Feed::Reset { stamp: self.state.stamp });
@@ -685,6 +705,92 @@ impl GroupStateMachine {
     }
 }
 
+impl SnapshotBuilder {
+    fn group_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        group_ranges(self.group, &self.range)
+    }
+
+    /// Builds a snapshot from one consistent engine snapshot and stores it
+    /// as the group's current snapshot. The image is streamed into the
+    /// compressor (two passes over the engine snapshot: count, then write),
+    /// so no copy of the whole state is held uncompressed.
+    pub fn build(&self) -> Result<(SnapshotMeta, Vec<u8>)> {
+        let view = self.engine.snapshot();
+        let applied: AppliedState = match view.get(&Key::Applied(self.group).encode())? {
+            Some(b) => decode(&b, "applied state")?,
+            None => AppliedState::default(),
+        };
+        let scan = |start: Vec<u8>, end: Vec<u8>| {
+            view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
+        };
+        let mut count: u32 = 0;
+        for (start, end) in self.group_ranges() {
+            for item in scan(start, end) {
+                item?;
+                count = count.checked_add(1).ok_or_else(|| Error::Fatal("over 2^32 keys in one group".into()))?;
+            }
+        }
+        // The header of the data (format, checksum) is filled in below.
+        let mut data = vec![SNAPSHOT_DATA_V1, 0, 0, 0, 0];
+        let io = |e: std::io::Error| Error::Fatal(format!("snapshot image: {e}"));
+        let mut z = zstd::stream::Encoder::new(&mut data, 3).map_err(io)?;
+        // The MessagePack of `SnapshotImage { format, entries }`, written
+        // piece by piece: [format, [[key, value], ...]].
+        let marker = |e: rmp::encode::ValueWriteError| Error::Fatal(format!("snapshot image: {e}"));
+        rmp::encode::write_array_len(&mut z, 2).map_err(marker)?;
+        rmp::encode::write_uint(&mut z, IMAGE_FORMAT.into()).map_err(marker)?;
+        rmp::encode::write_array_len(&mut z, count).map_err(marker)?;
+        let mut written: u32 = 0;
+        for (start, end) in self.group_ranges() {
+            for item in scan(start, end) {
+                let (k, v) = item?;
+                rmp::encode::write_array_len(&mut z, 2).map_err(marker)?;
+                rmp::encode::write_bin(&mut z, &k).map_err(marker)?;
+                rmp::encode::write_bin(&mut z, &v).map_err(marker)?;
+                written += 1;
+            }
+        }
+        z.finish().map_err(io)?;
+        drop(view);
+        if written != count {
+            return Err(Error::Fatal(format!("snapshot image: counted {count} keys, then read {written}")));
+        }
+        let crc = crc32fast::hash(&data[5..]);
+        data[1..5].copy_from_slice(&crc.to_le_bytes());
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: format!("g{}-i{}-s{}", self.group, index, applied.stamp),
+        };
+        let _store = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bytes) = self.engine.get(&Key::Snapshot(self.group).encode())? {
+            let stored: StoredSnapshot = decode(&bytes, "stored snapshot")?;
+            if stored.meta.last_log_id > meta.last_log_id {
+                // A newer snapshot was installed while this one was built.
+                return Ok((meta, data));
+            }
+        }
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Snapshot(self.group).encode(), encode(&StoredSnapshotRef { meta: &meta, data: &data }));
+        self.engine.write(wb, self.durability)?;
+        Ok((meta, data))
+    }
+}
+
+/// Every key range holding `group`'s state and its range's data.
+fn group_ranges(group: u64, range: &RangeDesc) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut ranges = keys::group_state_ranges(group);
+    let end = if range.end.is_empty() {
+        arbor_storage::prefix_end(&keys::data_prefix()).expect("data tag < 0xff")
+    } else {
+        Key::Data(&range.end).encode()
+    };
+    ranges.push((Key::Data(&range.start).encode(), end));
+    ranges.push(keys::version_bounds(&range.start, &range.end));
+    ranges
+}
+
 /// Snapshot data (what openraft stores and streams), format 1:
 ///
 /// ```text
@@ -696,15 +802,6 @@ const SNAPSHOT_DATA_V1: u8 = 1;
 /// The first bytes of a zstd frame: data of a snapshot built before the
 /// checksum header existed.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-/// Frames a compressed snapshot image with its checksum.
-fn seal_snapshot(compressed: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(compressed.len() + 5);
-    out.push(SNAPSHOT_DATA_V1);
-    out.extend_from_slice(&crc32fast::hash(compressed).to_le_bytes());
-    out.extend_from_slice(compressed);
-    out
-}
 
 /// The compressed image inside snapshot data, once its checksum matched.
 fn unseal_snapshot(data: &[u8]) -> std::result::Result<&[u8], String> {
@@ -726,5 +823,57 @@ fn unseal_snapshot(data: &[u8]) -> std::result::Result<&[u8], String> {
         }
         [format, ..] => Err(format!("unknown snapshot data format {format}")),
         [] => Err("empty snapshot data".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::ManualClock;
+
+    fn open_memory() -> (Arc<arbor_storage::Memory>, GroupStateMachine) {
+        let engine = Arc::new(arbor_storage::Memory::new());
+        let hlc = Arc::new(Hlc::new(Arc::new(ManualClock::new(1_000)), 500));
+        let range = RangeDesc { group: 1, start: Vec::new(), end: Vec::new() };
+        let sm = GroupStateMachine::open(range, engine.clone(), 1, Default::default(), hlc, Durability::Sync).unwrap();
+        (engine, sm)
+    }
+
+    /// Snapshot data as built before images were streamed with `bin` keys
+    /// and values: format 1, arrays of integers.
+    fn format_1_data(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct OldImage {
+            format: u8,
+            entries: Vec<(Vec<u8>, Vec<u8>)>,
+        }
+        let image = rmp_serde::to_vec(&OldImage { format: 1, entries }).unwrap();
+        let compressed = zstd::bulk::compress(&image, 3).unwrap();
+        let mut data = vec![SNAPSHOT_DATA_V1];
+        data.extend_from_slice(&crc32fast::hash(&compressed).to_le_bytes());
+        data.extend_from_slice(&compressed);
+        data
+    }
+
+    #[test]
+    fn streamed_snapshots_install_and_format_1_images_still_do() {
+        let (source, mut sm) = open_memory();
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Data(b"/a").encode(), b"record-a".to_vec());
+        wb.put(Key::Data(b"/b").encode(), vec![0xff; 300]);
+        source.write(wb, Durability::Sync).unwrap();
+        let (meta, data) = sm.build_snapshot().unwrap();
+        assert_eq!(data[0], SNAPSHOT_DATA_V1);
+
+        let (target, mut other) = open_memory();
+        other.install_snapshot(&meta, data).unwrap();
+        assert_eq!(target.get(&Key::Data(b"/b").encode()).unwrap(), Some(vec![0xff; 300]));
+        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(b"record-a".to_vec()));
+
+        let (old_target, mut third) = open_memory();
+        let old = format_1_data(vec![(Key::Data(b"/c").encode(), b"record-c".to_vec())]);
+        third.install_snapshot(&meta, old).unwrap();
+        assert_eq!(old_target.get(&Key::Data(b"/c").encode()).unwrap(), Some(b"record-c".to_vec()));
+        assert_eq!(third.current_snapshot().unwrap().map(|(m, _)| m), Some(meta));
     }
 }
