@@ -30,8 +30,22 @@ pub struct Cluster {
     _tmp: tempfile::TempDir,
 }
 
+/// A port that is free now, below Linux's ephemeral range (32768 and up):
+/// a port the kernel picked for us (`bind :0`) could be handed to some
+/// outgoing connection before the node binds it ("Address already in use"
+/// seen in CI-like runs). Never the same port twice in one test process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand::Rng;
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(20_000..32_000);
+        if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
 }
 
 /// Prints a phase of a test, so a failure's output reads like a story.
