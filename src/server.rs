@@ -208,9 +208,12 @@ impl Node {
             let sm = {
                 let (range, e, shared, hlc, v) =
                     (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
-                tokio::task::spawn_blocking(move || GroupStateMachine::open(range, e, v, shared, hlc, durability))
-                    .await
-                    .map_err(|e| Error::Fatal(e.to_string()))??
+                let snapshots = config.data_dir.join("snapshots");
+                tokio::task::spawn_blocking(move || {
+                    GroupStateMachine::open(range, e, v, shared, hlc, durability)?.with_snapshot_dir(snapshots)
+                })
+                .await
+                .map_err(|e| Error::Fatal(e.to_string()))??
             };
             let network = GroupNetwork { group: range.group, peers: peers.clone() };
             let vshard_progress = sm.scheduler().progress();

@@ -189,11 +189,15 @@ impl Default for GroupShared {
 /// A snapshot as stored under `Key::Snapshot(group)`. The data is a
 /// MessagePack `bin`; snapshots stored as an array of integers (before
 /// that) still decode.
+/// With a snapshot directory, the data is in the file `file` there and
+/// `data` is empty.
 #[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
+    #[serde(default)]
+    file: Option<String>,
 }
 
 /// [`StoredSnapshot`] for encoding, without copying the data.
@@ -202,6 +206,75 @@ struct StoredSnapshotRef<'a> {
     meta: &'a SnapshotMeta,
     #[serde(with = "serde_bytes")]
     data: &'a [u8],
+    /// Left out when `None`: the value is then exactly the older
+    /// two-field encoding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+}
+
+/// Where a group's current snapshot data is kept. Without a directory (an
+/// engine with no disk, as in tests) it is inside the `Key::Snapshot`
+/// value. With one, it is a file there, written and fsync'd before the key
+/// that names it: a snapshot holds the group's whole state, and writing it
+/// into RocksDB put hundreds of MB in the WAL that every log append then
+/// waited behind (long enough for a follower to call an election).
+#[derive(Clone, Default)]
+struct SnapshotFiles {
+    dir: Option<std::path::PathBuf>,
+}
+
+impl SnapshotFiles {
+    /// The `Key::Snapshot` value for `data`, after writing the file.
+    fn stored_value(&self, group: u64, meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>> {
+        let Some(dir) = &self.dir else {
+            return Ok(encode(&StoredSnapshotRef { meta, data, file: None }));
+        };
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let name = format!("g{group}-i{index}-{:08x}.snap", crc32fast::hash(data));
+        let io = |what: &str, e: std::io::Error| {
+            Error::Storage(arbor_storage::Error::Io(format!(
+                "snapshot file {}: {what}: {e}",
+                dir.join(&name).display()
+            )))
+        };
+        let tmp = dir.join(format!("{name}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
+            f.write_all(data).map_err(|e| io("write", e))?;
+            f.sync_all().map_err(|e| io("fsync", e))?;
+        }
+        std::fs::rename(&tmp, dir.join(&name)).map_err(|e| io("rename", e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync directory", e))?;
+        Ok(encode(&StoredSnapshotRef { meta, data: &[], file: Some(&name) }))
+    }
+
+    /// The data of a stored snapshot, or why it cannot be read.
+    fn load(&self, stored: StoredSnapshot) -> std::result::Result<Vec<u8>, String> {
+        match (&stored.file, &self.dir) {
+            (None, _) => Ok(stored.data),
+            (Some(name), Some(dir)) => {
+                std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+            }
+            (Some(name), None) => Err(format!("{name} is in a snapshot directory this node was not given")),
+        }
+    }
+
+    /// Removes `group`'s snapshot files other than the one named by `keep`
+    /// (older snapshots, and temporary files of interrupted writes).
+    fn remove_others(&self, group: u64, keep: &StoredSnapshotRef<'_>) {
+        let Some(dir) = &self.dir else { return };
+        let Ok(listing) = std::fs::read_dir(dir) else { return };
+        let prefix = format!("g{group}-i");
+        for entry in listing.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && Some(name.as_str()) != keep.file {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(group, "could not remove the old snapshot file {name}: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// The image inside a snapshot: every key of the group's range and state.
@@ -229,6 +302,7 @@ pub struct SnapshotBuilder {
     /// so a build that read older state never overwrites a newer snapshot
     /// installed meanwhile.
     store_lock: Arc<std::sync::Mutex<()>>,
+    files: SnapshotFiles,
 }
 
 pub struct GroupStateMachine {
@@ -249,6 +323,7 @@ pub struct GroupStateMachine {
     skew_warned: std::sync::Mutex<Option<std::time::Instant>>,
     /// See [`SnapshotBuilder::store_lock`].
     snapshot_store: Arc<std::sync::Mutex<()>>,
+    files: SnapshotFiles,
 }
 
 /// The applied state of `group` as `view` sees it.
@@ -302,6 +377,7 @@ impl GroupStateMachine {
             apply_durability,
             skew_warned,
             snapshot_store,
+            files: SnapshotFiles::default(),
         };
         sm.publish();
         Ok(sm)
@@ -634,7 +710,18 @@ impl GroupStateMachine {
             engine: self.engine.clone(),
             durability: self.durability,
             store_lock: self.snapshot_store.clone(),
+            files: self.files.clone(),
         }
+    }
+
+    /// Keeps snapshot data in files in `dir` (created if missing) rather
+    /// than inside RocksDB (see [`SnapshotFiles`]).
+    pub fn with_snapshot_dir(mut self, dir: std::path::PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::Storage(arbor_storage::Error::Io(format!("snapshot directory {}: {e}", dir.display())))
+        })?;
+        self.files = SnapshotFiles { dir: Some(dir) };
+        Ok(self)
     }
 
     /// Replaces the group's range and state with a snapshot, atomically.
@@ -671,10 +758,13 @@ impl GroupStateMachine {
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         wb.put(applied_key, encode(&state));
-        wb.put(Key::Snapshot(self.group).encode(), encode(&StoredSnapshotRef { meta, data: &data }));
         {
             let _store = self.snapshot_store.lock().unwrap_or_else(|e| e.into_inner());
+            let value = self.files.stored_value(self.group, meta, &data)?;
+            wb.put(Key::Snapshot(self.group).encode(), value.clone());
             self.engine.write(wb, self.durability)?;
+            let stored: StoredSnapshot = decode(&value, "stored snapshot")?;
+            self.files.remove_others(self.group, &StoredSnapshotRef { meta, data: &[], file: stored.file.as_deref() });
         }
         self.state = state;
         self.publish();
@@ -689,16 +779,22 @@ impl GroupStateMachine {
         match self.engine.get(&Key::Snapshot(self.group).encode())? {
             Some(bytes) => {
                 let s: StoredSnapshot = decode(&bytes, "stored snapshot")?;
-                if let Err(why) = unseal_snapshot(&s.data) {
-                    let at = self.engine.locate(&Key::Snapshot(self.group).encode());
-                    tracing::error!(
-                        group = self.group,
-                        snapshot = %s.meta.snapshot_id,
-                        "the stored snapshot in {at} is damaged ({why}); building a new one instead of sending it"
-                    );
-                    return self.build_snapshot().map(Some);
+                let meta = s.meta.clone();
+                let at = match &s.file {
+                    Some(name) => name.clone(),
+                    None => self.engine.locate(&Key::Snapshot(self.group).encode()),
+                };
+                match self.files.load(s).and_then(|data| unseal_snapshot(&data).map(|_| ()).map(|()| data)) {
+                    Ok(data) => Ok(Some((meta, data))),
+                    Err(why) => {
+                        tracing::error!(
+                            group = self.group,
+                            snapshot = %meta.snapshot_id,
+                            "the stored snapshot in {at} is damaged ({why}); building a new one instead of sending it"
+                        );
+                        self.build_snapshot().map(Some)
+                    }
                 }
-                Ok(Some((s.meta, s.data)))
             }
             None => Ok(None),
         }
@@ -771,9 +867,13 @@ impl SnapshotBuilder {
                 return Ok((meta, data));
             }
         }
+        let value = self.files.stored_value(self.group, &meta, &data)?;
         let mut wb = WriteBatch::new();
-        wb.put(Key::Snapshot(self.group).encode(), encode(&StoredSnapshotRef { meta: &meta, data: &data }));
+        wb.put(Key::Snapshot(self.group).encode(), value.clone());
         self.engine.write(wb, self.durability)?;
+        let stored: StoredSnapshot = decode(&value, "stored snapshot")?;
+        self.files
+            .remove_others(self.group, &StoredSnapshotRef { meta: &meta, data: &[], file: stored.file.as_deref() });
         Ok((meta, data))
     }
 }
@@ -853,6 +953,62 @@ mod tests {
         data.extend_from_slice(&crc32fast::hash(&compressed).to_le_bytes());
         data.extend_from_slice(&compressed);
         data
+    }
+
+    fn snap_files(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn with_a_snapshot_dir_the_data_lives_in_a_file_and_a_damaged_one_is_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (source, sm) = open_memory();
+        let mut sm = sm.with_snapshot_dir(tmp.path().join("a")).unwrap();
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Data(b"/a").encode(), vec![7; 1000]);
+        source.write(wb, Durability::Sync).unwrap();
+        let (meta, data) = sm.build_snapshot().unwrap();
+        let stored = source.get(&Key::Snapshot(1).encode()).unwrap().unwrap();
+        assert!(stored.len() < 200, "only the meta and the file name in RocksDB: {} bytes", stored.len());
+        let files = snap_files(&tmp.path().join("a"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(std::fs::read(tmp.path().join("a").join(&files[0])).unwrap(), data);
+        assert_eq!(sm.current_snapshot().unwrap(), Some((meta.clone(), data.clone())));
+
+        // A newer build replaces the file; the old one is removed.
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Applied(1).encode(), encode(&AppliedState { stamp: 5, ..sm.applied().clone() }));
+        wb.put(Key::Data(b"/b").encode(), vec![8; 10]);
+        source.write(wb, Durability::Sync).unwrap();
+        let (_, newer) = sm.build_snapshot().unwrap();
+        let files = snap_files(&tmp.path().join("a"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(std::fs::read(tmp.path().join("a").join(&files[0])).unwrap(), newer);
+
+        // Damage the file: the snapshot is rebuilt rather than sent.
+        let path = tmp.path().join("a").join(&files[0]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        let (_, rebuilt) = sm.current_snapshot().unwrap().unwrap();
+        assert!(unseal_snapshot(&rebuilt).is_ok());
+        // Or delete it: the same.
+        for f in snap_files(&tmp.path().join("a")) {
+            std::fs::remove_file(tmp.path().join("a").join(f)).unwrap();
+        }
+        let (_, rebuilt) = sm.current_snapshot().unwrap().unwrap();
+        assert!(unseal_snapshot(&rebuilt).is_ok());
+
+        // Installing writes the receiver's own file.
+        let (target, other) = open_memory();
+        let mut other = other.with_snapshot_dir(tmp.path().join("b")).unwrap();
+        other.install_snapshot(&meta, data.clone()).unwrap();
+        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(vec![7; 1000]));
+        assert_eq!(other.current_snapshot().unwrap(), Some((meta, data)));
+        assert_eq!(snap_files(&tmp.path().join("b")).len(), 1);
     }
 
     #[test]
