@@ -354,24 +354,32 @@ mod tests {
         Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
     }
 
+    /// Group 3's entries 1..=`last`, written straight to the engine.
+    fn stored_log(engine: &Memory, last: u64) {
+        let mut b = WriteBatch::new();
+        for i in 1..=last {
+            b.put(Key::RaftLog(3, i).encode(), encode_entry(&entry(i)));
+        }
+        engine.write(b, Durability::Sync).unwrap();
+    }
+
+    /// Flips a bit in the last byte of group 3's stored entry `index`.
+    fn damage(engine: &Memory, index: u64) {
+        let key = Key::RaftLog(3, index).encode();
+        let mut bytes = engine.get(&key).unwrap().unwrap();
+        *bytes.last_mut().unwrap() ^= 0x40;
+        let mut b = WriteBatch::new();
+        b.put(key, bytes);
+        engine.write(b, Durability::Sync).unwrap();
+    }
+
     #[test]
     fn a_flipped_byte_is_detected_and_named() {
         let engine = Arc::new(Memory::new());
         let store = LogStore::new(3, engine.clone(), Durability::Sync);
-        let mut b = WriteBatch::new();
-        for i in 1..=3 {
-            b.put(Key::RaftLog(3, i).encode(), encode_entry(&entry(i)));
-        }
-        engine.write(b, Durability::Sync).unwrap();
+        stored_log(&engine, 3);
         assert_eq!(store.entries(1..=3).unwrap().len(), 3);
-
-        let key = Key::RaftLog(3, 2).encode();
-        let mut bytes = engine.get(&key).unwrap().unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x40;
-        let mut b = WriteBatch::new();
-        b.put(key, bytes);
-        engine.write(b, Durability::Sync).unwrap();
+        damage(&engine, 2);
 
         let err = store.entries(1..=3).unwrap_err().to_string();
         assert!(err.contains("group 3 index 2") && err.contains("checksum mismatch"), "{err}");
@@ -412,22 +420,12 @@ mod tests {
     fn cached_entries_are_served_from_memory_and_a_restart_reads_the_disk() {
         let engine = Arc::new(Memory::new());
         let store = LogStore::new(3, engine.clone(), Durability::Sync);
-        let mut b = WriteBatch::new();
-        for i in 1..=4 {
-            b.put(Key::RaftLog(3, i).encode(), encode_entry(&entry(i)));
-        }
-        engine.write(b, Durability::Sync).unwrap();
+        stored_log(&engine, 4);
         // What `append` does once its write succeeded.
         store.cache().append(vec![(entry(4), 10)]);
         // Damage entry 4 on "disk": the running store still serves it from
         // memory; a store opened afterwards (a restart) reads and refuses it.
-        let key = Key::RaftLog(3, 4).encode();
-        let mut bytes = engine.get(&key).unwrap().unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x40;
-        let mut b = WriteBatch::new();
-        b.put(key, bytes);
-        engine.write(b, Durability::Sync).unwrap();
+        damage(&engine, 4);
         assert_eq!(store.entries(4..5).unwrap().len(), 1);
         assert!(store.entries(3..5).is_err(), "3 is not cached: read from disk together with 4");
         let restarted = LogStore::new(3, engine, Durability::Sync);
