@@ -224,10 +224,11 @@ struct SnapshotFiles {
 }
 
 impl SnapshotFiles {
-    /// The `Key::Snapshot` value for `data`, after writing the file.
-    fn stored_value(&self, group: u64, meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>> {
+    /// The `Key::Snapshot` value for `data`, after writing the file, and
+    /// the file's name.
+    fn stored_value(&self, group: u64, meta: &SnapshotMeta, data: &[u8]) -> Result<(Vec<u8>, Option<String>)> {
         let Some(dir) = &self.dir else {
-            return Ok(encode(&StoredSnapshotRef { meta, data, file: None }));
+            return Ok((encode(&StoredSnapshotRef { meta, data, file: None }), None));
         };
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let name = format!("g{group}-i{index}-{:08x}.snap", crc32fast::hash(data));
@@ -246,7 +247,7 @@ impl SnapshotFiles {
         }
         std::fs::rename(&tmp, dir.join(&name)).map_err(|e| io("rename", e))?;
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync directory", e))?;
-        Ok(encode(&StoredSnapshotRef { meta, data: &[], file: Some(&name) }))
+        Ok((encode(&StoredSnapshotRef { meta, data: &[], file: Some(&name) }), Some(name)))
     }
 
     /// The data of a stored snapshot, or why it cannot be read.
@@ -260,15 +261,15 @@ impl SnapshotFiles {
         }
     }
 
-    /// Removes `group`'s snapshot files other than the one named by `keep`
-    /// (older snapshots, and temporary files of interrupted writes).
-    fn remove_others(&self, group: u64, keep: &StoredSnapshotRef<'_>) {
+    /// Removes `group`'s snapshot files other than `keep` (older snapshots,
+    /// and temporary files of interrupted writes).
+    fn remove_others(&self, group: u64, keep: Option<&str>) {
         let Some(dir) = &self.dir else { return };
         let Ok(listing) = std::fs::read_dir(dir) else { return };
         let prefix = format!("g{group}-i");
         for entry in listing.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && Some(name.as_str()) != keep.file {
+            if name.starts_with(&prefix) && Some(name.as_str()) != keep {
                 if let Err(e) = std::fs::remove_file(entry.path()) {
                     tracing::warn!(group, "could not remove the old snapshot file {name}: {e}");
                 }
@@ -760,11 +761,10 @@ impl GroupStateMachine {
         wb.put(applied_key, encode(&state));
         {
             let _store = self.snapshot_store.lock().unwrap_or_else(|e| e.into_inner());
-            let value = self.files.stored_value(self.group, meta, &data)?;
-            wb.put(Key::Snapshot(self.group).encode(), value.clone());
+            let (value, file) = self.files.stored_value(self.group, meta, &data)?;
+            wb.put(Key::Snapshot(self.group).encode(), value);
             self.engine.write(wb, self.durability)?;
-            let stored: StoredSnapshot = decode(&value, "stored snapshot")?;
-            self.files.remove_others(self.group, &StoredSnapshotRef { meta, data: &[], file: stored.file.as_deref() });
+            self.files.remove_others(self.group, file.as_deref());
         }
         self.state = state;
         self.publish();
@@ -867,13 +867,11 @@ impl SnapshotBuilder {
                 return Ok((meta, data));
             }
         }
-        let value = self.files.stored_value(self.group, &meta, &data)?;
+        let (value, file) = self.files.stored_value(self.group, &meta, &data)?;
         let mut wb = WriteBatch::new();
-        wb.put(Key::Snapshot(self.group).encode(), value.clone());
+        wb.put(Key::Snapshot(self.group).encode(), value);
         self.engine.write(wb, self.durability)?;
-        let stored: StoredSnapshot = decode(&value, "stored snapshot")?;
-        self.files
-            .remove_others(self.group, &StoredSnapshotRef { meta: &meta, data: &[], file: stored.file.as_deref() });
+        self.files.remove_others(self.group, file.as_deref());
         Ok((meta, data))
     }
 }
