@@ -61,6 +61,7 @@ fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
     phase("replica A (key /a, 5 entries applied) builds a snapshot; replica B holds /b at index 2");
     let (_, mut a) = replica("/a", 5);
     let (meta, data) = a.build_snapshot().unwrap();
+    let data = data.into_bytes().unwrap();
     let (b_engine, mut b) = replica("/b", 2);
     let before = b.applied().clone();
     let keys_before = data_keys(&b_engine);
@@ -81,7 +82,7 @@ fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
     ];
     for (what, bad, expected) in cases {
         phase(&format!("installing the snapshot with {what} is refused"));
-        let err = b.install_snapshot(&meta, bad).unwrap_err();
+        let err = b.install_snapshot(&meta, bad.into()).unwrap_err();
         assert!(matches!(err, arbor::Error::Corruption(_)), "{what}: {err:?}");
         let msg = err.to_string();
         for part in ["group 1", meta.snapshot_id.as_str(), expected, "nothing installed"] {
@@ -93,10 +94,10 @@ fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
     }
 
     phase("the intact snapshot installs: B now holds A's state");
-    b.install_snapshot(&meta, data.clone()).unwrap();
+    b.install_snapshot(&meta, data.clone().into()).unwrap();
     assert_eq!(b.applied().last_applied, meta.last_log_id);
     assert_eq!(data_keys(&b_engine), vec![Key::Data(b"/a").encode()]);
-    assert_eq!(b.current_snapshot().unwrap().map(|(_, d)| d), Some(data));
+    assert_eq!(b.current_snapshot().unwrap().map(|(_, d)| d.into_bytes().unwrap()), Some(data));
 }
 
 type ChunkResult = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;

@@ -9,6 +9,7 @@
 //!   group id.
 //! - [`read_index`]: concurrent linearizable reads share one read-index
 //!   round.
+//! - [`snapshot_data`]: snapshot data as openraft streams it (a file).
 //!
 //! openraft 0.9 (the stable line) is pinned exactly; see
 //! `docs/architecture.md` for why not 0.10.
@@ -16,9 +17,8 @@
 pub mod log_store;
 pub mod network;
 pub mod read_index;
+pub mod snapshot_data;
 pub mod state_machine;
-
-use std::io::Cursor;
 
 use crate::sequencer::{EpochPayload, EpochResponse};
 
@@ -33,7 +33,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );

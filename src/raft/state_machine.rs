@@ -2,7 +2,6 @@
 //! ([`GroupStateMachine`]). All work runs on tokio's blocking pool: applying
 //! an epoch blocks on the vshard executors and on a synced RocksDB write.
 
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,8 +9,9 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{ErrorVerb, RaftSnapshotBuilder};
 
 use crate::error::Error;
+use crate::raft::snapshot_data::SnapshotData;
 use crate::raft::{storage_error, Entry, LogId, Membership, SnapshotMeta, StorageError, TypeConfig};
-use crate::sequencer::apply::SnapshotBuilder;
+use crate::sequencer::snapshot::SnapshotStore;
 use crate::sequencer::{EpochResponse, GroupStateMachine};
 
 /// Handle to a group's state machine; clones share it.
@@ -20,15 +20,15 @@ pub struct StateMachine {
     inner: Arc<Mutex<GroupStateMachine>>,
     /// Builds snapshots without locking `inner`: a large snapshot takes
     /// seconds, and applying must not wait for it.
-    builder: SnapshotBuilder,
+    snapshots: SnapshotStore,
     /// Snapshots installed from a leader since this process started.
     installed: Arc<AtomicU64>,
 }
 
 impl StateMachine {
     pub fn new(sm: GroupStateMachine) -> Self {
-        let builder = sm.snapshot_builder();
-        Self { inner: Arc::new(Mutex::new(sm)), builder, installed: Arc::new(AtomicU64::new(0)) }
+        let snapshots = sm.snapshot_store();
+        Self { inner: Arc::new(Mutex::new(sm)), snapshots, installed: Arc::new(AtomicU64::new(0)) }
     }
 
     /// The counter of snapshots this replica installed since it started (the
@@ -58,15 +58,15 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let builder = self.builder.clone();
-        let built = tokio::task::spawn_blocking(move || builder.build())
+        let snapshots = self.snapshots.clone();
+        let built = tokio::task::spawn_blocking(move || snapshots.build())
             .await
             .map_err(|e| storage_error(e, ErrorVerb::Write))?;
         let (meta, data) = built.map_err(|e| {
             tracing::error!(error = %e, "building a snapshot failed; stopping this group's replica");
             storage_error(e, ErrorVerb::Write)
         })?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: Box::new(data.into()) })
     }
 }
 
@@ -90,23 +90,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let target = self.run(ErrorVerb::Write, |sm| sm.receive_snapshot()).await?;
+        Ok(Box::new(target.into()))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let meta = meta.clone();
-        self.run(ErrorVerb::Write, move |sm| sm.install_snapshot(&meta, snapshot.into_inner())).await?;
+        let content = snapshot.into_content().await.map_err(|e| storage_error(e, ErrorVerb::Write))?;
+        self.run(ErrorVerb::Write, move |sm| sm.install_snapshot(&meta, content)).await?;
         self.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let current = self.run(ErrorVerb::Read, |sm| sm.current_snapshot()).await?;
-        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data.into()) }))
     }
 }

@@ -82,6 +82,7 @@ use crate::raft::{Entry, LogId, Membership, SnapshotMeta};
 use crate::routing::RangeDesc;
 use crate::scheduler::Scheduler;
 use crate::sequencer::driver::epoch_term;
+use crate::sequencer::snapshot::{self, SnapshotContent, SnapshotFiles, SnapshotStore};
 use crate::sequencer::EpochBatch;
 use crate::tree::{decode_version, encode_record, encode_version, Footprint, Record, Txn, TxnOutcome};
 
@@ -186,126 +187,6 @@ impl Default for GroupShared {
     }
 }
 
-/// A snapshot as stored under `Key::Snapshot(group)`. The data is a
-/// MessagePack `bin`; snapshots stored as an array of integers (before
-/// that) still decode.
-/// With a snapshot directory, the data is in the file `file` there and
-/// `data` is empty.
-#[derive(Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
-    #[serde(default)]
-    file: Option<String>,
-}
-
-/// [`StoredSnapshot`] for encoding, without copying the data.
-#[derive(Serialize)]
-struct StoredSnapshotRef<'a> {
-    meta: &'a SnapshotMeta,
-    #[serde(with = "serde_bytes")]
-    data: &'a [u8],
-    /// Left out when `None`: the value is then exactly the older
-    /// two-field encoding.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'a str>,
-}
-
-/// Where a group's current snapshot data is kept. Without a directory (an
-/// engine with no disk, as in tests) it is inside the `Key::Snapshot`
-/// value. With one, it is a file there, written and fsync'd before the key
-/// that names it: a snapshot holds the group's whole state, and writing it
-/// into RocksDB put hundreds of MB in the WAL that every log append then
-/// waited behind (long enough for a follower to call an election).
-#[derive(Clone, Default)]
-struct SnapshotFiles {
-    dir: Option<std::path::PathBuf>,
-}
-
-impl SnapshotFiles {
-    /// The `Key::Snapshot` value for `data`, after writing the file, and
-    /// the file's name.
-    fn stored_value(&self, group: u64, meta: &SnapshotMeta, data: &[u8]) -> Result<(Vec<u8>, Option<String>)> {
-        let Some(dir) = &self.dir else {
-            return Ok((encode(&StoredSnapshotRef { meta, data, file: None }), None));
-        };
-        let index = meta.last_log_id.map_or(0, |l| l.index);
-        let name = format!("g{group}-i{index}-{:08x}.snap", crc32fast::hash(data));
-        let io = |what: &str, e: std::io::Error| {
-            Error::Storage(arbor_storage::Error::Io(format!(
-                "snapshot file {}: {what}: {e}",
-                dir.join(&name).display()
-            )))
-        };
-        let tmp = dir.join(format!("{name}.tmp"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-            f.write_all(data).map_err(|e| io("write", e))?;
-            f.sync_all().map_err(|e| io("fsync", e))?;
-        }
-        std::fs::rename(&tmp, dir.join(&name)).map_err(|e| io("rename", e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync directory", e))?;
-        Ok((encode(&StoredSnapshotRef { meta, data: &[], file: Some(&name) }), Some(name)))
-    }
-
-    /// The data of a stored snapshot, or why it cannot be read.
-    fn load(&self, stored: StoredSnapshot) -> std::result::Result<Vec<u8>, String> {
-        match (&stored.file, &self.dir) {
-            (None, _) => Ok(stored.data),
-            (Some(name), Some(dir)) => {
-                std::fs::read(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
-            }
-            (Some(name), None) => Err(format!("{name} is in a snapshot directory this node was not given")),
-        }
-    }
-
-    /// Removes `group`'s snapshot files other than `keep` (older snapshots,
-    /// and temporary files of interrupted writes).
-    fn remove_others(&self, group: u64, keep: Option<&str>) {
-        let Some(dir) = &self.dir else { return };
-        let Ok(listing) = std::fs::read_dir(dir) else { return };
-        let prefix = format!("g{group}-i");
-        for entry in listing.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && Some(name.as_str()) != keep {
-                if let Err(e) = std::fs::remove_file(entry.path()) {
-                    tracing::warn!(group, "could not remove the old snapshot file {name}: {e}");
-                }
-            }
-        }
-    }
-}
-
-/// The image inside a snapshot: every key of the group's range and state.
-/// Format 2 encodes keys and values as `bin`; format 1 (arrays of
-/// integers) still installs.
-#[derive(Serialize, Deserialize)]
-struct SnapshotImage {
-    format: u8,
-    entries: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
-}
-
-const IMAGE_FORMAT: u8 = 2;
-
-/// What building a snapshot needs, apart from the state machine: building
-/// reads one consistent engine snapshot (whole epochs only, with the
-/// applied state that describes them), so it runs without holding the
-/// state machine, and epochs keep being applied meanwhile.
-#[derive(Clone)]
-pub struct SnapshotBuilder {
-    group: u64,
-    range: RangeDesc,
-    engine: Arc<dyn Engine>,
-    durability: Durability,
-    /// Held while `Key::Snapshot` is replaced, by builds and installs alike,
-    /// so a build that read older state never overwrites a newer snapshot
-    /// installed meanwhile.
-    store_lock: Arc<std::sync::Mutex<()>>,
-    files: SnapshotFiles,
-}
-
 pub struct GroupStateMachine {
     group: u64,
     range: RangeDesc,
@@ -314,17 +195,13 @@ pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
     hlc: Arc<Hlc>,
     state: AppliedState,
-    /// For snapshots: `Sync` except under the test-only `volatile_writes`
-    /// switch.
-    durability: Durability,
     /// For epoch batches: `Buffered` (see "Durability" in the module docs),
     /// `Volatile` under the switch.
     apply_durability: Durability,
     /// When a stamp too far ahead was last logged.
     skew_warned: std::sync::Mutex<Option<std::time::Instant>>,
-    /// See [`SnapshotBuilder::store_lock`].
-    snapshot_store: Arc<std::sync::Mutex<()>>,
-    files: SnapshotFiles,
+    /// Builds, stores and reads this group's snapshots.
+    snapshots: SnapshotStore,
 }
 
 /// The applied state of `group` as `view` sees it.
@@ -335,11 +212,11 @@ pub fn read_applied(view: &dyn ReadView, group: u64) -> Result<AppliedState> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| Error::Corruption(format!("{what}: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("in-memory values always encode")
 }
 
@@ -365,21 +242,16 @@ impl GroupStateMachine {
             Durability::Volatile => Durability::Volatile,
             Durability::Sync | Durability::Buffered => Durability::Buffered,
         };
-        let snapshot_store = Arc::new(std::sync::Mutex::new(()));
-        let sm = Self {
+        let snapshots = SnapshotStore {
             group,
-            range,
-            engine,
-            scheduler,
-            shared,
-            hlc,
-            state,
+            range: range.clone(),
+            engine: engine.clone(),
+            // `Sync` except under the test-only `volatile_writes` switch.
             durability,
-            apply_durability,
-            skew_warned,
-            snapshot_store,
+            lock: Arc::new(std::sync::Mutex::new(())),
             files: SnapshotFiles::default(),
         };
+        let sm = Self { group, range, engine, scheduler, shared, hlc, state, apply_durability, skew_warned, snapshots };
         sm.publish();
         Ok(sm)
     }
@@ -699,335 +571,46 @@ impl GroupStateMachine {
     }
 
     /// Builds a snapshot of the group's range and state and stores it as
-    /// the current snapshot (see [`SnapshotBuilder`]).
-    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta, Vec<u8>)> {
-        self.snapshot_builder().build()
+    /// the current snapshot (see [`SnapshotStore::build`]).
+    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta, SnapshotContent)> {
+        self.snapshots.build()
     }
 
-    pub fn snapshot_builder(&self) -> SnapshotBuilder {
-        SnapshotBuilder {
-            group: self.group,
-            range: self.range.clone(),
-            engine: self.engine.clone(),
-            durability: self.durability,
-            store_lock: self.snapshot_store.clone(),
-            files: self.files.clone(),
-        }
+    /// What builds and reads snapshots without holding the state machine.
+    pub fn snapshot_store(&self) -> SnapshotStore {
+        self.snapshots.clone()
     }
 
     /// Keeps snapshot data in files in `dir` (created if missing) rather
-    /// than inside RocksDB (see [`SnapshotFiles`]).
+    /// than inside RocksDB (see [`snapshot`](super::snapshot)).
     pub fn with_snapshot_dir(mut self, dir: std::path::PathBuf) -> Result<Self> {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::Storage(arbor_storage::Error::Io(format!("snapshot directory {}: {e}", dir.display())))
-        })?;
-        self.files = SnapshotFiles { dir: Some(dir) };
+        self.snapshots.files = SnapshotFiles::open(dir, self.group)?;
         Ok(self)
+    }
+
+    /// Where to receive a snapshot from the leader: a new temporary file
+    /// (an unfinished earlier transfer's is removed), or memory.
+    pub fn receive_snapshot(&mut self) -> Result<SnapshotContent> {
+        self.snapshots.files.remove_receives(self.group);
+        self.snapshots.files.create(self.group, "recv")
     }
 
     /// Replaces the group's range and state with a snapshot, atomically.
     /// The data's checksum is verified first: a corrupted snapshot is an
     /// [`Error::Corruption`] naming the group and snapshot, and nothing is
-    /// installed.
-    pub fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<()> {
-        let corrupt = |what: String| {
-            let msg = format!("snapshot {} of group {}: {what}; nothing installed", meta.snapshot_id, self.group);
-            tracing::error!(group = self.group, snapshot = %meta.snapshot_id, "{msg}");
-            Error::Corruption(msg)
-        };
-        let compressed = unseal_snapshot(&data).map_err(corrupt)?;
-        let image = zstd::stream::decode_all(compressed).map_err(|e| corrupt(format!("zstd: {e}")))?;
-        let image: SnapshotImage =
-            rmp_serde::from_slice(&image).map_err(|e| corrupt(format!("undecodable image: {e}")))?;
-        if !(1..=IMAGE_FORMAT).contains(&image.format) {
-            return Err(corrupt(format!("unknown image format {}", image.format)));
-        }
-        let applied_key = Key::Applied(self.group).encode();
-        let mut state = AppliedState::default();
-        let mut wb = WriteBatch::new();
-        for (start, end) in group_ranges(self.group, &self.range) {
-            wb.delete_range(start, end);
-        }
-        for (k, v) in image.entries {
-            if *k == applied_key {
-                state = decode(&v, "applied state")?;
-            } else {
-                wb.put(k.into_vec(), v.into_vec());
-            }
-        }
-        // The snapshot's meta is authoritative for what it covers.
-        state.last_applied = meta.last_log_id;
-        state.membership = meta.last_membership.clone();
-        wb.put(applied_key, encode(&state));
-        {
-            let _store = self.snapshot_store.lock().unwrap_or_else(|e| e.into_inner());
-            let (value, file) = self.files.stored_value(self.group, meta, &data)?;
-            wb.put(Key::Snapshot(self.group).encode(), value);
-            self.engine.write(wb, self.durability)?;
-            self.files.remove_others(self.group, file.as_deref());
-        }
+    /// installed. Received data becomes this node's stored snapshot as is.
+    pub fn install_snapshot(&mut self, meta: &SnapshotMeta, content: SnapshotContent) -> Result<()> {
+        let mut content = content;
+        let (wb, state, crc) = snapshot::install_batch(self.group, &self.range, meta, &mut content)?;
+        self.snapshots.store_with(meta, &mut content, crc, wb)?;
         self.state = state;
         self.publish();
         let _ = self.shared.feed.send(Feed::Reset { stamp: self.state.stamp });
         Ok(())
     }
 
-    /// The stored snapshot, verified: one whose checksum no longer matches
-    /// (damaged on this node's disk) is never sent — every receiver would
-    /// refuse it — but replaced by a new one built from the current state.
-    pub fn current_snapshot(&mut self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        match self.engine.get(&Key::Snapshot(self.group).encode())? {
-            Some(bytes) => {
-                let s: StoredSnapshot = decode(&bytes, "stored snapshot")?;
-                let meta = s.meta.clone();
-                let at = match &s.file {
-                    Some(name) => name.clone(),
-                    None => self.engine.locate(&Key::Snapshot(self.group).encode()),
-                };
-                match self.files.load(s).and_then(|data| unseal_snapshot(&data).map(|_| ()).map(|()| data)) {
-                    Ok(data) => Ok(Some((meta, data))),
-                    Err(why) => {
-                        tracing::error!(
-                            group = self.group,
-                            snapshot = %meta.snapshot_id,
-                            "the stored snapshot in {at} is damaged ({why}); building a new one instead of sending it"
-                        );
-                        self.build_snapshot().map(Some)
-                    }
-                }
-            }
-            None => Ok(None),
-        }
-    }
-}
-
-impl SnapshotBuilder {
-    fn group_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        group_ranges(self.group, &self.range)
-    }
-
-    /// Builds a snapshot from one consistent engine snapshot and stores it
-    /// as the group's current snapshot. The image is streamed into the
-    /// compressor (two passes over the engine snapshot: count, then write),
-    /// so no copy of the whole state is held uncompressed.
-    pub fn build(&self) -> Result<(SnapshotMeta, Vec<u8>)> {
-        let view = self.engine.snapshot();
-        let applied: AppliedState = match view.get(&Key::Applied(self.group).encode())? {
-            Some(b) => decode(&b, "applied state")?,
-            None => AppliedState::default(),
-        };
-        let scan = |start: Vec<u8>, end: Vec<u8>| {
-            view.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward)
-        };
-        let mut count: u32 = 0;
-        for (start, end) in self.group_ranges() {
-            for item in scan(start, end) {
-                item?;
-                count = count.checked_add(1).ok_or_else(|| Error::Fatal("over 2^32 keys in one group".into()))?;
-            }
-        }
-        // The header of the data (format, checksum) is filled in below.
-        let mut data = vec![SNAPSHOT_DATA_V1, 0, 0, 0, 0];
-        let io = |e: std::io::Error| Error::Fatal(format!("snapshot image: {e}"));
-        let mut z = zstd::stream::Encoder::new(&mut data, 3).map_err(io)?;
-        // The MessagePack of `SnapshotImage { format, entries }`, written
-        // piece by piece: [format, [[key, value], ...]].
-        let marker = |e: rmp::encode::ValueWriteError| Error::Fatal(format!("snapshot image: {e}"));
-        rmp::encode::write_array_len(&mut z, 2).map_err(marker)?;
-        rmp::encode::write_uint(&mut z, IMAGE_FORMAT.into()).map_err(marker)?;
-        rmp::encode::write_array_len(&mut z, count).map_err(marker)?;
-        let mut written: u32 = 0;
-        for (start, end) in self.group_ranges() {
-            for item in scan(start, end) {
-                let (k, v) = item?;
-                rmp::encode::write_array_len(&mut z, 2).map_err(marker)?;
-                rmp::encode::write_bin(&mut z, &k).map_err(marker)?;
-                rmp::encode::write_bin(&mut z, &v).map_err(marker)?;
-                written += 1;
-            }
-        }
-        z.finish().map_err(io)?;
-        drop(view);
-        if written != count {
-            return Err(Error::Fatal(format!("snapshot image: counted {count} keys, then read {written}")));
-        }
-        let crc = crc32fast::hash(&data[5..]);
-        data[1..5].copy_from_slice(&crc.to_le_bytes());
-        let index = applied.last_applied.map_or(0, |l| l.index);
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id: format!("g{}-i{}-s{}", self.group, index, applied.stamp),
-        };
-        let _store = self.store_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bytes) = self.engine.get(&Key::Snapshot(self.group).encode())? {
-            let stored: StoredSnapshot = decode(&bytes, "stored snapshot")?;
-            if stored.meta.last_log_id > meta.last_log_id {
-                // A newer snapshot was installed while this one was built.
-                return Ok((meta, data));
-            }
-        }
-        let (value, file) = self.files.stored_value(self.group, &meta, &data)?;
-        let mut wb = WriteBatch::new();
-        wb.put(Key::Snapshot(self.group).encode(), value);
-        self.engine.write(wb, self.durability)?;
-        self.files.remove_others(self.group, file.as_deref());
-        Ok((meta, data))
-    }
-}
-
-/// Every key range holding `group`'s state and its range's data.
-fn group_ranges(group: u64, range: &RangeDesc) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut ranges = keys::group_state_ranges(group);
-    let end = if range.end.is_empty() {
-        arbor_storage::prefix_end(&keys::data_prefix()).expect("data tag < 0xff")
-    } else {
-        Key::Data(&range.end).encode()
-    };
-    ranges.push((Key::Data(&range.start).encode(), end));
-    ranges.push(keys::version_bounds(&range.start, &range.end));
-    ranges
-}
-
-/// Snapshot data (what openraft stores and streams), format 1:
-///
-/// ```text
-/// byte 0      format (1)
-/// bytes 1..5  CRC-32 (IEEE, little-endian) of bytes 5..
-/// bytes 5..   the zstd-compressed image
-/// ```
-const SNAPSHOT_DATA_V1: u8 = 1;
-/// The first bytes of a zstd frame: data of a snapshot built before the
-/// checksum header existed.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-/// The compressed image inside snapshot data, once its checksum matched.
-fn unseal_snapshot(data: &[u8]) -> std::result::Result<&[u8], String> {
-    match data {
-        [SNAPSHOT_DATA_V1, c0, c1, c2, c3, body @ ..] => {
-            let stored = u32::from_le_bytes([*c0, *c1, *c2, *c3]);
-            let actual = crc32fast::hash(body);
-            if stored != actual {
-                return Err(format!(
-                    "checksum mismatch over {} bytes (stored {stored:#010x}, computed {actual:#010x})",
-                    body.len()
-                ));
-            }
-            Ok(body)
-        }
-        _ if data.starts_with(&ZSTD_MAGIC) => {
-            tracing::warn!("installing a snapshot from before snapshot checksums: it is not verified");
-            Ok(data)
-        }
-        [format, ..] => Err(format!("unknown snapshot data format {format}")),
-        [] => Err("empty snapshot data".to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hlc::ManualClock;
-
-    fn open_memory() -> (Arc<arbor_storage::Memory>, GroupStateMachine) {
-        let engine = Arc::new(arbor_storage::Memory::new());
-        let hlc = Arc::new(Hlc::new(Arc::new(ManualClock::new(1_000)), 500));
-        let range = RangeDesc { group: 1, start: Vec::new(), end: Vec::new() };
-        let sm = GroupStateMachine::open(range, engine.clone(), 1, Default::default(), hlc, Durability::Sync).unwrap();
-        (engine, sm)
-    }
-
-    /// Snapshot data as built before images were streamed with `bin` keys
-    /// and values: format 1, arrays of integers.
-    fn format_1_data(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct OldImage {
-            format: u8,
-            entries: Vec<(Vec<u8>, Vec<u8>)>,
-        }
-        let image = rmp_serde::to_vec(&OldImage { format: 1, entries }).unwrap();
-        let compressed = zstd::bulk::compress(&image, 3).unwrap();
-        let mut data = vec![SNAPSHOT_DATA_V1];
-        data.extend_from_slice(&crc32fast::hash(&compressed).to_le_bytes());
-        data.extend_from_slice(&compressed);
-        data
-    }
-
-    fn snap_files(dir: &std::path::Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn with_a_snapshot_dir_the_data_lives_in_a_file_and_a_damaged_one_is_rebuilt() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (source, sm) = open_memory();
-        let mut sm = sm.with_snapshot_dir(tmp.path().join("a")).unwrap();
-        let mut wb = WriteBatch::new();
-        wb.put(Key::Data(b"/a").encode(), vec![7; 1000]);
-        source.write(wb, Durability::Sync).unwrap();
-        let (meta, data) = sm.build_snapshot().unwrap();
-        let stored = source.get(&Key::Snapshot(1).encode()).unwrap().unwrap();
-        assert!(stored.len() < 200, "only the meta and the file name in RocksDB: {} bytes", stored.len());
-        let files = snap_files(&tmp.path().join("a"));
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(std::fs::read(tmp.path().join("a").join(&files[0])).unwrap(), data);
-        assert_eq!(sm.current_snapshot().unwrap(), Some((meta.clone(), data.clone())));
-
-        // A newer build replaces the file; the old one is removed.
-        let mut wb = WriteBatch::new();
-        wb.put(Key::Applied(1).encode(), encode(&AppliedState { stamp: 5, ..sm.applied().clone() }));
-        wb.put(Key::Data(b"/b").encode(), vec![8; 10]);
-        source.write(wb, Durability::Sync).unwrap();
-        let (_, newer) = sm.build_snapshot().unwrap();
-        let files = snap_files(&tmp.path().join("a"));
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(std::fs::read(tmp.path().join("a").join(&files[0])).unwrap(), newer);
-
-        // Damage the file: the snapshot is rebuilt rather than sent.
-        let path = tmp.path().join("a").join(&files[0]);
-        let mut bytes = std::fs::read(&path).unwrap();
-        *bytes.last_mut().unwrap() ^= 0x40;
-        std::fs::write(&path, bytes).unwrap();
-        let (_, rebuilt) = sm.current_snapshot().unwrap().unwrap();
-        assert!(unseal_snapshot(&rebuilt).is_ok());
-        // Or delete it: the same.
-        for f in snap_files(&tmp.path().join("a")) {
-            std::fs::remove_file(tmp.path().join("a").join(f)).unwrap();
-        }
-        let (_, rebuilt) = sm.current_snapshot().unwrap().unwrap();
-        assert!(unseal_snapshot(&rebuilt).is_ok());
-
-        // Installing writes the receiver's own file.
-        let (target, other) = open_memory();
-        let mut other = other.with_snapshot_dir(tmp.path().join("b")).unwrap();
-        other.install_snapshot(&meta, data.clone()).unwrap();
-        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(vec![7; 1000]));
-        assert_eq!(other.current_snapshot().unwrap(), Some((meta, data)));
-        assert_eq!(snap_files(&tmp.path().join("b")).len(), 1);
-    }
-
-    #[test]
-    fn streamed_snapshots_install_and_format_1_images_still_do() {
-        let (source, mut sm) = open_memory();
-        let mut wb = WriteBatch::new();
-        wb.put(Key::Data(b"/a").encode(), b"record-a".to_vec());
-        wb.put(Key::Data(b"/b").encode(), vec![0xff; 300]);
-        source.write(wb, Durability::Sync).unwrap();
-        let (meta, data) = sm.build_snapshot().unwrap();
-        assert_eq!(data[0], SNAPSHOT_DATA_V1);
-
-        let (target, mut other) = open_memory();
-        other.install_snapshot(&meta, data).unwrap();
-        assert_eq!(target.get(&Key::Data(b"/b").encode()).unwrap(), Some(vec![0xff; 300]));
-        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(b"record-a".to_vec()));
-
-        let (old_target, mut third) = open_memory();
-        let old = format_1_data(vec![(Key::Data(b"/c").encode(), b"record-c".to_vec())]);
-        third.install_snapshot(&meta, old).unwrap();
-        assert_eq!(old_target.get(&Key::Data(b"/c").encode()).unwrap(), Some(b"record-c".to_vec()));
-        assert_eq!(third.current_snapshot().unwrap().map(|(m, _)| m), Some(meta));
+    /// The stored snapshot, verified (see [`SnapshotStore::current`]).
+    pub fn current_snapshot(&mut self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
+        self.snapshots.current()
     }
 }

@@ -7,11 +7,15 @@
 //! - [`apply`]: the sequencer state machine every replica runs in log order:
 //!   redelivery guard, epoch checks, dedup, fan-out to the vshard executors
 //!   and the epoch's single durable WriteBatch.
+//! - [`snapshot`]: snapshot data, its files, and building and decoding
+//!   snapshots as streams.
 
 pub mod apply;
 pub mod batch;
 pub mod batcher;
 pub mod driver;
+pub mod snapshot;
 
 pub use apply::{EpochChanges, EpochResponse, Feed, GroupShared, GroupStateMachine};
 pub use batch::{EpochBatch, EpochPayload};
+pub use snapshot::SnapshotContent;
