@@ -4,7 +4,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # One persistent target dir outside the checkout, so RocksDB (a C++ build of
 # ~12 minutes on 2 cores) is compiled once per machine, not once per clone.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor-target}"
-ARBOR_BIN="$CARGO_TARGET_DIR/debug/arbor"
+# ARBOR_BIN may name another build of the server (to compare two builds).
+ARBOR_BIN="${ARBOR_BIN:-$CARGO_TARGET_DIR/debug/arbor}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

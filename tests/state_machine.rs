@@ -301,3 +301,95 @@ fn epoch_gaps_within_a_term_are_counted() {
     sm.apply(entry(1, 2, &b)).unwrap();
     assert_eq!(sm.applied().epoch_gaps, 1);
 }
+
+/// A Memory engine that records where each scan of the GC indexes starts.
+struct ScanLog {
+    inner: Memory,
+    gc_scan_starts: std::sync::Mutex<Vec<std::ops::Bound<Vec<u8>>>>,
+}
+
+impl ReadView for ScanLog {
+    fn get(&self, key: &[u8]) -> arbor_storage::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        start: std::ops::Bound<Vec<u8>>,
+        end: std::ops::Bound<Vec<u8>>,
+        direction: arbor_storage::Direction,
+    ) -> arbor_storage::ScanIter<'_> {
+        let indexes = [arbor::keys::version_gc_prefix(1), arbor::keys::dedup_expiry_prefix(1)];
+        if let std::ops::Bound::Included(k) | std::ops::Bound::Excluded(k) = &start {
+            if indexes.iter().any(|p| k.starts_with(p)) {
+                self.gc_scan_starts.lock().unwrap().push(start.clone());
+            }
+        }
+        self.inner.scan(start, end, direction)
+    }
+}
+
+impl Engine for ScanLog {
+    fn write(&self, batch: arbor_storage::WriteBatch, durability: Durability) -> arbor_storage::Result<()> {
+        self.inner.write(batch, durability)
+    }
+    fn flush(&self) -> arbor_storage::Result<()> {
+        self.inner.flush()
+    }
+    fn snapshot(&self) -> Box<dyn ReadView + '_> {
+        self.inner.snapshot()
+    }
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> arbor_storage::Result<u64> {
+        self.inner.approximate_size(start, end)
+    }
+    fn locate(&self, key: &[u8]) -> String {
+        self.inner.locate(key)
+    }
+}
+
+/// Version GC and dedup expiry resume their index scans after the last
+/// entry they deleted (not at the index's start, where the tombstones of
+/// everything collected before pile up in RocksDB), and a replica that
+/// restarts midway (scanning from the start once) ends in the same state.
+#[test]
+fn gc_scans_resume_after_the_last_collected_entry_with_the_same_result() {
+    let minute = arbor::hlc::pack(60_000, 0);
+    // An epoch every 15 s of HLC time: versions are kept 30 s, request ids
+    // 10 minutes, so both indexes are collected from some epoch on.
+    let log: Vec<EpochBatch> = (1..=80u64)
+        .map(|e| {
+            let stamp = e * minute / 4;
+            let txns =
+                (0..4).map(|k| Txn { request_id: format!("req-{e}-{k}"), ..put_txn(format!("/hot/{k}"), e) }).collect();
+            EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp.saturating_sub(minute / 2) }
+        })
+        .collect();
+    let engine = Arc::new(ScanLog { inner: Memory::new(), gc_scan_starts: Default::default() });
+    let mut sm = open(engine.clone(), 2);
+    for (i, batch) in log.iter().enumerate() {
+        if i == 60 {
+            drop(sm);
+            sm = open(engine.clone(), 2);
+        }
+        sm.apply(entry(1, i as u64 + 1, batch)).unwrap();
+    }
+    let starts = engine.gc_scan_starts.lock().unwrap().clone();
+    let resumed = starts.iter().filter(|s| matches!(s, std::ops::Bound::Excluded(_))).count();
+    let from_the_start = starts.len() - resumed;
+    // Each index is scanned from its start until its first collection, and
+    // once more after the restart; every other scan resumes.
+    assert!(resumed > 80, "{resumed} scans resumed, {from_the_start} from the start");
+    assert!(from_the_start < 50, "{resumed} scans resumed, {from_the_start} from the start");
+
+    let reference: Arc<Memory> = Arc::new(Memory::new());
+    let mut straight = open(reference.clone(), 2);
+    for (i, batch) in log.iter().enumerate() {
+        straight.apply(entry(1, i as u64 + 1, batch)).unwrap();
+    }
+    assert_eq!(dump(&engine.inner), dump(reference.as_ref()), "restarting (and rescanning) changes nothing");
+    let keys: Vec<Vec<u8>> = dump(reference.as_ref()).into_iter().map(|(k, _)| k).collect();
+    let dedup_ids = keys.iter().filter(|k| k.starts_with(&[0x12])).count();
+    assert!(dedup_ids < 4 * 80, "expired request ids were forgotten: {dedup_ids} left");
+    let gc_entries = keys.iter().filter(|k| k.starts_with(&arbor::keys::version_gc_prefix(1))).count();
+    assert!(gc_entries <= 3, "collected GC index entries are gone: {gc_entries} left");
+}
