@@ -98,8 +98,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let meta = meta.clone();
         let content = snapshot.into_content().await.map_err(|e| storage_error(e, ErrorVerb::Write))?;
+        let id = meta.snapshot_id.clone();
         self.run(ErrorVerb::Write, move |sm| sm.install_snapshot(&meta, content)).await?;
         self.installed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(snapshot = %id, "installed a snapshot received from the leader");
         Ok(())
     }
 

@@ -151,8 +151,43 @@ impl SnapshotContent {
                 *bytes = out.into_inner();
                 crc
             }
-            SnapshotContent::File { file, .. } => write_data(file, view, ranges, count),
+            SnapshotContent::File { file, .. } => {
+                write_data(&mut WritebackEvery { file, unsynced: 0 }, view, ranges, count)
+            }
         }
+    }
+}
+
+/// Bytes of snapshot data a build writes between two `fdatasync`s.
+const SYNC_EVERY: u64 = 16 << 20;
+
+/// A snapshot file being built, synced every [`SYNC_EVERY`] bytes: a
+/// snapshot of hundreds of MB left dirty until one final fsync kept the
+/// disk busy long enough to delay every log append behind it.
+struct WritebackEvery<'a> {
+    file: &'a mut File,
+    unsynced: u64,
+}
+
+impl Write for WritebackEvery<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for WritebackEvery<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
     }
 }
 
