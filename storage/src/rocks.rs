@@ -16,11 +16,17 @@ pub struct RocksOptions {
     pub block_cache_bytes: usize,
     /// Size of one memtable in bytes.
     pub write_buffer_bytes: usize,
+    /// Upper bound of the flushes' and compactions' writes, in bytes per
+    /// second (0 = unlimited). RocksDB tunes the actual limit between a
+    /// twentieth of it and it, following demand, which spreads each
+    /// flush's burst of writes over time instead of letting it stall the
+    /// fsyncs of the Raft log (docs/BENCHMARKS.md: the put p99 over 45 s).
+    pub background_write_bytes_per_sec: u64,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { block_cache_bytes: 64 << 20, write_buffer_bytes: 32 << 20 }
+        Self { block_cache_bytes: 64 << 20, write_buffer_bytes: 32 << 20, background_write_bytes_per_sec: 64 << 20 }
     }
 }
 
@@ -49,6 +55,11 @@ impl Rocks {
         opts.set_bottommost_compression_type(DBCompressionType::Lz4);
         opts.set_write_buffer_size(options.write_buffer_bytes);
         opts.set_max_background_jobs(2);
+        if options.background_write_bytes_per_sec > 0 {
+            let limit = i64::try_from(options.background_write_bytes_per_sec).unwrap_or(i64::MAX);
+            // Refilled every 100 ms; fairness 10 (RocksDB's default).
+            opts.set_auto_tuned_ratelimiter(limit, 100_000, 10);
+        }
         opts.set_paranoid_checks(true);
         // One thread inserts each write group into the memtable, reusing
         // its search path from key to key (see `write`); concurrent inserts
