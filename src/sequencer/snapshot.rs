@@ -99,31 +99,16 @@ impl SnapshotContent {
 
     /// Checks the data's header and checksum, reading it as a stream.
     fn verify(&mut self) -> std::result::Result<Verified, String> {
-        let mut reader = self.reader_at(0).map_err(|e| format!("reading: {e}"))?;
-        let mut head = [0u8; 5];
-        let mut got = 0;
-        while got < head.len() {
-            match reader.read(&mut head[got..]).map_err(|e| format!("reading: {e}"))? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        match &head[..got] {
+        let read = |e: io::Error| format!("reading: {e}");
+        let mut reader = self.reader_at(0).map_err(read)?;
+        let mut head = Vec::with_capacity(5);
+        (&mut reader).take(5).read_to_end(&mut head).map_err(read)?;
+        match head.as_slice() {
             [SNAPSHOT_DATA_V1, c0, c1, c2, c3] => {
                 let stored = u32::from_le_bytes([*c0, *c1, *c2, *c3]);
-                let mut hasher = crc32fast::Hasher::new();
-                let mut len = 0u64;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match reader.read(&mut buf).map_err(|e| format!("reading: {e}"))? {
-                        0 => break,
-                        n => {
-                            hasher.update(&buf[..n]);
-                            len += n as u64;
-                        }
-                    }
-                }
-                let actual = hasher.finalize();
+                let mut sum = Checksummed { inner: io::sink(), hasher: crc32fast::Hasher::new() };
+                let len = io::copy(&mut reader, &mut sum).map_err(read)?;
+                let actual = sum.hasher.finalize();
                 if stored != actual {
                     return Err(format!(
                         "checksum mismatch over {len} bytes (stored {stored:#010x}, computed {actual:#010x})"
@@ -135,7 +120,7 @@ impl SnapshotContent {
                 tracing::warn!("installing a snapshot from before snapshot checksums: it is not verified");
                 Ok(Verified { body_at: 0, crc: 0 })
             }
-            [SNAPSHOT_DATA_V1, ..] => Err(format!("snapshot data cut short: {got} bytes")),
+            [SNAPSHOT_DATA_V1, ..] => Err(format!("snapshot data cut short: {} bytes", head.len())),
             [format, ..] => Err(format!("unknown snapshot data format {format}")),
             [] => Err("empty snapshot data".to_string()),
         }
@@ -265,14 +250,12 @@ fn read_image(
     let reader = content.reader_at(verified.body_at).map_err(|e| format!("reading: {e}"))?;
     let z = zstd::stream::read::Decoder::new(reader).map_err(|e| format!("zstd: {e}"))?;
     let mut de = rmp_serde::Deserializer::new(z);
-    ImageSink { applied_key, wb }.deserialize(&mut de).map_err(|e| format!("undecodable image: {e}"))
+    ImageSink(EntrySink { applied_key, wb }).deserialize(&mut de).map_err(|e| format!("undecodable image: {e}"))
 }
 
-/// Deserializes `[format, entries]`, sending the entries to [`EntrySink`].
-struct ImageSink<'a> {
-    applied_key: &'a [u8],
-    wb: &'a mut WriteBatch,
-}
+/// Deserializes `[format, entries]`, sending the entries to its
+/// [`EntrySink`].
+struct ImageSink<'a>(EntrySink<'a>);
 
 impl<'de> DeserializeSeed<'de> for ImageSink<'_> {
     type Value = Option<Vec<u8>>;
@@ -294,8 +277,7 @@ impl<'de> Visitor<'de> for ImageSink<'_> {
         if !(1..=IMAGE_FORMAT).contains(&format) {
             return Err(A::Error::custom(format!("unknown image format {format}")));
         }
-        let entries = EntrySink { applied_key: self.applied_key, wb: self.wb };
-        seq.next_element_seed(entries)?.ok_or_else(|| A::Error::custom("no entries"))
+        seq.next_element_seed(self.0)?.ok_or_else(|| A::Error::custom("no entries"))
     }
 }
 
