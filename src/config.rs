@@ -40,6 +40,7 @@ pub struct Config {
     pub limits: Limits,
     pub raft: RaftTimings,
     pub reads: ReadConfig,
+    pub storage: StorageConfig,
     /// Largest remote HLC offset accepted, in milliseconds.
     pub max_clock_offset_ms: u64,
     /// Test-only switches that each break one guarantee; see [`UnsafeSwitches`].
@@ -111,6 +112,43 @@ pub struct ReadConfig {
     pub watch_progress_ms: u64,
 }
 
+/// The node's RocksDB.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Block cache, in bytes.
+    pub block_cache_bytes: u64,
+    /// One memtable, in bytes (at least 1 MiB).
+    pub write_buffer_bytes: u64,
+    /// Upper bound of flush and compaction writes, in bytes per second
+    /// (0 = unlimited); RocksDB tunes the actual limit below it to what they
+    /// need, which spreads each flush's writes instead of letting them
+    /// stall the Raft log's fsyncs.
+    pub background_write_bytes_per_sec: u64,
+}
+
+impl StorageConfig {
+    pub fn rocks_options(&self) -> arbor_storage::RocksOptions {
+        let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        arbor_storage::RocksOptions {
+            block_cache_bytes: bytes(self.block_cache_bytes),
+            write_buffer_bytes: bytes(self.write_buffer_bytes),
+            background_write_bytes_per_sec: self.background_write_bytes_per_sec,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let rocks = arbor_storage::RocksOptions::default();
+        Self {
+            block_cache_bytes: rocks.block_cache_bytes as u64,
+            write_buffer_bytes: rocks.write_buffer_bytes as u64,
+            background_write_bytes_per_sec: rocks.background_write_bytes_per_sec,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTimings {
@@ -150,6 +188,7 @@ impl Default for Config {
             limits: Limits::default(),
             raft: RaftTimings::default(),
             reads: ReadConfig::default(),
+            storage: StorageConfig::default(),
             max_clock_offset_ms: 500,
             unsafe_test_only: UnsafeSwitches::default(),
         }
@@ -270,6 +309,12 @@ impl Config {
         if l.max_request_bytes < l.max_key_bytes + l.max_value_bytes {
             return fail("limits.max_request_bytes must fit one maximal key and value".into());
         }
+        if self.storage.write_buffer_bytes < 1 << 20 {
+            return fail(format!(
+                "storage.write_buffer_bytes must be at least 1048576 (1 MiB), got {}",
+                self.storage.write_buffer_bytes
+            ));
+        }
         let reads = &self.reads;
         if reads.wait_timeout_ms == 0 || reads.watch_progress_ms == 0 {
             return fail("reads.wait_timeout_ms and reads.watch_progress_ms must be positive".into());
@@ -319,5 +364,9 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("id=host:port"));
         let c = Config { vshards: 0, ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("vshards"));
+        let c =
+            Config { storage: StorageConfig { write_buffer_bytes: 4096, ..Default::default() }, ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.write_buffer_bytes") && err.contains("1048576"), "{err}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arbor_storage::{Durability, Engine, ReadView, Rocks, RocksOptions, WriteBatch};
+use arbor_storage::{Durability, Engine, ReadView, Rocks, WriteBatch};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -144,8 +144,8 @@ impl Node {
         })?;
         let path = config.data_dir.join("db");
         let engine = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || Rocks::open(&path, &RocksOptions::default()))
+            let (path, rocks_options) = (path.clone(), config.storage.rocks_options());
+            tokio::task::spawn_blocking(move || Rocks::open(&path, &rocks_options))
                 .await
                 .map_err(|e| Error::Fatal(e.to_string()))??
         };
