@@ -642,8 +642,7 @@ impl GroupStateMachine {
     /// The data's checksum is verified first: a corrupted snapshot is an
     /// [`Error::Corruption`] naming the group and snapshot, and nothing is
     /// installed. Received data becomes this node's stored snapshot as is.
-    pub fn install_snapshot(&mut self, meta: &SnapshotMeta, content: SnapshotContent) -> Result<()> {
-        let mut content = content;
+    pub fn install_snapshot(&mut self, meta: &SnapshotMeta, mut content: SnapshotContent) -> Result<()> {
         let (wb, state, crc) = snapshot::install_batch(self.group, &self.range, meta, &mut content)?;
         self.snapshots.store_with(meta, &mut content, crc, wb)?;
         self.state = state;

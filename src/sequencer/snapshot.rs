@@ -549,7 +549,7 @@ impl SnapshotStore {
         let crc = match written {
             Ok(crc) => crc,
             Err(e) => {
-                discard(content);
+                discard(&content);
                 return Err(e);
             }
         };
@@ -565,9 +565,7 @@ impl SnapshotStore {
             if stored.meta.last_log_id > meta.last_log_id {
                 // A newer snapshot was installed while this one was built:
                 // hand this one back (still readable) but do not keep it.
-                if let SnapshotContent::File { path, .. } = &content {
-                    let _ = std::fs::remove_file(path);
-                }
+                discard(&content);
                 return Ok((meta, content));
             }
         }
@@ -638,10 +636,11 @@ impl SnapshotStore {
     }
 }
 
-/// Removes the file of data that will not be stored.
-fn discard(content: SnapshotContent) {
+/// Removes the file of data that will not be stored (an open `file`
+/// stays readable).
+fn discard(content: &SnapshotContent) {
     if let SnapshotContent::File { path, .. } = content {
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!("could not remove {}: {e}", path.display());
         }
     }
