@@ -125,6 +125,12 @@ pub struct StorageConfig {
     /// need, which spreads each flush's writes instead of letting them
     /// stall the Raft log's fsyncs.
     pub background_write_bytes_per_sec: u64,
+    /// Flushes and compactions write with `O_DIRECT` (past the page cache)
+    /// when the data directory's file system allows it; else as usual.
+    pub direct_background_writes: bool,
+    /// The executors' cache of current records, in bytes per node, shared
+    /// out evenly among the node's groups (0 disables it).
+    pub record_cache_bytes: u64,
 }
 
 impl StorageConfig {
@@ -134,6 +140,7 @@ impl StorageConfig {
             block_cache_bytes: bytes(self.block_cache_bytes),
             write_buffer_bytes: bytes(self.write_buffer_bytes),
             background_write_bytes_per_sec: self.background_write_bytes_per_sec,
+            direct_background_writes: self.direct_background_writes,
         }
     }
 }
@@ -145,6 +152,8 @@ impl Default for StorageConfig {
             block_cache_bytes: rocks.block_cache_bytes as u64,
             write_buffer_bytes: rocks.write_buffer_bytes as u64,
             background_write_bytes_per_sec: rocks.background_write_bytes_per_sec,
+            direct_background_writes: rocks.direct_background_writes,
+            record_cache_bytes: crate::scheduler::DEFAULT_RECORD_CACHE_BYTES as u64,
         }
     }
 }

@@ -149,6 +149,12 @@ impl Node {
                 .await
                 .map_err(|e| Error::Fatal(e.to_string()))??
         };
+        if config.storage.direct_background_writes && !engine.direct_background_writes() {
+            tracing::warn!(
+                path = %path.display(),
+                "the file system refuses O_DIRECT: flushes and compactions write through the page cache"
+            );
+        }
         let engine = Arc::new(engine);
         let (meta, fresh) = match engine.get(&Key::NodeMeta.encode())? {
             Some(bytes) => {
@@ -202,6 +208,9 @@ impl Node {
             version_retention_ms: config.reads.version_retention_ms,
         };
         let mut groups = BTreeMap::new();
+        let record_cache_bytes =
+            usize::try_from(config.storage.record_cache_bytes / meta.catalog.ranges().len().max(1) as u64)
+                .unwrap_or(usize::MAX);
         for range in meta.catalog.ranges() {
             let dyn_engine: Arc<dyn Engine> = engine.clone();
             let shared = Arc::new(GroupShared::default());
@@ -210,7 +219,9 @@ impl Node {
                     (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
                 let snapshots = config.data_dir.join("snapshots");
                 tokio::task::spawn_blocking(move || {
-                    GroupStateMachine::open(range, e, v, shared, hlc, durability)?.with_snapshot_dir(snapshots)
+                    GroupStateMachine::open(range, e, v, shared, hlc, durability)?
+                        .with_record_cache(record_cache_bytes)
+                        .with_snapshot_dir(snapshots)
                 })
                 .await
                 .map_err(|e| Error::Fatal(e.to_string()))??

@@ -26,6 +26,11 @@ fn open(engine: Arc<dyn Engine>, vshards: u32) -> GroupStateMachine {
     GroupStateMachine::open(range(), engine, vshards, Arc::new(GroupShared::default()), hlc, Durability::Sync).unwrap()
 }
 
+/// A replica whose record cache holds at most `bytes`.
+fn open_with_cache(engine: Arc<dyn Engine>, vshards: u32, bytes: usize) -> GroupStateMachine {
+    open(engine, vshards).with_record_cache(bytes)
+}
+
 fn entry(term: u64, index: u64, batch: &EpochBatch) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
@@ -94,24 +99,55 @@ fn dump(engine: &dyn ReadView) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn random_logs_replay_identically_on_independent_replicas() {
     for seed in 0..5 {
         let log = random_log(seed, 30);
-        let (a, b): (Arc<Memory>, Arc<Memory>) = (Arc::new(Memory::new()), Arc::new(Memory::new()));
-        // Different vshard counts: parallelism must not change results.
-        let mut sm_a = open(a.clone(), 8);
-        let mut sm_b = open(b.clone(), 3);
+        // Different vshard counts (parallelism) and record caches (the
+        // default, none, and one so small that it drops entries all the
+        // time) must not change results.
+        let replicas: Vec<(Arc<Memory>, GroupStateMachine)> = [(8, None), (3, Some(0)), (2, Some(400))]
+            .into_iter()
+            .map(|(vshards, cache)| {
+                let engine = Arc::new(Memory::new());
+                let sm = match cache {
+                    None => open(engine.clone(), vshards),
+                    Some(bytes) => open_with_cache(engine.clone(), vshards, bytes),
+                };
+                (engine, sm)
+            })
+            .collect();
+        let (engines, mut machines): (Vec<_>, Vec<_>) = replicas.into_iter().unzip();
         for (i, batch) in log.iter().enumerate() {
-            let ra: EpochResponse = sm_a.apply(entry(1, i as u64 + 1, batch)).unwrap();
-            let rb: EpochResponse = sm_b.apply(entry(1, i as u64 + 1, batch)).unwrap();
-            assert_eq!(ra, rb, "seed {seed} epoch {i}: results differ");
+            let results: Vec<EpochResponse> =
+                machines.iter_mut().map(|sm| sm.apply(entry(1, i as u64 + 1, batch)).unwrap()).collect();
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "seed {seed} epoch {i}: results differ: {results:?}");
         }
         let strip_watermarks = |d: Vec<(Vec<u8>, Vec<u8>)>| {
             d.into_iter().filter(|(k, _)| k[0] != 0x11).collect::<Vec<_>>() // vshard watermarks depend on the count
         };
-        assert_eq!(
-            strip_watermarks(dump(a.as_ref())),
-            strip_watermarks(dump(b.as_ref())),
-            "seed {seed}: state differs"
-        );
+        let states: Vec<_> = engines.iter().map(|e| strip_watermarks(dump(e.as_ref()))).collect();
+        assert!(states.windows(2).all(|w| w[0] == w[1]), "seed {seed}: state differs");
     }
+}
+
+#[test]
+fn a_snapshot_install_leaves_no_cached_record_of_the_replaced_state() {
+    let log = random_log(7, 40);
+    let (a_engine, b_engine): (Arc<Memory>, Arc<Memory>) = (Arc::new(Memory::new()), Arc::new(Memory::new()));
+    let mut a = open(a_engine.clone(), 2);
+    for (i, batch) in log[..20].iter().enumerate() {
+        a.apply(entry(1, i as u64 + 1, batch)).unwrap();
+    }
+    let (meta, data) = a.build_snapshot().unwrap();
+    // B applies another log over the same keys: its cache holds their
+    // records as that log left them.
+    let mut b = open(b_engine.clone(), 2);
+    for (i, batch) in random_log(8, 10).iter().enumerate() {
+        b.apply(entry(1, i as u64 + 1, batch)).unwrap();
+    }
+    b.install_snapshot(&meta, data).unwrap();
+    for (i, batch) in log.iter().enumerate().skip(20) {
+        let index = i as u64 + 1;
+        assert_eq!(a.apply(entry(1, index, batch)).unwrap(), b.apply(entry(1, index, batch)).unwrap(), "epoch {i}");
+    }
+    assert_eq!(tree_of(&StoredTree::new(a_engine.as_ref())), tree_of(&StoredTree::new(b_engine.as_ref())));
 }
 
 /// Every key and record of a tree view.

@@ -23,6 +23,7 @@
 //! and it cannot block Raft: openraft replicates and commits on its own
 //! tasks while the state machine applies.
 
+mod cache;
 pub mod sync;
 
 use std::collections::BTreeSet;
@@ -34,8 +35,11 @@ use arbor_storage::Engine;
 
 use crate::error::{Error, Result};
 use crate::tree::{self, Footprint, KeyRange, Overlay, Record, RecordIter, StoredTree, TreeRead, Txn, TxnOutcome};
+pub use cache::RecordCache;
 use sync::{Arrival, BoundedQueue, Latch, Rendezvous, Watermark};
 
+/// The default budget of a group's [`RecordCache`], in bytes.
+pub const DEFAULT_RECORD_CACHE_BYTES: usize = 32 << 20;
 /// Capacity of each vshard's queue, in transactions.
 pub const VSHARD_QUEUE_CAPACITY: usize = 256;
 /// An epoch of at most this many transactions runs on the applying thread
@@ -64,6 +68,7 @@ pub type Change = (usize, Vec<u8>, Option<Record>);
 /// One epoch being executed.
 struct Epoch {
     engine: Arc<dyn Engine>,
+    cache: Arc<RecordCache>,
     stamp: u64,
     index: u64,
     vshards: u32,
@@ -91,10 +96,15 @@ impl TreeRead for EpochView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Record>> {
         let v = tree::vshard_of(key, self.epoch.vshards) as usize;
         let pending = self.epoch.overlays[v].lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
-        match pending {
-            Some(p) => Ok(p),
-            None => self.stored.get(key),
+        if let Some(p) = pending {
+            return Ok(p);
         }
+        if let Some(cached) = self.epoch.cache.get(v as u32, key) {
+            return Ok(cached);
+        }
+        let stored = self.stored.get(key)?;
+        self.epoch.cache.fill(v as u32, key, &stored);
+        Ok(stored)
     }
 
     fn scan(&self, range: &KeyRange) -> RecordIter<'_> {
@@ -145,6 +155,8 @@ pub struct Scheduler {
     /// Per vshard, the position of the last transaction handed to it.
     given: Arc<Vec<AtomicU64>>,
     threads: Vec<JoinHandle<()>>,
+    /// Current records read by the executors (see [`RecordCache`]).
+    cache: Arc<RecordCache>,
 }
 
 /// A read-only view of every vshard's progress, for the status API; clones
@@ -203,7 +215,21 @@ impl Scheduler {
             threads.push(handle);
         }
         let given = Arc::new((0..vshards).map(|_| AtomicU64::new(0)).collect());
-        Self { vshards, queues, marks, given, threads }
+        let cache = Arc::new(RecordCache::new(vshards, DEFAULT_RECORD_CACHE_BYTES));
+        Self { vshards, queues, marks, given, threads, cache }
+    }
+
+    /// Replaces the record cache by an empty one of `bytes` (0 disables
+    /// it). Only between epochs.
+    pub fn set_record_cache_bytes(&mut self, bytes: usize) {
+        self.cache = Arc::new(RecordCache::new(self.vshards, bytes));
+    }
+
+    /// The executors' cache of current records: an epoch's writes go in
+    /// once its batch is written ([`RecordCache::absorb`]); a replaced
+    /// state empties it ([`RecordCache::clear`]).
+    pub fn record_cache(&self) -> &RecordCache {
+        &self.cache
     }
 
     /// A handle on every vshard's progress (see [`VshardProgress::lags`]).
@@ -221,7 +247,9 @@ impl Scheduler {
     }
 
     /// Executes `txns` (in order) as the epoch at log `index` stamped
-    /// `stamp`. Blocking: call from a blocking thread.
+    /// `stamp`. Blocking: call from a blocking thread. The caller writes
+    /// the output's `writes`, then hands them to the record cache
+    /// ([`RecordCache::absorb`]) before the next epoch runs.
     pub fn run_epoch(
         &self,
         engine: Arc<dyn Engine>,
@@ -231,6 +259,7 @@ impl Scheduler {
     ) -> Result<EpochOutput> {
         let epoch = Arc::new(Epoch {
             engine,
+            cache: self.cache.clone(),
             stamp,
             index,
             vshards: self.vshards,
@@ -395,15 +424,17 @@ mod tests {
                 assert_eq!(got, &want, "epoch {index} of {size}");
                 serial.extend(writes);
             }
-            // The next epoch reads the engine, as after the apply's batch.
+            // The next epoch reads the engine and the record cache, as
+            // after the apply's batch.
             let mut wb = arbor_storage::WriteBatch::new();
-            for (key, record) in out.writes.into_iter().flatten() {
+            for (key, record) in out.writes.iter().flatten() {
                 match record {
-                    Some(r) => wb.put(crate::keys::Key::Data(&key).encode(), tree::encode_record(&r)),
-                    None => wb.delete(crate::keys::Key::Data(&key).encode()),
+                    Some(r) => wb.put(crate::keys::Key::Data(key).encode(), tree::encode_record(r)),
+                    None => wb.delete(crate::keys::Key::Data(key).encode()),
                 }
             }
             engine.write(wb, arbor_storage::Durability::Sync).unwrap();
+            s.record_cache().absorb(&out.writes);
             serial.clear();
         }
         // Waiting vshards of the last fanned-out epoch finish on their own.

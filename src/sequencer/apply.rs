@@ -158,6 +158,15 @@ pub struct EpochChanges {
     pub changes: Vec<KeyChange>,
 }
 
+/// What [`GroupStateMachine::execute`] produced besides the batch.
+struct EpochWrites {
+    outcomes: Vec<TxnOutcome>,
+    /// Every change, in commit order (for watchers).
+    changes: Vec<KeyChange>,
+    /// Per vshard, each written key's final record (for the record cache).
+    records: Vec<crate::tree::Overlay>,
+}
+
 /// Progress of a group's state machine, readable without locks by the
 /// sequencer driver, the read path and the status API.
 #[derive(Debug)]
@@ -354,6 +363,7 @@ impl GroupStateMachine {
         next.last_applied = Some(entry.log_id);
         let mut wb = WriteBatch::new();
         let mut changes = None;
+        let mut records = Vec::new();
         let response = match entry.payload {
             EntryPayload::Blank => EpochResponse { index, ..Default::default() },
             EntryPayload::Membership(m) => {
@@ -371,16 +381,18 @@ impl GroupStateMachine {
                         outcomes: batch.txns.iter().map(|_| TxnOutcome::Retry { reason: reason.clone() }).collect(),
                     },
                     EpochCheck::Apply { stamp } => {
-                        let (outcomes, epoch_changes) =
-                            self.execute(index, &batch, stamp, next.gc_horizon, &mut wb, &mut gc_cursor)?;
-                        changes = Some(EpochChanges { stamp, changes: epoch_changes });
-                        EpochResponse { index, epoch: batch.epoch, stamp, outcomes }
+                        let written = self.execute(index, &batch, stamp, next.gc_horizon, &mut wb, &mut gc_cursor)?;
+                        changes = Some(EpochChanges { stamp, changes: written.changes });
+                        records = written.records;
+                        EpochResponse { index, epoch: batch.epoch, stamp, outcomes: written.outcomes }
                     }
                 }
             }
         };
         wb.put(Key::Applied(self.group).encode(), encode(&next));
         self.engine.write(wb, self.apply_durability)?;
+        // Only now: the cache must never hold what the engine does not.
+        self.scheduler.record_cache().absorb(&records);
         self.state = next;
         self.gc_cursor = gc_cursor;
         self.publish();
@@ -441,7 +453,7 @@ impl GroupStateMachine {
         gc_horizon: u64,
         wb: &mut WriteBatch,
         gc_cursor: &mut GcCursor,
-    ) -> Result<(Vec<TxnOutcome>, Vec<KeyChange>)> {
+    ) -> Result<EpochWrites> {
         enum Plan {
             Run(usize),
             Known(TxnOutcome),
@@ -520,7 +532,7 @@ impl GroupStateMachine {
         self.expire_dedup(stamp, wb, &mut gc_cursor.dedup)?;
         self.collect_versions(gc_horizon, wb, &mut gc_cursor.versions)?;
         let changes = output.changes.into_iter().map(|(_, key, record)| (key, record)).collect();
-        Ok((outcomes, changes))
+        Ok(EpochWrites { outcomes, changes, records: output.writes })
     }
 
     /// Deletes the versions that no read at or above `horizon` can see (see
@@ -624,6 +636,13 @@ impl GroupStateMachine {
         self.snapshots.clone()
     }
 
+    /// Bounds the executors' cache of current records to `bytes` (0
+    /// disables it; see [`crate::scheduler::RecordCache`]).
+    pub fn with_record_cache(mut self, bytes: usize) -> Self {
+        self.scheduler.set_record_cache_bytes(bytes);
+        self
+    }
+
     /// Keeps snapshot data in files in `dir` (created if missing) rather
     /// than inside RocksDB (see [`snapshot`](super::snapshot)).
     pub fn with_snapshot_dir(mut self, dir: std::path::PathBuf) -> Result<Self> {
@@ -644,6 +663,9 @@ impl GroupStateMachine {
     /// installed. Received data becomes this node's stored snapshot as is.
     pub fn install_snapshot(&mut self, meta: &SnapshotMeta, mut content: SnapshotContent) -> Result<()> {
         let (wb, state, crc) = snapshot::install_batch(self.group, &self.range, meta, &mut content)?;
+        // Emptied first: should the store fail after writing, no cached
+        // record of the replaced state survives.
+        self.scheduler.record_cache().clear();
         self.snapshots.store_with(meta, &mut content, crc, wb)?;
         self.state = state;
         self.gc_cursor = GcCursor::default();

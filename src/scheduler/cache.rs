@@ -1,0 +1,213 @@
+//! The executors' cache of current records.
+//!
+//! A transaction reads the current record of every key it compares or
+//! writes (a put needs the previous version number and create stamp). From
+//! RocksDB that is a memtable or block-cache lookup, and at 64 clients those
+//! point reads were half of the executors' time (docs/BENCHMARKS.md). This
+//! cache answers them from memory for recently used keys.
+//!
+//! It must never answer differently from the engine, or replicas would
+//! diverge. It holds, per key, the record the applied state holds (`None`:
+//! the key does not exist), and stays equal to it because of who writes:
+//!
+//! - the executors read a key's current record only through the epoch's
+//!   overlay, then this cache, then the engine, and a miss is filled from
+//!   the engine, which holds every earlier epoch (epochs apply one after the
+//!   other, each written before the next runs);
+//! - an epoch's writes enter the cache only after its batch is written
+//!   ([`RecordCache::absorb`]); until then they live in the epoch's
+//!   overlays, which are read first;
+//! - nothing else writes a group's `Data` keys except a snapshot install,
+//!   which empties the cache ([`RecordCache::clear`]).
+//!
+//! Each vshard has its own shard: only transactions holding a vshard touch
+//! its keys, so the locks are uncontended. A shard is bounded in bytes by
+//! two generations: entries go to the young one; when it is full it becomes
+//! the old one (the previous old one is dropped), and a hit in the old one
+//! moves the entry back to the young one. Recently used keys stay, the
+//! memory stays below the budget, and there is no per-entry bookkeeping.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::tree::{Overlay, Record};
+
+/// Bytes counted for an entry besides its key and value (hash map slot,
+/// record header, allocations).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// One vshard's entries.
+struct Shard {
+    young: HashMap<Vec<u8>, Option<Record>>,
+    old: HashMap<Vec<u8>, Option<Record>>,
+    young_bytes: usize,
+    /// The young generation turns old beyond this many bytes.
+    generation_bytes: usize,
+}
+
+fn entry_bytes(key: &[u8], record: &Option<Record>) -> usize {
+    key.len() + record.as_ref().map_or(0, |r| r.value.len()) + ENTRY_OVERHEAD
+}
+
+impl Shard {
+    fn new(generation_bytes: usize) -> Self {
+        Self { young: HashMap::new(), old: HashMap::new(), young_bytes: 0, generation_bytes }
+    }
+
+    fn get(&mut self, key: &[u8]) -> Option<Option<Record>> {
+        if let Some(found) = self.young.get(key) {
+            return Some(found.clone());
+        }
+        let (key, found) = self.old.remove_entry(key)?;
+        let copy = found.clone();
+        self.insert(key, found);
+        Some(copy)
+    }
+
+    /// Inserts, turning the young generation old when it is full.
+    /// A copy in the old generation is dropped: the young one shadows it.
+    fn insert(&mut self, key: Vec<u8>, record: Option<Record>) {
+        self.old.remove(&key);
+        let added = entry_bytes(&key, &record);
+        let replaced = self.young.get(&key).map_or(0, |r| entry_bytes(&key, r));
+        self.young.insert(key, record);
+        self.young_bytes = self.young_bytes + added - replaced;
+        if self.young_bytes > self.generation_bytes {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+    }
+}
+
+/// Per-vshard caches of current records, bounded in bytes (see the module
+/// docs). A budget of 0 disables it.
+pub struct RecordCache {
+    /// Empty when disabled.
+    shards: Vec<Mutex<Shard>>,
+}
+
+impl RecordCache {
+    /// A cache of at most about `budget_bytes` over `vshards` shards.
+    pub fn new(vshards: u32, budget_bytes: usize) -> Self {
+        let generation_bytes = budget_bytes / (2 * vshards.max(1) as usize);
+        let shards = if generation_bytes == 0 {
+            Vec::new()
+        } else {
+            (0..vshards).map(|_| Mutex::new(Shard::new(generation_bytes))).collect()
+        };
+        Self { shards }
+    }
+
+    fn shard(&self, vshard: u32) -> Option<std::sync::MutexGuard<'_, Shard>> {
+        self.shards.get(vshard as usize).map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The current record of `key` (of `vshard`) if cached: `Some(None)`
+    /// means cached as absent.
+    pub fn get(&self, vshard: u32, key: &[u8]) -> Option<Option<Record>> {
+        self.shard(vshard)?.get(key)
+    }
+
+    /// Records what the applied state holds for `key` (read from the
+    /// engine after a miss).
+    pub fn fill(&self, vshard: u32, key: &[u8], record: &Option<Record>) {
+        if let Some(mut shard) = self.shard(vshard) {
+            shard.insert(key.to_vec(), record.clone());
+        }
+    }
+
+    /// Takes in an epoch's final writes, per vshard, once its batch is
+    /// written.
+    pub fn absorb(&self, writes: &[Overlay]) {
+        for (vshard, overlay) in writes.iter().enumerate() {
+            if let Some(mut shard) = self.shard(vshard as u32) {
+                for (key, record) in overlay {
+                    shard.insert(key.clone(), record.clone());
+                }
+            }
+        }
+    }
+
+    /// Forgets everything (the state was replaced).
+    pub fn clear(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            *shard = Shard::new(shard.generation_bytes);
+        }
+    }
+
+    /// Bytes held now (an estimate, as counted against the budget).
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.young_bytes + s.old.iter().map(|(k, r)| entry_bytes(k, r)).sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(value: &[u8], version: u64) -> Option<Record> {
+        Some(Record { value: value.to_vec(), version, create_stamp: 1, mod_stamp: version })
+    }
+
+    #[test]
+    fn answers_what_was_filled_or_absorbed_and_nothing_else() {
+        let cache = RecordCache::new(2, 1 << 20);
+        assert_eq!(cache.get(0, b"/a"), None, "a miss");
+        cache.fill(0, b"/a", &record(b"1", 1));
+        cache.fill(1, b"/gone", &None);
+        assert_eq!(cache.get(0, b"/a"), Some(record(b"1", 1)));
+        assert_eq!(cache.get(1, b"/gone"), Some(None), "cached as absent");
+        assert_eq!(cache.get(1, b"/a"), None, "shards are apart");
+        let mut writes = vec![Overlay::new(), Overlay::new()];
+        writes[0].insert(b"/a".to_vec(), None);
+        writes[1].insert(b"/gone".to_vec(), record(b"back", 2));
+        cache.absorb(&writes);
+        assert_eq!(cache.get(0, b"/a"), Some(None), "deleted");
+        assert_eq!(cache.get(1, b"/gone"), Some(record(b"back", 2)));
+        cache.clear();
+        assert_eq!((cache.get(0, b"/a"), cache.get(1, b"/gone")), (None, None));
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn stays_within_its_budget_and_keeps_what_is_used() {
+        let budget = 64 << 10;
+        let cache = RecordCache::new(1, budget);
+        let value = vec![7u8; 200];
+        for i in 0..5_000u32 {
+            cache.fill(0, format!("/k/{i}").as_bytes(), &record(&value, 1));
+            // A hot key, read all along, is never dropped.
+            assert_eq!(cache.get(0, b"/k/0"), Some(record(&value, 1)), "after {i} fills");
+            assert!(cache.bytes() <= budget + 300, "{} bytes after {i} fills", cache.bytes());
+        }
+        assert_eq!(cache.get(0, b"/k/1"), None, "a cold key was dropped");
+    }
+
+    #[test]
+    fn a_newer_record_shadows_an_older_one_across_generations() {
+        // One shard whose young generation holds about two entries.
+        let cache = RecordCache::new(1, 2 * 2 * (ENTRY_OVERHEAD + 10));
+        cache.fill(0, b"/a", &record(b"old", 1));
+        cache.fill(0, b"/b", &record(b"b", 1));
+        cache.fill(0, b"/c", &record(b"c", 1)); // the young generation turns old
+        cache.absorb(&[Overlay::from([(b"/a".to_vec(), record(b"new", 2))])]);
+        for i in 0..10u8 {
+            assert_eq!(cache.get(0, b"/a"), Some(record(b"new", 2)));
+            cache.fill(0, &[b'/', b'x', i], &None);
+        }
+    }
+
+    #[test]
+    fn a_zero_budget_disables_it() {
+        let cache = RecordCache::new(4, 0);
+        cache.fill(0, b"/a", &record(b"1", 1));
+        assert_eq!(cache.get(0, b"/a"), None);
+    }
+}
