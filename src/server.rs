@@ -191,7 +191,7 @@ impl Node {
         if unsafe_switches.any() {
             tracing::warn!(?unsafe_switches, "TEST-ONLY UNSAFE SWITCHES ARE ON: this node breaks Arbor's guarantees");
         }
-        let durability = if unsafe_switches.volatile_writes { Durability::Volatile } else { Durability::Sync };
+        let durability = if unsafe_switches.volatile_writes { Durability::Unlogged } else { Durability::Sync };
         let clock = Arc::new(OffsetClock::new(clock));
         let hlc = Arc::new(Hlc::new(clock.clone(), config.max_clock_offset_ms));
         let peers = Peers::new(config.cluster_id.clone());

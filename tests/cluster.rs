@@ -61,6 +61,55 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     assert_eq!(client.get("/t/after").await.unwrap().unwrap().value, b"x");
 }
 
+/// Apply batches skip RocksDB's WAL (the Raft log is the state machine's
+/// write-ahead log), so kill -9 loses the applied state since the last
+/// memtable flush, and a restarted replica re-applies the log after it. A
+/// snapshot is recorded only after a flush: logs purged up to a snapshot
+/// never hold entries that a replica killed later still has to re-apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_killed_after_purging_its_logs_comes_back_with_every_write() {
+    let config =
+        "[reads]\nclose_interval_ms = 0\n[raft]\nsnapshot_every_entries = 40\nkeep_entries_after_snapshot = 5\n";
+    let mut c = Cluster::start_with_config(3, config, &[]);
+    c.wait_for_leader(1).await;
+    let client = c.client();
+
+    phase("300 acknowledged puts, one epoch each: several snapshots, logs purged");
+    let mut last_index = 0;
+    for i in 0..300 {
+        let r = client.put(format!("/p/k{i:03}"), format!("v{i}")).await.unwrap();
+        last_index = r.header.unwrap().log_index;
+    }
+    c.wait_applied(1, last_index).await;
+    for i in 0..3 {
+        c.wait_group(i, 1, "purged its log", |s| s.purged_index > 100).await;
+    }
+
+    phase("kill -9 all three at once (no memtable flushed since the last snapshot), restart them");
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    for i in 0..300 {
+        let kv = client.get(format!("/p/k{i:03}")).await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        assert_eq!(kv.map(|kv| kv.value), Some(format!("v{i}").into_bytes()), "key {i}");
+    }
+    let r = client.put("/p/fence", "").await.unwrap();
+    c.wait_applied(1, r.header.unwrap().log_index).await;
+
+    phase("the replicas hold the same 301 keys");
+    for i in 0..3 {
+        c.stop(i);
+    }
+    let replicas: Vec<_> = c.nodes.iter().map(|n| data_of(&n.dir)).collect();
+    assert_eq!(replicas[0].len(), 301);
+    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas hold byte-identical data");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_ranges_start_one_group_per_range() {
     let c = Cluster::start(3, &["--initial-ranges", "/m,/t"]);

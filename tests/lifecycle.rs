@@ -747,7 +747,14 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
         arbor::client::ClientOptions { timeout: Duration::from_secs(3), ..Default::default() },
     )
     .unwrap();
-    let value = vec![b'v'; 64 << 10];
+    // Incompressible: the log entries (zstd) and the flushed files (LZ4)
+    // must take the space the values do.
+    let value: Vec<u8> = {
+        use rand::{RngCore, SeedableRng};
+        let mut v = vec![0u8; 64 << 10];
+        rand::rngs::StdRng::seed_from_u64(64).fill_bytes(&mut v);
+        v
+    };
     let mut acked = Vec::new();
     let mut failure = None;
     for i in 0..2000u32 {
@@ -760,7 +767,7 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
             Err(_) => panic!("write {i} on a full disk hung\n{}", c.logs()),
         }
     }
-    let (failed_at, err) = failure.expect("a 96 MiB disk filled up");
+    let (failed_at, err) = failure.unwrap_or_else(|| panic!("a 96 MiB disk did not fill up\n{}", c.logs()));
     eprintln!("{} writes acknowledged, then: {err}", acked.len());
     assert!(!acked.is_empty(), "writes succeeded while there was room");
     assert!(err.contains("No space left on device"), "the error names the cause: {err}");

@@ -292,7 +292,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // the WAL: done here rather than paying two thread hand-offs of the
         // blocking pool on every commit.
         let durability = match self.durability {
-            Durability::Volatile => Durability::Volatile,
+            Durability::Unlogged => Durability::Unlogged,
             _ => Durability::Buffered,
         };
         self.engine.write(b, durability).map_err(write_err)

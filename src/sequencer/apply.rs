@@ -15,7 +15,7 @@
 //!    every vshard's watermark, the dedup entries, the version GC and the
 //!    applied state, written before the entry counts as applied (and before
 //!    any client hears of it). See "Durability" below for why this write
-//!    goes to the WAL without its own fsync.
+//!    skips RocksDB's WAL.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
 //!    below) and of the epoch's changes to this replica's watchers.
 //!
@@ -46,23 +46,28 @@
 //!
 //! An epoch is durable before it is applied: it is committed, so a majority
 //! of the group has appended it with a synced write. The apply batch (data
-//! and applied state together, atomically) is written to RocksDB's WAL
-//! without a second fsync of its own ([`Durability::Buffered`]). That loses
-//! nothing, because the node's Raft log and state share one RocksDB and one
-//! WAL, and RocksDB recovers a *prefix* of that WAL:
-//! - a process crash loses no WAL write at all (the OS holds it);
-//! - a machine crash can lose the WAL's unsynced tail. The recovered state
-//!   machine is then at an earlier applied index, and every entry after it
-//!   is still in the synced log (purging needs a snapshot, and a snapshot is
-//!   written with a sync, which also syncs every apply batch before it). The
-//!   replica applies those entries again, deterministically, reaching the
-//!   same state and answering the same outcomes (the dedup records go with
-//!   it).
+//! and applied state together, atomically) is therefore written without
+//! RocksDB's WAL ([`Durability::Unlogged`]): the Raft log already is the
+//! write-ahead log of the state machine, as etcd's WAL is for its backend.
+//! The batch becomes durable when the memtable holding it is flushed, and a
+//! flush persists every write before it, so after a crash (of the process
+//! or the machine) the recovered state is exactly the state after some
+//! earlier epoch, applied index and watermarks included. The replica then
+//! applies the entries after it again, deterministically, reaching the same
+//! state and answering the same outcomes (the dedup records go with it).
 //!
-//! So each write costs one fsync per replica (the log append), not two; the
-//! next synced log append makes the earlier apply batches durable as well.
-//! Installed and built snapshots are written with the group's configured
-//! durability (synced).
+//! That needs those entries to still be in the log. The log is purged only
+//! up to a snapshot (openraft never purges past its snapshot), and:
+//! - a snapshot this replica builds is recorded only after a flush
+//!   ([`SnapshotStore::build`](super::snapshot::SnapshotStore::build)), so
+//!   the durable state is at or past it before anything it covers is
+//!   purged;
+//! - an installed snapshot is written with a synced, logged batch.
+//!
+//! So each write costs one fsync per replica (the log append) and goes
+//! through the WAL once, in the log entry; the data, its versions and the
+//! dedup records reach the disk in flushes. A restart re-applies at most
+//! what the memtables held.
 //!
 //! Any storage error or broken invariant is returned as an error, which
 //! stops the group's Raft instance: the replica stops rather than diverge.
@@ -204,9 +209,6 @@ pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
     hlc: Arc<Hlc>,
     state: AppliedState,
-    /// For epoch batches: `Buffered` (see "Durability" in the module docs),
-    /// `Volatile` under the switch.
-    apply_durability: Durability,
     /// When a stamp too far ahead was last logged.
     skew_warned: std::sync::Mutex<Option<std::time::Instant>>,
     /// Builds, stores and reads this group's snapshots.
@@ -272,10 +274,6 @@ impl GroupStateMachine {
         };
         let scheduler = Scheduler::start(group, vshards);
         let skew_warned = std::sync::Mutex::new(None);
-        let apply_durability = match durability {
-            Durability::Volatile => Durability::Volatile,
-            Durability::Sync | Durability::Buffered => Durability::Buffered,
-        };
         let snapshots = SnapshotStore {
             group,
             range: range.clone(),
@@ -293,7 +291,6 @@ impl GroupStateMachine {
             shared,
             hlc,
             state,
-            apply_durability,
             skew_warned,
             snapshots,
             gc_cursor: GcCursor::default(),
@@ -390,7 +387,8 @@ impl GroupStateMachine {
             }
         };
         wb.put(Key::Applied(self.group).encode(), encode(&next));
-        self.engine.write(wb, self.apply_durability)?;
+        // Unlogged: see "Durability" in the module docs.
+        self.engine.write(wb, Durability::Unlogged)?;
         // Only now: the cache must never hold what the engine does not.
         self.scheduler.record_cache().absorb(&records);
         self.state = next;

@@ -559,6 +559,11 @@ impl SnapshotStore {
             last_membership: applied.membership.clone(),
             snapshot_id: format!("g{}-i{}-s{}", self.group, index, applied.stamp),
         };
+        // Apply batches are unlogged (see "Durability" in `apply`): only a
+        // flush makes the state this snapshot covers durable. It must come
+        // before the snapshot is recorded, because once it is, openraft may
+        // purge the log entries a restarted replica would re-apply.
+        self.engine.flush()?;
         let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bytes) = self.engine.get(&Key::Snapshot(self.group).encode())? {
             let stored: StoredSnapshot = decode(&bytes, "stored snapshot")?;

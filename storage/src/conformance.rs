@@ -51,7 +51,7 @@ fn point_ops<E: Engine>(e: &E) {
     assert_eq!(e.get(b"a").unwrap(), None);
     let mut b = WriteBatch::new();
     b.put(b"volatile".to_vec(), b"v".to_vec());
-    e.write(b, Durability::Volatile).unwrap();
+    e.write(b, Durability::Unlogged).unwrap();
     assert_eq!(e.get(b"volatile").unwrap(), Some(b"v".to_vec()), "volatile writes are visible at once");
     e.flush().unwrap();
 }

@@ -24,10 +24,14 @@ pub enum Durability {
     /// In the engine's buffers (RocksDB: written to the WAL, not synced):
     /// survives a process crash, not a machine crash.
     Buffered,
-    /// Not even written ahead (RocksDB: WAL disabled): lost if the process
-    /// dies before a flush. Only for fault-injection tests that must see a
-    /// durability bug.
-    Volatile,
+    /// Not written ahead (RocksDB: WAL disabled): durable once a memtable
+    /// flush ([`Engine::flush`] or RocksDB's own) persists it, lost if the
+    /// process dies before. Batches stay atomic, and a flush persists every
+    /// write before it, so what survives a crash is the unlogged writes up
+    /// to the last flush. For writes that can be rebuilt from durable data
+    /// (the state machine's apply batches, from the Raft log) and for the
+    /// test-only switch that must show a durability bug.
+    Unlogged,
 }
 
 /// Scan direction.

@@ -220,7 +220,7 @@ impl Engine for Rocks {
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(durability == Durability::Sync);
-        wo.disable_wal(durability == Durability::Volatile);
+        wo.disable_wal(durability == Durability::Unlogged);
         self.db.write_opt(wb, &wo).map_err(map_err)
     }
 
