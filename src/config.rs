@@ -120,10 +120,9 @@ pub struct StorageConfig {
     pub block_cache_bytes: u64,
     /// One memtable, in bytes (at least 1 MiB).
     pub write_buffer_bytes: u64,
-    /// Upper bound of flush and compaction writes, in bytes per second
-    /// (0 = unlimited); RocksDB tunes the actual limit below it to what they
-    /// need, which spreads each flush's writes instead of letting them
-    /// stall the Raft log's fsyncs.
+    /// Limit of flush and compaction writes, in bytes per second (0 =
+    /// unlimited, the default). It must stay above the rate at which writes
+    /// fill memtables, or writes stop while flushes wait.
     pub background_write_bytes_per_sec: u64,
     /// Flushes and compactions write with `O_DIRECT` (past the page cache)
     /// when the data directory's file system allows it; else as usual.

@@ -16,11 +16,12 @@ pub struct RocksOptions {
     pub block_cache_bytes: usize,
     /// Size of one memtable in bytes.
     pub write_buffer_bytes: usize,
-    /// Upper bound of the flushes' and compactions' writes, in bytes per
-    /// second (0 = unlimited). RocksDB tunes the actual limit between a
-    /// twentieth of it and it, following demand, which spreads each
-    /// flush's burst of writes over time instead of letting it stall the
-    /// fsyncs of the Raft log (docs/BENCHMARKS.md: the put p99 over 45 s).
+    /// Limit of the flushes' and compactions' writes, in bytes per second
+    /// (0, the default: unlimited). Not auto-tuned: RocksDB's auto-tuned
+    /// limiter starts at a twentieth of its ceiling and rises slowly, and a
+    /// write burst after a quiet spell then filled both memtables and
+    /// stopped every write, the Raft log's included, for seconds
+    /// (docs/BENCHMARKS.md). A limit must cover the memtable fill rate.
     pub background_write_bytes_per_sec: u64,
     /// Flushes and compactions write their files with `O_DIRECT`, past the
     /// page cache, when the data directory's file system allows it (it is
@@ -36,7 +37,7 @@ impl Default for RocksOptions {
         Self {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 32 << 20,
-            background_write_bytes_per_sec: 64 << 20,
+            background_write_bytes_per_sec: 0,
             direct_background_writes: true,
         }
     }
@@ -71,7 +72,7 @@ impl Rocks {
         if options.background_write_bytes_per_sec > 0 {
             let limit = i64::try_from(options.background_write_bytes_per_sec).unwrap_or(i64::MAX);
             // Refilled every 100 ms; fairness 10 (RocksDB's default).
-            opts.set_auto_tuned_ratelimiter(limit, 100_000, 10);
+            opts.set_ratelimiter(limit, 100_000, 10);
         }
         opts.set_paranoid_checks(true);
         std::fs::create_dir_all(path).map_err(|e| Error::Io(format!("create {}: {e}", path.display())))?;
