@@ -12,6 +12,17 @@ use arbor::client::{op, Txn};
 use common::{data_of, phase, Cluster};
 use tonic::Code;
 
+/// Stops every node, asserts that they hold byte-identical data and
+/// returns it.
+fn stop_identical_replicas(c: &mut Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
+    for i in 0..c.nodes.len() {
+        c.stop(i);
+    }
+    let mut replicas: Vec<_> = c.nodes.iter().map(|n| data_of(&n.dir)).collect();
+    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas diverged");
+    replicas.swap_remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     let mut c = Cluster::start(3, &[]);
@@ -45,12 +56,7 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     c.wait_applied(1, r.header.unwrap().log_index).await;
 
     phase("a full-cluster restart keeps every acknowledged write");
-    for i in 0..3 {
-        c.stop(i);
-    }
-    let replicas: Vec<_> = c.nodes.iter().map(|n| data_of(&n.dir)).collect();
-    assert_eq!(replicas[0].len(), 51);
-    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas hold byte-identical data");
+    assert_eq!(stop_identical_replicas(&mut c).len(), 51);
     for i in 0..3 {
         c.restart(i);
     }
@@ -102,12 +108,7 @@ async fn a_whole_cluster_killed_after_purging_its_logs_comes_back_with_every_wri
     c.wait_applied(1, r.header.unwrap().log_index).await;
 
     phase("the replicas hold the same 301 keys");
-    for i in 0..3 {
-        c.stop(i);
-    }
-    let replicas: Vec<_> = c.nodes.iter().map(|n| data_of(&n.dir)).collect();
-    assert_eq!(replicas[0].len(), 301);
-    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas hold byte-identical data");
+    assert_eq!(stop_identical_replicas(&mut c).len(), 301);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,19 +194,14 @@ async fn crash_in_a_write_load_loses_nothing_and_applies_nothing_twice() {
     c.wait_for_leader(1).await;
     let r = client.put("/ctr/fence", "").await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     c.wait_applied(1, r.header.unwrap().log_index).await;
-    for i in 0..3 {
-        c.stop(i);
-    }
-    let replicas: Vec<BTreeMap<Vec<u8>, Vec<u8>>> =
-        c.nodes.iter().map(|n| data_of(&n.dir).into_iter().collect()).collect();
-    assert!(replicas.iter().all(|r| r == &replicas[0]), "replicas diverged");
+    let data: BTreeMap<Vec<u8>, Vec<u8>> = stop_identical_replicas(&mut c).into_iter().collect();
     let total_acked: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
     eprintln!("acknowledged {total_acked} increments, {unknown} with unknown outcome");
     assert!(total_acked > 50, "the load made progress ({total_acked} increments)");
     let mut total_applied = 0;
     for (k, a) in acked.iter().enumerate() {
         let key = arbor::keys::Key::Data(format!("/ctr/{k}").as_bytes()).encode();
-        let record = arbor::tree::decode_record(&replicas[0][&key]).unwrap();
+        let record = arbor::tree::decode_record(&data[&key]).unwrap();
         let value: u64 = String::from_utf8(record.value).unwrap().parse().unwrap();
         let acked = a.load(Ordering::Relaxed);
         assert!(value >= acked, "counter {k}: {value} < {acked} acknowledged increments (lost write)");
