@@ -228,6 +228,11 @@ impl Node {
             };
             let network = GroupNetwork { group: range.group, peers: peers.clone() };
             let vshard_progress = sm.scheduler().progress();
+            // Apply batches reach the disk in memtable flushes (see
+            // "Durability" in `sequencer::apply`): after a crash the state
+            // found on disk can be behind, and openraft re-applies the
+            // committed entries after it while it starts the group.
+            let applied_on_disk = sm.applied().last_applied.map_or(0, |l| l.index);
             let state_machine = StateMachine::new(sm);
             let snapshots_installed = state_machine.snapshots_installed();
             let log_store = LogStore::new(range.group, dyn_engine, durability);
@@ -253,7 +258,14 @@ impl Node {
                 hlc.clone(),
                 driver_cfg.clone(),
             );
-            tracing::info!(node = config.node_id, group = range.group, range = %range.display(), "group started");
+            tracing::info!(
+                node = config.node_id,
+                group = range.group,
+                range = %range.display(),
+                applied_on_disk,
+                applied = shared.applied_index.load(std::sync::atomic::Ordering::Acquire),
+                "group started"
+            );
             let read_barrier = ReadBarrier::spawn({
                 let raft = raft.clone();
                 move || {

@@ -12,6 +12,29 @@ use arbor::client::{op, Txn};
 use common::{data_of, phase, Cluster};
 use tonic::Code;
 
+/// `(applied_on_disk, applied)` from the last "group started" line of a
+/// node's log: the applied index found on disk, and the one reached once
+/// openraft re-applied the committed entries after it.
+fn applied_at_start(log: &str) -> (u64, u64) {
+    let line = log.lines().rev().find(|l| l.contains("group started")).expect("a group started");
+    // Drop the terminal colour codes, then read `name=value` fields.
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(ch);
+        }
+    }
+    let field = |name: &str| -> u64 {
+        let prefix = format!("{name}=");
+        let value = plain.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str()));
+        value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in {plain:?}"))
+    };
+    (field("applied_on_disk"), field("applied"))
+}
+
 /// Stops every node, asserts that they hold byte-identical data and
 /// returns it.
 fn stop_identical_replicas(c: &mut Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -99,6 +122,12 @@ async fn a_whole_cluster_killed_after_purging_its_logs_comes_back_with_every_wri
         c.restart(i);
     }
     c.wait_for_leader(1).await;
+    // The kill lost applied state (it was past the last flush) on at least
+    // one node, which re-applied it from the log while starting: else this
+    // test would not exercise what it is about.
+    let reapplied: Vec<(u64, u64)> = (0..3).map(|i| applied_at_start(&c.log_of(i))).collect();
+    eprintln!("(applied on disk, applied) when each node started again: {reapplied:?}");
+    assert!(reapplied.iter().any(|(on_disk, applied)| on_disk < applied), "(on disk, applied) at start: {reapplied:?}");
     let client = c.client();
     for i in 0..300 {
         let kv = client.get(format!("/p/k{i:03}")).await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
