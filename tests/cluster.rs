@@ -12,6 +12,17 @@ use arbor::client::{op, Txn};
 use common::{data_of, phase, Cluster};
 use tonic::Code;
 
+/// Puts `v{i}` at `key(i)` for `i` in `0..n`, one after the other; returns
+/// the log index of the last.
+async fn put_numbered(client: &arbor::client::Client, n: usize, key: impl Fn(usize) -> String) -> u64 {
+    let mut last_index = 0;
+    for i in 0..n {
+        let r = client.put(key(i), format!("v{i}")).await.unwrap();
+        last_index = r.header.unwrap().log_index;
+    }
+    last_index
+}
+
 /// `(applied_on_disk, applied)` from the last "group started" line of a
 /// node's log: the applied index found on disk, and the one reached once
 /// openraft re-applied the committed entries after it.
@@ -53,11 +64,7 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     let client = c.client();
 
     phase("writes through the client are acknowledged with their log index");
-    let mut last_index = 0;
-    for i in 0..50 {
-        let r = client.put(format!("/t/k{i:02}"), format!("v{i}")).await.unwrap();
-        last_index = r.header.unwrap().log_index;
-    }
+    let last_index = put_numbered(&client, 50, |i| format!("/t/k{i:02}")).await;
 
     phase("every replica applies them");
     c.wait_applied(1, last_index).await;
@@ -104,11 +111,7 @@ async fn a_whole_cluster_killed_after_purging_its_logs_comes_back_with_every_wri
     let client = c.client();
 
     phase("300 acknowledged puts, one epoch each: several snapshots, logs purged");
-    let mut last_index = 0;
-    for i in 0..300 {
-        let r = client.put(format!("/p/k{i:03}"), format!("v{i}")).await.unwrap();
-        last_index = r.header.unwrap().log_index;
-    }
+    let last_index = put_numbered(&client, 300, |i| format!("/p/k{i:03}")).await;
     c.wait_applied(1, last_index).await;
     for i in 0..3 {
         c.wait_group(i, 1, "purged its log", |s| s.purged_index > 100).await;

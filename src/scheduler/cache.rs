@@ -137,7 +137,8 @@ impl RecordCache {
     }
 
     /// Bytes held now (an estimate, as counted against the budget).
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.shards
             .iter()
             .map(|s| {

@@ -94,16 +94,16 @@ struct EpochView<'a> {
 
 impl TreeRead for EpochView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Record>> {
-        let v = tree::vshard_of(key, self.epoch.vshards) as usize;
-        let pending = self.epoch.overlays[v].lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
+        let v = tree::vshard_of(key, self.epoch.vshards);
+        let pending = self.epoch.overlays[v as usize].lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned();
         if let Some(p) = pending {
             return Ok(p);
         }
-        if let Some(cached) = self.epoch.cache.get(v as u32, key) {
+        if let Some(cached) = self.epoch.cache.get(v, key) {
             return Ok(cached);
         }
         let stored = self.stored.get(key)?;
-        self.epoch.cache.fill(v as u32, key, &stored);
+        self.epoch.cache.fill(v, key, &stored);
         Ok(stored)
     }
 
