@@ -11,7 +11,8 @@
 //!   clients spread over `connections` connections: an optional preload of
 //!   the key space, a warm-up, then a measured window whose latencies go into
 //!   an HDR histogram.
-//! - [`rss`] samples the servers' resident memory from `/proc`;
+//! - [`rss`] samples the servers' resident memory from `/proc`, and [`cpu`]
+//!   the CPU they and the load generator used in the measured window;
 //!   [`storage`] measures synced RocksDB write batches;
 //!   [`report`] turns a directory of run records into JSON, a markdown
 //!   table and an SVG plot.
@@ -25,6 +26,7 @@
 //! Not here yet: `get-follower` (snapshot / bounded-staleness reads need
 //! issue #4).
 
+pub mod cpu;
 #[cfg(feature = "etcd-client")]
 pub mod etcd;
 pub mod report;
@@ -384,12 +386,27 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preload: Option<Preload>,
     pub rss: Vec<rss::RssPeak>,
+    /// CPU each server process used in the measured window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<cpu::CpuUse>,
+    /// CPU the load generator itself used in the measured window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bench_cpu_s: Option<f64>,
     pub error_samples: Vec<String>,
     /// Seconds since the Unix epoch when the run started.
     pub started_at: u64,
 }
 
 impl RunRecord {
+    /// CPU time of all the servers in the measured window per operation
+    /// completed in it, in microseconds (`None` without CPU figures).
+    pub fn server_cpu_us_per_op(&self) -> Option<f64> {
+        if self.cpu.is_empty() || self.ops == 0 {
+            return None;
+        }
+        Some(self.cpu.iter().map(|c| c.cpu_s).sum::<f64>() * 1e6 / self.ops as f64)
+    }
+
     /// A human summary of several lines.
     pub fn summary(&self) -> String {
         let ms = |us: u64| us as f64 / 1000.0;
@@ -423,6 +440,14 @@ impl RunRecord {
         }
         for r in &self.rss {
             s += &format!("  peak RSS  {r}\n");
+        }
+        if let Some(us) = self.server_cpu_us_per_op() {
+            let each: Vec<String> = self.cpu.iter().map(|c| format!("pid {} {:.2}", c.pid, c.cpu_s)).collect();
+            s += &format!("  CPU       servers {us:.0} µs per op ({} CPU-s)", each.join(", "));
+            if let Some(b) = self.bench_cpu_s {
+                s += &format!(", load generator {b:.2} CPU-s");
+            }
+            s += "\n";
         }
         for e in &self.error_samples {
             s += &format!("  error     {e}\n");
@@ -619,6 +644,29 @@ impl ProgressLine {
     }
 }
 
+/// Marks the CPU of the servers and of this process when the measured
+/// window opens and when it closes.
+struct CpuWindow(tokio::task::JoinHandle<(Vec<cpu::CpuUse>, Option<f64>)>);
+
+impl CpuWindow {
+    fn start(servers: Vec<u32>, from: Instant, until: Instant) -> Self {
+        CpuWindow(tokio::spawn(async move {
+            let mut pids = servers;
+            pids.push(std::process::id());
+            tokio::time::sleep_until(from.into()).await;
+            let opened = cpu::CpuMark::now(&pids);
+            tokio::time::sleep_until(until.into()).await;
+            let mut used = opened.used_until(&cpu::CpuMark::now(&pids));
+            let me = used.iter().position(|c| c.pid == std::process::id()).map(|i| used.remove(i).cpu_s);
+            (used, me)
+        }))
+    }
+
+    async fn finish(self) -> (Vec<cpu::CpuUse>, Option<f64>) {
+        self.0.await.unwrap_or_default()
+    }
+}
+
 /// Runs `cfg.workload` against `target` and returns its record.
 pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecord, BenchError> {
     cfg.validate()?;
@@ -648,6 +696,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         end: measure_from + cfg.duration,
     });
     let live = Arc::new(Live::default());
+    let cpu_window = CpuWindow::start(cfg.pids.clone(), measure_from, measure_from + cfg.duration);
     let progress =
         cfg.progress.then(|| ProgressLine::start(label, live.clone(), start, cfg.warmup, cfg.warmup + cfg.duration));
     let clients: Vec<_> = (0..cfg.clients)
@@ -672,6 +721,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
     if let Some(p) = progress {
         p.finish().await;
     }
+    let (cpu, bench_cpu_s) = cpu_window.finish().await;
     let duration_s = cfg.duration.as_secs_f64();
     Ok(RunRecord {
         system: target.system().to_string(),
@@ -694,6 +744,8 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         latency: Latency::of(&hist),
         preload: preloaded,
         rss: sampler.finish(),
+        cpu,
+        bench_cpu_s,
         error_samples,
         started_at,
     })

@@ -135,6 +135,8 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
         }
     }
 
+    md += &cpu_table(runs);
+
     let storage: Vec<&RunRecord> = runs.iter().filter(|r| r.system == "rocksdb").collect();
     if !storage.is_empty() {
         md += "\n### Storage reference: synced RocksDB write batches on the same disk\n\n";
@@ -218,6 +220,43 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
             r.errors,
             notes.join("; ")
         );
+    }
+    md
+}
+
+/// CPU per operation of each system's servers (and the load generator's),
+/// side by side, for the points that measured it.
+fn cpu_table(runs: &[RunRecord]) -> String {
+    let measured = |r: &&RunRecord| r.server_cpu_us_per_op().is_some();
+    if !runs.iter().any(|r| measured(&r)) {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### CPU per operation\n\nCPU time of all three servers in the measured window divided by the \
+         operations completed in it, in µs (lower is better), and the load generator's own CPU per operation. \
+         On a machine whose cores the servers share, this is what sets throughput.\n\n\
+         | workload | clients | etcd servers | Arbor servers | Arbor/etcd | etcd load gen. | Arbor load gen. |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let us = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.0}"));
+    let bench_us = |r: Option<&RunRecord>| r.and_then(|r| Some(r.bench_cpu_s? * 1e6 / r.ops.max(1) as f64));
+    for w in workloads(runs) {
+        for c in client_counts(runs, w) {
+            let (e, a) = (find(runs, "etcd", w, c), find(runs, "arbor", w, c));
+            let (eu, au) = (e.and_then(RunRecord::server_cpu_us_per_op), a.and_then(RunRecord::server_cpu_us_per_op));
+            if eu.is_none() && au.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {w} | {c} | {} | {} | {} | {} | {} |",
+                us(eu),
+                us(au),
+                ratio(au.unwrap_or(0.0), eu.unwrap_or(0.0)),
+                us(bench_us(e)),
+                us(bench_us(a)),
+            );
+        }
     }
     md
 }
@@ -465,6 +504,7 @@ pub fn svg(runs: &[RunRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::cpu::CpuUse;
     use crate::bench::Latency;
 
     fn record(system: &str, workload: &str, clients: usize, ops_per_sec: f64, p99_us: u64) -> RunRecord {
@@ -496,6 +536,8 @@ mod tests {
             },
             preload: None,
             rss: vec![],
+            cpu: vec![],
+            bench_cpu_s: None,
             error_samples: vec![],
             started_at: 0,
         }
@@ -517,6 +559,20 @@ mod tests {
         assert!(md.contains("| put | 16 | 4000 | – | – |"), "a missing Arbor point is a dash:\n{md}");
         assert!(md.contains("- cpu: test cpu"), "{md}");
         assert!(md.contains("Storage reference"), "{md}");
+        assert!(!md.contains("CPU per operation"), "no CPU figures, no CPU table:\n{md}");
+    }
+
+    #[test]
+    fn cpu_per_operation_sums_the_servers() {
+        let mut etcd = record("etcd", "put", 64, 7000.0, 20000);
+        etcd.cpu = vec![CpuUse { pid: 1, cpu_s: 7.0 }, CpuUse { pid: 2, cpu_s: 7.0 }];
+        etcd.bench_cpu_s = Some(2.1);
+        let mut arbor = record("arbor", "put", 64, 7000.0, 15000);
+        arbor.cpu = vec![CpuUse { pid: 3, cpu_s: 3.5 }, CpuUse { pid: 4, cpu_s: 3.5 }];
+        // 70,000 ops: 14 CPU-s is 200 µs per op, 7 CPU-s 100 µs.
+        assert_eq!(etcd.server_cpu_us_per_op(), Some(200.0));
+        let md = markdown(&[etcd, arbor], &serde_json::json!({}));
+        assert!(md.contains("| put | 64 | 200 | 100 | 0.50× | 30 | – |"), "{md}");
     }
 
     #[test]

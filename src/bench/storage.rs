@@ -121,6 +121,8 @@ pub fn run_storage(cfg: &StorageConfig) -> Result<RunRecord, BenchError> {
         latency: Latency::of(&hist),
         preload: None,
         rss: Vec::new(),
+        cpu: Vec::new(),
+        bench_cpu_s: None,
         error_samples: Vec::new(),
         started_at,
     })
