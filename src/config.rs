@@ -170,6 +170,11 @@ pub struct RaftTimings {
     /// Also build one once this many bytes of entries were appended to
     /// the group's log since the last one (0 = never), whichever comes first.
     pub snapshot_every_bytes: u64,
+    /// ...and only once the log also grew by this many times the current
+    /// snapshot's size (0 = thresholds only): snapshots hold the whole
+    /// state, so this bounds the work of building them by the writes
+    /// (see `raft::snapshot_policy`).
+    pub snapshot_log_ratio: f64,
     pub keep_entries_after_snapshot: u64,
 }
 
@@ -241,6 +246,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 800,
             snapshot_every_entries: 10_000,
             snapshot_every_bytes: 64 << 20,
+            snapshot_log_ratio: 1.0,
             keep_entries_after_snapshot: 1_000,
         }
     }
@@ -335,6 +341,9 @@ impl Config {
             return fail(
                 "raft timings need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             );
+        }
+        if !(r.snapshot_log_ratio.is_finite() && (0.0..=1000.0).contains(&r.snapshot_log_ratio)) {
+            return fail(format!("raft.snapshot_log_ratio must be within 0..=1000, got {}", r.snapshot_log_ratio));
         }
         Ok(())
     }

@@ -20,12 +20,14 @@ use crate::keys::Key;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{GroupNetwork, Peers, TimeoutNow};
 use crate::raft::read_index::ReadBarrier;
+use crate::raft::snapshot_policy::{LogGrowth, SnapshotPolicy};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeId, Raft};
 use crate::routing::{Catalog, RangeDesc, Span};
 use crate::scheduler::VshardProgress;
 use crate::sequencer::batcher::BatcherConfig;
 use crate::sequencer::driver::{self, Committed, DriverConfig, SequencerHandle};
+use crate::sequencer::snapshot::SnapshotStore;
 use crate::sequencer::{GroupShared, GroupStateMachine};
 use crate::tree::{StoredTree, TreeRead, Txn, VersionedTree};
 
@@ -122,10 +124,9 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
         // The log is purged only up to a snapshot, which is taken at the
         // applied index; every vshard's watermark equals it (epochs commit
         // all vshards at once), so nothing past a watermark is ever purged.
-        snapshot_policy: match config.raft.snapshot_every_entries {
-            0 => openraft::SnapshotPolicy::Never,
-            n => openraft::SnapshotPolicy::LogsSinceLast(n),
-        },
+        // Snapshots are asked for by `snapshot_when_due` (see
+        // `raft::snapshot_policy`), not by openraft's entry count.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
         max_payload_entries: 64,
         ..Default::default()
@@ -233,6 +234,7 @@ impl Node {
             // found on disk can be behind, and openraft re-applies the
             // committed entries after it while it starts the group.
             let applied_on_disk = sm.applied().last_applied.map_or(0, |l| l.index);
+            let snapshot_store = sm.snapshot_store();
             let state_machine = StateMachine::new(sm);
             let snapshots_installed = state_machine.snapshots_installed();
             let log_store = LogStore::new(range.group, dyn_engine, durability);
@@ -240,8 +242,13 @@ impl Node {
             let raft = Raft::new(config.node_id, rcfg.clone(), network, log_store, state_machine)
                 .await
                 .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
-            if config.raft.snapshot_every_bytes > 0 {
-                tokio::spawn(snapshot_by_bytes(range.group, raft.clone(), appended, config.raft.snapshot_every_bytes));
+            let policy = SnapshotPolicy {
+                every_entries: config.raft.snapshot_every_entries,
+                every_bytes: config.raft.snapshot_every_bytes,
+                log_ratio: config.raft.snapshot_log_ratio,
+            };
+            if !policy.never() {
+                tokio::spawn(snapshot_when_due(range.group, raft.clone(), appended, snapshot_store, policy));
             }
             if fresh && !config.join {
                 let members: BTreeMap<NodeId, BasicNode> =
@@ -669,23 +676,53 @@ impl Node {
     }
 }
 
-/// The byte-based half of the snapshot policy (openraft's own policy counts
-/// entries only): once `every` bytes of entries were appended since the
-/// last trigger, ask for a snapshot (after which openraft purges the log).
-/// Ends when the group's Raft stops.
-async fn snapshot_by_bytes(group: u64, raft: Raft, appended: Arc<AtomicU64>, every: u64) {
+/// Asks openraft for a snapshot of `group` whenever `policy` says one is
+/// due (after which openraft purges the log). Every node does so for its
+/// own replica. `appended` counts the bytes of entries appended to the
+/// group's log; it restarts from 0 at each request. Ends when the group's
+/// Raft stops.
+async fn snapshot_when_due(
+    group: u64,
+    raft: Raft,
+    appended: Arc<AtomicU64>,
+    snapshots: SnapshotStore,
+    policy: SnapshotPolicy,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let metrics = raft.metrics();
+    // The log index the entries are counted from.
+    let mut counted_from = 0;
     loop {
         tick.tick().await;
         if metrics.has_changed().is_err() {
             return; // the group's Raft is gone
         }
-        if appended.load(Ordering::Relaxed) < every {
+        let (last_log, snapshot) = {
+            let m = metrics.borrow();
+            (m.last_log_index.unwrap_or(0), m.snapshot.map_or(0, |l| l.index))
+        };
+        // A snapshot installed from the leader restarts the count too.
+        counted_from = counted_from.max(snapshot);
+        let grown =
+            LogGrowth { entries: last_log.saturating_sub(counted_from), bytes: appended.load(Ordering::Relaxed) };
+        // Reading the snapshot's size costs a lookup: only past a threshold.
+        let threshold = SnapshotPolicy { log_ratio: 0.0, ..policy };
+        if !threshold.due(grown, 0) {
             continue;
         }
-        let bytes = appended.swap(0, Ordering::Relaxed);
-        tracing::info!(group, bytes, "log grew past raft.snapshot_every_bytes; building a snapshot");
+        let snapshot_bytes = snapshots.current_bytes();
+        if !policy.due(grown, snapshot_bytes) {
+            continue;
+        }
+        counted_from = last_log;
+        appended.store(0, Ordering::Relaxed);
+        tracing::info!(
+            group,
+            entries = grown.entries,
+            bytes = grown.bytes,
+            snapshot_bytes,
+            "the log grew past the snapshot policy; building a snapshot"
+        );
         if raft.trigger().snapshot().await.is_err() {
             return;
         }

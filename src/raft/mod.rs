@@ -10,6 +10,7 @@
 //! - [`read_index`]: concurrent linearizable reads share one read-index
 //!   round.
 //! - [`snapshot_data`]: snapshot data as openraft streams it (a file).
+//! - [`snapshot_policy`]: when a group builds a snapshot.
 //!
 //! openraft 0.9 (the stable line) is pinned exactly; see
 //! `docs/architecture.md` for why not 0.10.
@@ -18,6 +19,7 @@ pub mod log_store;
 pub mod network;
 pub mod read_index;
 pub mod snapshot_data;
+pub mod snapshot_policy;
 pub mod state_machine;
 
 use crate::sequencer::{EpochPayload, EpochResponse};

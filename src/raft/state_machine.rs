@@ -59,6 +59,7 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let snapshots = self.snapshots.clone();
+        let started = std::time::Instant::now();
         let built = tokio::task::spawn_blocking(move || snapshots.build())
             .await
             .map_err(|e| storage_error(e, ErrorVerb::Write))?;
@@ -66,6 +67,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             tracing::error!(error = %e, "building a snapshot failed; stopping this group's replica");
             storage_error(e, ErrorVerb::Write)
         })?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.size().unwrap_or(0),
+            ms = started.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         Ok(Snapshot { meta, snapshot: Box::new(data.into()) })
     }
 }

@@ -75,6 +75,14 @@ struct Verified {
 
 impl SnapshotContent {
     /// The whole data, read into memory.
+    /// The data's size in bytes.
+    pub fn size(&self) -> io::Result<u64> {
+        match self {
+            SnapshotContent::Bytes(b) => Ok(b.len() as u64),
+            SnapshotContent::File { file, .. } => Ok(file.metadata()?.len()),
+        }
+    }
+
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         match self {
             SnapshotContent::Bytes(bytes) => Ok(bytes),
@@ -604,6 +612,14 @@ impl SnapshotStore {
         self.engine.write(wb, self.durability)?;
         self.files.remove_others(self.group, file.as_deref());
         Ok(())
+    }
+
+    /// The size of the current snapshot's data, or 0 if there is none (or
+    /// it cannot be read: the next [`SnapshotStore::current`] says why).
+    pub fn current_bytes(&self) -> u64 {
+        let Ok(Some(bytes)) = self.engine.get(&Key::Snapshot(self.group).encode()) else { return 0 };
+        let Ok(stored) = decode::<StoredSnapshot>(&bytes, "stored snapshot") else { return 0 };
+        self.files.load(stored).ok().and_then(|content| content.size().ok()).unwrap_or(0)
     }
 
     /// The stored snapshot, verified: one whose checksum no longer matches
