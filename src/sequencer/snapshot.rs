@@ -46,6 +46,12 @@ pub(super) const SNAPSHOT_DATA_V1: u8 = 1;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The image format builds write.
 const IMAGE_FORMAT: u8 = 2;
+/// zstd level of snapshot images. Compression was 70% of a build's CPU at
+/// level 3; on an image of 256-byte random values with their keys and
+/// versions, level 1 compresses 2.8× faster (758 against 274 MB/s here)
+/// to within 0.2% of the size. Images are transient (they go to a
+/// follower), so speed wins.
+const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 /// Read buffer for snapshot files.
 const READ_BUFFER: usize = 1 << 20;
 
@@ -214,7 +220,7 @@ fn write_data<W: Write + Seek>(
     let marker = |e: rmp::encode::ValueWriteError| Error::Fatal(format!("snapshot image: {e}"));
     out.write_all(&[SNAPSHOT_DATA_V1, 0, 0, 0, 0]).map_err(io)?;
     let sink = Checksummed { inner: &mut *out, hasher: crc32fast::Hasher::new() };
-    let mut z = zstd::stream::Encoder::new(sink, 3).map_err(io)?;
+    let mut z = zstd::stream::Encoder::new(sink, SNAPSHOT_ZSTD_LEVEL).map_err(io)?;
     // `[format, [[key, value], ...]]`, written piece by piece.
     rmp::encode::write_array_len(&mut z, 2).map_err(marker)?;
     rmp::encode::write_uint(&mut z, IMAGE_FORMAT.into()).map_err(marker)?;
