@@ -706,8 +706,7 @@ async fn snapshot_when_due(
         let grown =
             LogGrowth { entries: last_log.saturating_sub(counted_from), bytes: appended.load(Ordering::Relaxed) };
         // Reading the snapshot's size costs a lookup: only past a threshold.
-        let threshold = SnapshotPolicy { log_ratio: 0.0, ..policy };
-        if !threshold.due(grown, 0) {
+        if !policy.threshold_reached(grown) {
             continue;
         }
         let snapshot_bytes = snapshots.current_bytes();

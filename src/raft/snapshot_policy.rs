@@ -44,12 +44,18 @@ impl SnapshotPolicy {
         self.every_entries == 0 && self.every_bytes == 0
     }
 
+    /// Whether the log grew past the entry or the byte threshold (the
+    /// first condition of [`SnapshotPolicy::due`], which needs no snapshot
+    /// size).
+    pub fn threshold_reached(&self, grown: LogGrowth) -> bool {
+        (self.every_entries > 0 && grown.entries >= self.every_entries)
+            || (self.every_bytes > 0 && grown.bytes >= self.every_bytes)
+    }
+
     /// Whether to build a snapshot now, the current one being
     /// `snapshot_bytes` long (0 if there is none).
     pub fn due(&self, grown: LogGrowth, snapshot_bytes: u64) -> bool {
-        let threshold = (self.every_entries > 0 && grown.entries >= self.every_entries)
-            || (self.every_bytes > 0 && grown.bytes >= self.every_bytes);
-        threshold && grown.bytes as f64 >= self.log_ratio * snapshot_bytes as f64
+        self.threshold_reached(grown) && grown.bytes as f64 >= self.log_ratio * snapshot_bytes as f64
     }
 }
 
@@ -84,6 +90,7 @@ mod tests {
     #[test]
     fn the_ratio_alone_never_makes_a_snapshot_due() {
         // A log that outgrew the snapshot still waits for a threshold.
+        assert!(!POLICY.threshold_reached(grown(50, 900)));
         assert!(!POLICY.due(grown(50, 900), 10));
     }
 
