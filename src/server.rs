@@ -692,6 +692,8 @@ async fn snapshot_when_due(
     let metrics = raft.metrics();
     // The log index the entries are counted from.
     let mut counted_from = 0;
+    // The current snapshot's index and size, once read.
+    let mut sized: Option<(u64, u64)> = None;
     loop {
         tick.tick().await;
         if metrics.has_changed().is_err() {
@@ -705,11 +707,20 @@ async fn snapshot_when_due(
         counted_from = counted_from.max(snapshot);
         let grown =
             LogGrowth { entries: last_log.saturating_sub(counted_from), bytes: appended.load(Ordering::Relaxed) };
-        // Reading the snapshot's size costs a lookup: only past a threshold.
+        // Reading the snapshot's size costs a lookup and a file's metadata:
+        // only past a threshold, and once per snapshot (a log waiting to
+        // outgrow a large one stays past the threshold for minutes).
         if !policy.threshold_reached(grown) {
             continue;
         }
-        let snapshot_bytes = snapshots.current_bytes();
+        let snapshot_bytes = match sized {
+            Some((index, bytes)) if index == snapshot => bytes,
+            _ => {
+                let bytes = snapshots.current_bytes();
+                sized = Some((snapshot, bytes));
+                bytes
+            }
+        };
         if !policy.due(grown, snapshot_bytes) {
             continue;
         }
