@@ -176,6 +176,9 @@ pub struct RaftTimings {
     /// (see `raft::snapshot_policy`).
     pub snapshot_log_ratio: f64,
     pub keep_entries_after_snapshot: u64,
+    /// A leader whose pipeline is idle sends a new entry to its followers
+    /// while its own fsync runs, instead of after it (`raft::eager`).
+    pub eager_replication: bool,
 }
 
 /// One vshard per core, at most 8: more executor threads than cores only
@@ -248,6 +251,7 @@ impl Default for RaftTimings {
             snapshot_every_bytes: 64 << 20,
             snapshot_log_ratio: 1.0,
             keep_entries_after_snapshot: 1_000,
+            eager_replication: true,
         }
     }
 }

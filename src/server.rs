@@ -17,6 +17,7 @@ use crate::config::{Config, Peer};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, Hlc, OffsetClock};
 use crate::keys::Key;
+use crate::raft::eager::EagerReplication;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{GroupNetwork, Peers, TimeoutNow};
 use crate::raft::read_index::ReadBarrier;
@@ -60,6 +61,8 @@ pub struct Group {
     pub vshard_progress: VshardProgress,
     /// Snapshots this node installed for the group since it started.
     pub snapshots_installed: Arc<AtomicU64>,
+    /// Eager replication of this group's entries (`None` when it is off).
+    pub eager: Option<Arc<EagerReplication>>,
     /// Set while this node hands the group's leadership over: new writes are
     /// refused, retryably, so that the log stops growing.
     transferring: AtomicBool,
@@ -237,11 +240,21 @@ impl Node {
             let snapshot_store = sm.snapshot_store();
             let state_machine = StateMachine::new(sm);
             let snapshots_installed = state_machine.snapshots_installed();
-            let log_store = LogStore::new(range.group, dyn_engine, durability);
+            let mut log_store = LogStore::new(range.group, dyn_engine, durability);
+            let eager = config
+                .raft
+                .eager_replication
+                .then(|| EagerReplication::new(config.node_id, range.group, peers.clone()));
+            if let Some(eager) = &eager {
+                log_store = log_store.with_eager_replication(eager.clone());
+            }
             let appended = log_store.appended_bytes();
             let raft = Raft::new(config.node_id, rcfg.clone(), network, log_store, state_machine)
                 .await
                 .map_err(|e| Error::Fatal(format!("group {}: {e}", range.group)))?;
+            if let Some(eager) = &eager {
+                eager.set_metrics(raft.metrics());
+            }
             let policy = SnapshotPolicy {
                 every_entries: config.raft.snapshot_every_entries,
                 every_bytes: config.raft.snapshot_every_bytes,
@@ -288,6 +301,7 @@ impl Node {
                 vshards: config.vshards,
                 vshard_progress,
                 snapshots_installed,
+                eager,
                 transferring: AtomicBool::new(false),
                 read_barrier,
             };

@@ -69,6 +69,16 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     phase("every replica applies them");
     c.wait_applied(1, last_index).await;
 
+    phase("a lone client's writes went to the followers during the leader's fsync");
+    for i in 0..3 {
+        let g = c.group_status(i, 1).await.unwrap();
+        if c.nodes[i].id == leader {
+            assert!(g.eager_appends >= 25, "the leader sent {} of 50 writes eagerly", g.eager_appends);
+        } else {
+            assert_eq!(g.eager_appends, 0, "node {} is a follower", c.nodes[i].id);
+        }
+    }
+
     phase("kill -9 the leader; the others elect a new one and keep every write");
     c.kill(c.index_of(leader));
     let new_leader = c.wait_for_leader(1).await;

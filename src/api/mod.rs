@@ -257,6 +257,7 @@ impl Cluster for ClusterService {
                     log_bytes,
                     vshard_lag: g.vshard_progress.lags(),
                     snapshots_installed: g.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
+                    eager_appends: g.eager.as_ref().map_or(0, |e| e.sent()),
                     closed_stamp: g.shared.stamp.load(std::sync::atomic::Ordering::Acquire),
                     gc_horizon: g.shared.gc_horizon.load(std::sync::atomic::Ordering::Acquire),
                 }

@@ -39,6 +39,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
 
 use crate::keys::{self, Key};
+use crate::raft::eager::{eager_request, EagerSink};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// The log of one group. Cheap to clone (readers share the engine).
@@ -52,6 +53,13 @@ pub struct LogStore {
     /// byte-based snapshot policy reads and resets it).
     appended: Arc<AtomicU64>,
     cache: Arc<Mutex<EntryCache>>,
+    /// Sends an idle leader's new entries to its followers during its own
+    /// fsync (see [`crate::raft::eager`]); `None` turns that off.
+    eager: Option<Arc<dyn EagerSink>>,
+    /// The vote and committed log id last saved or read, which decide
+    /// whether an append is an idle leader's.
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId>,
 }
 
 /// At most this many recent entries are cached...
@@ -160,7 +168,22 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
 
 impl LogStore {
     pub fn new(group: u64, engine: Arc<dyn Engine>, durability: Durability) -> Self {
-        Self { group, engine, durability, appended: Arc::new(AtomicU64::new(0)), cache: Default::default() }
+        Self {
+            group,
+            engine,
+            durability,
+            appended: Arc::new(AtomicU64::new(0)),
+            cache: Default::default(),
+            eager: None,
+            vote: None,
+            committed: None,
+        }
+    }
+
+    /// Sends an idle leader's entries eagerly through `eager`.
+    pub fn with_eager_replication(mut self, eager: Arc<dyn EagerSink>) -> Self {
+        self.eager = Some(eager);
+        self
     }
 
     /// The counter of bytes appended (see [`crate::server`]'s snapshot policy).
@@ -275,11 +298,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let mut b = WriteBatch::new();
         b.put(Key::RaftVote(self.group).encode(), rmp_serde::to_vec(vote).map_err(write_err)?);
-        self.write(b).await
+        self.write(b).await?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_meta(Key::RaftVote(self.group))
+        self.vote = self.get_meta(Key::RaftVote(self.group))?;
+        Ok(self.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -295,11 +321,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Durability::Unlogged => Durability::Unlogged,
             _ => Durability::Buffered,
         };
-        self.engine.write(b, durability).map_err(write_err)
+        self.engine.write(b, durability).map_err(write_err)?;
+        self.committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(Key::RaftCommitted(self.group))?.flatten())
+        self.committed = self.get_meta::<Option<LogId>>(Key::RaftCommitted(self.group))?.flatten();
+        Ok(self.committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -307,14 +336,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(eager) = &self.eager {
+            if let Some(req) = eager_request(eager.me(), self.vote.as_ref(), self.committed, &entries) {
+                eager.send(req);
+            }
+        }
         let mut b = WriteBatch::new();
         let mut bytes = 0;
-        let mut written = Vec::new();
+        let mut written = Vec::with_capacity(entries.len());
         for entry in entries {
             let encoded = encode_entry(&entry);
             bytes += encoded.len() as u64;
-            written.push((entry.clone(), encoded.len()));
+            let len = encoded.len();
             b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), encoded);
+            written.push((entry, len));
         }
         self.appended.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let result = self.write(b).await;
@@ -371,6 +407,60 @@ mod tests {
         let mut b = WriteBatch::new();
         b.put(key, bytes);
         engine.write(b, Durability::Sync).unwrap();
+    }
+
+    /// Records what a log store hands to eager replication.
+    struct Recorder(NodeId, Mutex<Vec<openraft::raft::AppendEntriesRequest<TypeConfig>>>);
+
+    impl EagerSink for Recorder {
+        fn me(&self) -> NodeId {
+            self.0
+        }
+        fn send(&self, req: openraft::raft::AppendEntriesRequest<TypeConfig>) {
+            self.1.lock().unwrap().push(req);
+        }
+    }
+
+    fn entry_of(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: EntryPayload::Blank }
+    }
+
+    #[tokio::test]
+    async fn an_idle_leaders_append_is_handed_to_eager_replication() {
+        use openraft::storage::RaftLogStorageExt;
+        let recorder = Arc::new(Recorder(1, Mutex::new(Vec::new())));
+        let mut store =
+            LogStore::new(3, Arc::new(Memory::new()), Durability::Sync).with_eager_replication(recorder.clone());
+        let sent = || recorder.1.lock().unwrap().iter().map(|r| r.entries[0].log_id.index).collect::<Vec<_>>();
+
+        // As a follower of node 2: its entries are never sent on.
+        store.save_vote(&Vote::new_committed(1, 2)).await.unwrap();
+        store.blocking_append([entry_of(1, 2, 1), entry_of(1, 2, 2)]).await.unwrap();
+        store.save_committed(Some(entry_of(1, 2, 2).log_id)).await.unwrap();
+        store.blocking_append([entry_of(1, 2, 3)]).await.unwrap();
+        assert_eq!(sent(), Vec::<u64>::new());
+
+        // Elected: its vote is saved committed before its first entry.
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        store.save_committed(Some(entry_of(1, 2, 3).log_id)).await.unwrap();
+        store.blocking_append([entry_of(2, 1, 4)]).await.unwrap();
+        assert_eq!(sent(), vec![4], "the entry after the committed one");
+        let req = recorder.1.lock().unwrap()[0].clone();
+        assert_eq!((req.vote, req.prev_log_id), (Vote::new_committed(2, 1), Some(entry_of(1, 2, 3).log_id)));
+
+        // Entry 5 while 4 is not committed yet: the stream has it.
+        store.blocking_append([entry_of(2, 1, 5)]).await.unwrap();
+        store.save_committed(Some(entry_of(2, 1, 5).log_id)).await.unwrap();
+        store.blocking_append([entry_of(2, 1, 6)]).await.unwrap();
+        assert_eq!(sent(), vec![4, 6]);
+
+        // A restarted store reads its vote and commit index back.
+        let mut again =
+            LogStore::new(3, store.engine.clone(), Durability::Sync).with_eager_replication(recorder.clone());
+        again.read_vote().await.unwrap();
+        assert_eq!(again.read_committed().await.unwrap(), Some(entry_of(2, 1, 5).log_id));
+        again.blocking_append([entry_of(2, 1, 6)]).await.unwrap();
+        assert_eq!(sent(), vec![4, 6, 6], "entry 6 again, as after a restart that lost it");
     }
 
     #[test]

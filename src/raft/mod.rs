@@ -2,6 +2,7 @@
 //! them share the node's RocksDB (keys prefixed by group, see
 //! [`crate::keys`]), its gRPC port and one connection per peer.
 //!
+//! - [`eager`]: an idle leader replicates a new entry during its own fsync.
 //! - [`log_store`]: the RocksDB Raft log (fsync'd appends, vote, purge).
 //! - [`state_machine`]: openraft's state machine trait over the sequencer
 //!   state machine ([`crate::sequencer::apply`]).
@@ -15,6 +16,7 @@
 //! openraft 0.9 (the stable line) is pinned exactly; see
 //! `docs/architecture.md` for why not 0.10.
 
+pub mod eager;
 pub mod log_store;
 pub mod network;
 pub mod read_index;
