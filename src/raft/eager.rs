@@ -25,8 +25,9 @@
 //! openraft's streams busy, and an extra request per entry would only add
 //! CPU on every node.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -85,20 +86,50 @@ pub struct EagerReplication {
     /// The group's metrics (its membership); set once the group's Raft
     /// exists, which is after its log store.
     metrics: OnceLock<watch::Receiver<Metrics>>,
-    /// Requests sent (each to every follower).
+    /// Requests sent, counted per follower.
     sent: AtomicU64,
+    in_flight: InFlight,
+}
+
+/// The followers with an eager request in flight.
+#[derive(Clone, Default)]
+struct InFlight(Arc<Mutex<HashSet<NodeId>>>);
+
+/// Marks a follower's request in flight until dropped.
+struct InFlightGuard(InFlight, NodeId);
+
+impl InFlight {
+    /// `None` if `target` already has a request in flight.
+    fn start(&self, target: NodeId) -> Option<InFlightGuard> {
+        let fresh = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(target);
+        fresh.then(|| InFlightGuard(self.clone(), target))
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
 }
 
 impl EagerReplication {
     pub fn new(me: NodeId, group: u64, peers: Arc<Peers>) -> Arc<Self> {
-        Arc::new(Self { me, group, peers, metrics: OnceLock::new(), sent: AtomicU64::new(0) })
+        Arc::new(Self {
+            me,
+            group,
+            peers,
+            metrics: OnceLock::new(),
+            sent: AtomicU64::new(0),
+            in_flight: InFlight::default(),
+        })
     }
 
     pub fn set_metrics(&self, metrics: watch::Receiver<Metrics>) {
         let _ = self.metrics.set(metrics);
     }
 
-    /// How many appends this node replicated eagerly since it started.
+    /// How many eager AppendEntries this node sent (one per follower)
+    /// since it started.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -111,7 +142,6 @@ impl EagerSink for EagerReplication {
 
     fn send(&self, req: AppendEntriesRequest<TypeConfig>) {
         let Some(metrics) = self.metrics.get() else { return };
-        self.sent.fetch_add(1, Ordering::Relaxed);
         let targets: Vec<_> = {
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
@@ -122,9 +152,15 @@ impl EagerSink for EagerReplication {
                 .collect()
         };
         for (target, node) in targets {
+            // One at a time per follower: a follower that does not answer
+            // (partitioned, paused) holds at most one request, not one per
+            // entry until the timeout.
+            let Some(in_flight) = self.in_flight.start(target) else { continue };
+            self.sent.fetch_add(1, Ordering::Relaxed);
             let mut network = GroupNetwork { group: self.group, peers: self.peers.clone() };
             let req = req.clone();
             tokio::spawn(async move {
+                let _in_flight = in_flight;
                 let mut conn = network.new_client(target, &node).await;
                 if let Err(e) = conn.append_entries(req, RPCOption::new(EAGER_TTL)).await {
                     tracing::debug!(target, error = %e, "eager AppendEntries failed (the replication stream retries)");
@@ -156,6 +192,17 @@ mod tests {
         assert_eq!(req.prev_log_id, Some(committed));
         assert_eq!(req.leader_commit, Some(committed));
         assert_eq!(req.entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![10, 11]);
+    }
+
+    #[test]
+    fn a_follower_has_one_eager_request_in_flight_at_most() {
+        let in_flight = InFlight::default();
+        let first = in_flight.start(2).expect("nothing in flight");
+        assert!(in_flight.start(2).is_none(), "node 2 still has one");
+        let other = in_flight.start(3).expect("node 3 is independent");
+        drop(first);
+        assert!(in_flight.start(2).is_some(), "node 2 answered");
+        drop(other);
     }
 
     #[test]
