@@ -61,12 +61,20 @@ impl Rocks {
     pub fn open(path: &Path, options: &RocksOptions) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
-        // LZ4 on every level. zstd at the bottommost level cost 10-30% of a
-        // node's CPU in compactions under a write load (docs/BENCHMARKS.md),
-        // and with dynamic level sizes a small database compacts straight
-        // into its bottommost level.
-        opts.set_compression_type(DBCompressionType::Lz4);
-        opts.set_bottommost_compression_type(DBCompressionType::Lz4);
+        // No compression for memtable flushes (L0) and the first level below
+        // them, LZ4 on the others, the bottommost included: most of the Raft
+        // log is flushed and then purged before a compaction reaches it, and
+        // compressing every flush cost ~3% of the servers' CPU per write
+        // (docs/BENCHMARKS.md, item 23). zstd at the bottommost level cost
+        // 10-30% of a node's CPU in compactions under a write load, and with
+        // dynamic level sizes a small database compacts straight into its
+        // bottommost level.
+        {
+            use DBCompressionType::{Lz4, None as Plain};
+            opts.set_compression_type(Lz4);
+            opts.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+            opts.set_bottommost_compression_type(Lz4);
+        }
         opts.set_write_buffer_size(options.write_buffer_bytes);
         opts.set_max_background_jobs(2);
         if options.background_write_bytes_per_sec > 0 {
@@ -299,6 +307,22 @@ mod tests {
         let at = engine.locate(b"k");
         assert!(at.starts_with(&dir.path().display().to_string()) && at.ends_with(".sst"), "{at}");
         assert!(engine.locate(b"z").contains("memtable"), "a key outside every file");
+    }
+
+    #[test]
+    fn flushes_are_written_plain_and_lower_levels_in_lz4() {
+        let dir = tempfile::tempdir().unwrap();
+        let _engine = Rocks::open(dir.path(), &RocksOptions::default()).unwrap();
+        // RocksDB writes the options it runs with into OPTIONS-<n> files.
+        let options: String = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        let per_level = "compression_per_level=kNoCompression:kNoCompression:kLZ4Compression:kLZ4Compression";
+        assert!(options.contains(per_level), "{per_level} not in\n{options}");
+        assert!(options.contains("bottommost_compression=kLZ4Compression"), "{options}");
     }
 
     #[test]
