@@ -387,7 +387,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+        entry_of(1, 1, index)
     }
 
     /// Group 3's entries 1..=`last`, written straight to the engine.
