@@ -293,16 +293,11 @@ fn read_image(
     if format != IMAGE_FORMAT {
         return Err(format!("unknown image format {format}"));
     }
+    let mut sink = EntrySink { applied_key, wb };
     let mut applied = None;
-    while let Some(chunk) =
-        Option::<Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>>::deserialize(&mut de).map_err(undecodable)?
-    {
-        for (k, v) in chunk {
-            if *k == *applied_key {
-                applied = Some(v.into_vec());
-            } else {
-                wb.put(k.into_vec(), v.into_vec());
-            }
+    while let Some(chunk) = Option::<Vec<ImageEntry>>::deserialize(&mut de).map_err(undecodable)? {
+        for entry in chunk {
+            applied = sink.take(entry).or(applied);
         }
     }
     Ok(applied)
@@ -336,10 +331,25 @@ impl<'de> Visitor<'de> for ImageSink<'_> {
     }
 }
 
-/// Deserializes `[[key, value], ...]` into puts.
+/// One `[key, value]` of an image.
+type ImageEntry = (serde_bytes::ByteBuf, serde_bytes::ByteBuf);
+
+/// Turns image entries into puts.
 struct EntrySink<'a> {
     applied_key: &'a [u8],
     wb: &'a mut WriteBatch,
+}
+
+impl EntrySink<'_> {
+    /// Puts `entry` into the batch, except the applied state's, whose
+    /// value it returns.
+    fn take(&mut self, (k, v): ImageEntry) -> Option<Vec<u8>> {
+        if *k == *self.applied_key {
+            return Some(v.into_vec());
+        }
+        self.wb.put(k.into_vec(), v.into_vec());
+        None
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for EntrySink<'_> {
@@ -358,13 +368,10 @@ impl<'de> Visitor<'de> for EntrySink<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut sink = self;
         let mut applied = None;
-        while let Some((k, v)) = seq.next_element::<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>()? {
-            if *k == *self.applied_key {
-                applied = Some(v.into_vec());
-            } else {
-                self.wb.put(k.into_vec(), v.into_vec());
-            }
+        while let Some(entry) = seq.next_element::<ImageEntry>()? {
+            applied = sink.take(entry).or(applied);
         }
         Ok(applied)
     }
