@@ -163,18 +163,19 @@ pub struct RaftTimings {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one
-    /// (0 = never); the log is then purged up to the snapshot, keeping
-    /// `keep_entries_after_snapshot` entries for slow followers.
+    /// Take a snapshot (a flush and a record of the applied position)
+    /// after this many log entries since the last one (0 = never); the log
+    /// is then purged up to it, keeping `keep_entries_after_snapshot`
+    /// entries for slow followers.
     pub snapshot_every_entries: u64,
-    /// Also build one once this many bytes of entries were appended to
+    /// Also take one once this many bytes of entries were appended to
     /// the group's log since the last one (0 = never), whichever comes first.
     pub snapshot_every_bytes: u64,
-    /// ...and only once the log also grew by this many times the current
-    /// snapshot's size (0 = thresholds only): snapshots hold the whole
-    /// state, so this bounds the work of building them by the writes
-    /// (see `raft::snapshot_policy`).
-    pub snapshot_log_ratio: f64,
+    /// No longer has an effect: it paced snapshots by their size when they
+    /// were copies of the state. Accepted so that older configuration
+    /// files still load; the server warns when it is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_log_ratio: Option<f64>,
     pub keep_entries_after_snapshot: u64,
     /// A leader whose pipeline is idle sends a new entry to its followers
     /// while its own fsync runs, instead of after it (`raft::eager`).
@@ -249,7 +250,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 800,
             snapshot_every_entries: 10_000,
             snapshot_every_bytes: 64 << 20,
-            snapshot_log_ratio: 1.0,
+            snapshot_log_ratio: None,
             keep_entries_after_snapshot: 1_000,
             eager_replication: true,
         }
@@ -345,9 +346,6 @@ impl Config {
             return fail(
                 "raft timings need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             );
-        }
-        if !(r.snapshot_log_ratio.is_finite() && (0.0..=1000.0).contains(&r.snapshot_log_ratio)) {
-            return fail(format!("raft.snapshot_log_ratio must be within 0..=1000, got {}", r.snapshot_log_ratio));
         }
         Ok(())
     }

@@ -28,7 +28,6 @@ use crate::routing::{Catalog, RangeDesc, Span};
 use crate::scheduler::VshardProgress;
 use crate::sequencer::batcher::BatcherConfig;
 use crate::sequencer::driver::{self, Committed, DriverConfig, SequencerHandle};
-use crate::sequencer::snapshot::SnapshotStore;
 use crate::sequencer::{GroupShared, GroupStateMachine};
 use crate::tree::{StoredTree, TreeRead, Txn, VersionedTree};
 
@@ -195,6 +194,13 @@ impl Node {
         if unsafe_switches.any() {
             tracing::warn!(?unsafe_switches, "TEST-ONLY UNSAFE SWITCHES ARE ON: this node breaks Arbor's guarantees");
         }
+        if let Some(ratio) = config.raft.snapshot_log_ratio {
+            tracing::warn!(
+                ratio,
+                "raft.snapshot_log_ratio no longer has an effect (snapshots record the applied position instead \
+                 of copying the state); remove it from the configuration"
+            );
+        }
         let durability = if unsafe_switches.volatile_writes { Durability::Unlogged } else { Durability::Sync };
         let clock = Arc::new(OffsetClock::new(clock));
         let hlc = Arc::new(Hlc::new(clock.clone(), config.max_clock_offset_ms));
@@ -237,7 +243,6 @@ impl Node {
             // found on disk can be behind, and openraft re-applies the
             // committed entries after it while it starts the group.
             let applied_on_disk = sm.applied().last_applied.map_or(0, |l| l.index);
-            let snapshot_store = sm.snapshot_store();
             let state_machine = StateMachine::new(sm);
             let snapshots_installed = state_machine.snapshots_installed();
             let mut log_store = LogStore::new(range.group, dyn_engine, durability);
@@ -258,10 +263,9 @@ impl Node {
             let policy = SnapshotPolicy {
                 every_entries: config.raft.snapshot_every_entries,
                 every_bytes: config.raft.snapshot_every_bytes,
-                log_ratio: config.raft.snapshot_log_ratio,
             };
             if !policy.never() {
-                tokio::spawn(snapshot_when_due(range.group, raft.clone(), appended, snapshot_store, policy));
+                tokio::spawn(snapshot_when_due(range.group, raft.clone(), appended, policy));
             }
             if fresh && !config.join {
                 let members: BTreeMap<NodeId, BasicNode> =
@@ -695,19 +699,11 @@ impl Node {
 /// own replica. `appended` counts the bytes of entries appended to the
 /// group's log; it restarts from 0 at each request. Ends when the group's
 /// Raft stops.
-async fn snapshot_when_due(
-    group: u64,
-    raft: Raft,
-    appended: Arc<AtomicU64>,
-    snapshots: SnapshotStore,
-    policy: SnapshotPolicy,
-) {
+async fn snapshot_when_due(group: u64, raft: Raft, appended: Arc<AtomicU64>, policy: SnapshotPolicy) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let metrics = raft.metrics();
     // The log index the entries are counted from.
     let mut counted_from = 0;
-    // The current snapshot's index and size, once read.
-    let mut sized: Option<(u64, u64)> = None;
     loop {
         tick.tick().await;
         if metrics.has_changed().is_err() {
@@ -721,21 +717,7 @@ async fn snapshot_when_due(
         counted_from = counted_from.max(snapshot);
         let grown =
             LogGrowth { entries: last_log.saturating_sub(counted_from), bytes: appended.load(Ordering::Relaxed) };
-        // Reading the snapshot's size costs a lookup and a file's metadata:
-        // only past a threshold, and once per snapshot (a log waiting to
-        // outgrow a large one stays past the threshold for minutes).
-        if !policy.threshold_reached(grown) {
-            continue;
-        }
-        let snapshot_bytes = match sized {
-            Some((index, bytes)) if index == snapshot => bytes,
-            _ => {
-                let bytes = snapshots.current_bytes();
-                sized = Some((snapshot, bytes));
-                bytes
-            }
-        };
-        if !policy.due(grown, snapshot_bytes) {
+        if !policy.due(grown) {
             continue;
         }
         counted_from = last_log;
@@ -744,8 +726,7 @@ async fn snapshot_when_due(
             group,
             entries = grown.entries,
             bytes = grown.bytes,
-            snapshot_bytes,
-            "the log grew past the snapshot policy; building a snapshot"
+            "the log grew past the snapshot policy; taking a snapshot"
         );
         if raft.trigger().snapshot().await.is_err() {
             return;

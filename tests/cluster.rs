@@ -116,7 +116,7 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_killed_after_purging_its_logs_comes_back_with_every_write() {
     let config =
-        "[reads]\nclose_interval_ms = 0\n[raft]\nsnapshot_every_entries = 40\nsnapshot_log_ratio = 0\nkeep_entries_after_snapshot = 5\n";
+        "[reads]\nclose_interval_ms = 0\n[raft]\nsnapshot_every_entries = 40\nkeep_entries_after_snapshot = 5\n";
     let mut c = Cluster::start_with_config(3, config, &[]);
     c.wait_for_leader(1).await;
     let client = c.client();

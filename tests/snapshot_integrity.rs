@@ -59,8 +59,8 @@ fn data_keys(engine: &Arc<dyn Engine>) -> Vec<Vec<u8>> {
 #[test]
 fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
     phase("replica A (key /a, 5 entries applied) builds a snapshot; replica B holds /b at index 2");
-    let (_, mut a) = replica("/a", 5);
-    let (meta, data) = a.build_snapshot().unwrap();
+    let (_, a) = replica("/a", 5);
+    let (meta, data) = a.snapshot_image().unwrap();
     let data = data.into_bytes().unwrap();
     let (b_engine, mut b) = replica("/b", 2);
     let before = b.applied().clone();
@@ -196,9 +196,12 @@ async fn a_corrupted_snapshot_chunk_is_refused_so_the_leader_restarts_the_transf
 }
 
 #[test]
-fn a_damaged_stored_snapshot_is_rebuilt_rather_than_sent() {
-    let (engine, mut sm) = replica("/a", 3);
-    sm.build_snapshot().unwrap();
+fn a_damaged_stored_snapshot_is_replaced_by_an_image_rather_than_sent() {
+    let (_, a) = replica("/a", 3);
+    let (meta, data) = a.snapshot_image().unwrap();
+    let (engine, mut sm) = replica("/other", 0);
+    sm.install_snapshot(&meta, data).unwrap();
+    assert!(sm.stored_snapshot().unwrap().is_some(), "the installed snapshot is stored with its data");
     // Flip the last byte of the stored snapshot: the end of its data.
     let key = Key::Snapshot(1).encode();
     let mut stored = engine.get(&key).unwrap().unwrap();
@@ -207,9 +210,10 @@ fn a_damaged_stored_snapshot_is_rebuilt_rather_than_sent() {
     b.put(key, stored);
     engine.write(b, Durability::Sync).unwrap();
 
-    let (meta, data) = sm.current_snapshot().unwrap().expect("a snapshot");
+    assert!(sm.stored_snapshot().unwrap().is_none(), "damaged data is never offered");
+    let (meta, data) = sm.current_snapshot().unwrap().expect("an image of the current state");
     assert_eq!(meta.last_log_id.unwrap().index, 3);
     let (fresh_engine, mut fresh) = replica("/other", 0);
-    fresh.install_snapshot(&meta, data).expect("the rebuilt snapshot verifies and installs");
+    fresh.install_snapshot(&meta, data).expect("the image verifies and installs");
     assert_eq!(data_keys(&fresh_engine), vec![Key::Data(b"/a").encode()]);
 }

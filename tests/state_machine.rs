@@ -135,7 +135,7 @@ fn a_snapshot_install_leaves_no_cached_record_of_the_replaced_state() {
     for (i, batch) in log[..20].iter().enumerate() {
         a.apply(entry(1, i as u64 + 1, batch)).unwrap();
     }
-    let (meta, data) = a.build_snapshot().unwrap();
+    let (meta, data) = a.snapshot_image().unwrap();
     // B applies another log over the same keys: its cache holds their
     // records as that log left them.
     let mut b = open(b_engine.clone(), 2);

@@ -7,10 +7,11 @@
 use std::io::{self, Cursor, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::sequencer::snapshot::Building;
 use crate::sequencer::SnapshotContent;
 
 pub struct SnapshotData {
@@ -22,6 +23,9 @@ pub struct SnapshotData {
 enum Body {
     Memory(Cursor<Vec<u8>>),
     File(tokio::fs::File),
+    /// An image still being written: becomes one of the others when done.
+    /// A seek asked for meanwhile is started then.
+    Building(Building, Option<SeekFrom>),
 }
 
 /// What both bodies are.
@@ -35,13 +39,15 @@ impl From<SnapshotContent> for SnapshotData {
             SnapshotContent::File { file, path } => {
                 SnapshotData { body: Body::File(tokio::fs::File::from_std(file)), path: Some(path) }
             }
+            SnapshotContent::Building(building) => SnapshotData { body: Body::Building(building, None), path: None },
         }
     }
 }
 
 impl SnapshotData {
     /// The data, once every write to it has completed.
-    pub async fn into_content(self) -> io::Result<SnapshotContent> {
+    pub async fn into_content(mut self) -> io::Result<SnapshotContent> {
+        std::future::poll_fn(|cx| self.poll_built(cx)).await?;
         match (self.body, self.path) {
             (Body::Memory(cursor), _) => Ok(SnapshotContent::Bytes(cursor.into_inner())),
             (Body::File(mut file), Some(path)) => {
@@ -49,44 +55,76 @@ impl SnapshotData {
                 Ok(SnapshotContent::File { file: file.into_std().await, path })
             }
             (Body::File(_), None) => unreachable!("file data is only made from a content with its path"),
+            (Body::Building(..), _) => unreachable!("built above"),
         }
     }
 
-    fn body(self: Pin<&mut Self>) -> Pin<&mut dyn Data> {
-        match &mut self.get_mut().body {
+    /// Waits for an image being built; then starts the seek asked for
+    /// meanwhile, if any.
+    fn poll_built(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Body::Building(building, seek) = &mut self.body else { return Poll::Ready(Ok(())) };
+        let content = ready!(building.poll_done(cx))?;
+        let seek = seek.take();
+        // Read-only: the path of an image is never used.
+        self.body = SnapshotData::from(content).body;
+        if let Some(position) = seek {
+            self.body_mut().start_seek(position)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn body_mut(&mut self) -> Pin<&mut dyn Data> {
+        match &mut self.body {
             Body::Memory(cursor) => Pin::new(cursor),
             Body::File(file) => Pin::new(file),
+            Body::Building(..) => unreachable!("callers wait for the image first"),
         }
+    }
+
+    /// The body, once built.
+    fn poll_body(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<Pin<&mut dyn Data>>> {
+        let this = self.get_mut();
+        ready!(this.poll_built(cx))?;
+        Poll::Ready(Ok(this.body_mut()))
     }
 }
 
 impl AsyncRead for SnapshotData {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.body().poll_read(cx, buf)
+        ready!(self.poll_body(cx))?.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for SnapshotData {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.body().poll_write(cx, buf)
+        ready!(self.poll_body(cx))?.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.body().poll_flush(cx)
+        ready!(self.poll_body(cx))?.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.body().poll_shutdown(cx)
+        ready!(self.poll_body(cx))?.poll_shutdown(cx)
     }
 }
 
 impl AsyncSeek for SnapshotData {
+    /// While an image is being built, the seek is kept and started once it
+    /// is done ([`AsyncSeek::poll_complete`] waits for that).
     fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
-        self.body().start_seek(position)
+        let this = self.get_mut();
+        match &mut this.body {
+            Body::Building(_, seek) => {
+                *seek = Some(position);
+                Ok(())
+            }
+            _ => this.body_mut().start_seek(position),
+        }
     }
 
     fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        self.body().poll_complete(cx)
+        ready!(self.poll_body(cx))?.poll_complete(cx)
     }
 }
 

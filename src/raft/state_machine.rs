@@ -11,24 +11,27 @@ use openraft::{ErrorVerb, RaftSnapshotBuilder};
 use crate::error::Error;
 use crate::raft::snapshot_data::SnapshotData;
 use crate::raft::{storage_error, Entry, LogId, Membership, SnapshotMeta, StorageError, TypeConfig};
-use crate::sequencer::snapshot::SnapshotStore;
+use crate::sequencer::snapshot::{SnapshotContent, SnapshotStore};
 use crate::sequencer::{EpochResponse, GroupStateMachine};
 
 /// Handle to a group's state machine; clones share it.
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<GroupStateMachine>>,
-    /// Builds snapshots without locking `inner`: a large snapshot takes
-    /// seconds, and applying must not wait for it.
+    /// Records snapshot positions without locking `inner`: the flush
+    /// before a record takes a while, and applying must not wait for it.
     snapshots: SnapshotStore,
     /// Snapshots installed from a leader since this process started.
     installed: Arc<AtomicU64>,
+    /// Whether openraft asked for the current snapshot yet (see
+    /// `get_current_snapshot`).
+    started: bool,
 }
 
 impl StateMachine {
     pub fn new(sm: GroupStateMachine) -> Self {
         let snapshots = sm.snapshot_store();
-        Self { inner: Arc::new(Mutex::new(sm)), snapshots, installed: Arc::new(AtomicU64::new(0)) }
+        Self { inner: Arc::new(Mutex::new(sm)), snapshots, installed: Arc::new(AtomicU64::new(0)), started: false }
     }
 
     /// The counter of snapshots this replica installed since it started (the
@@ -56,41 +59,27 @@ impl StateMachine {
     }
 }
 
-/// CPU time the calling thread has used.
-fn thread_cpu_time() -> std::time::Duration {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec to write into; the clock id is a
-    // constant every Linux kernel supports.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
-    if ok {
-        std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-    } else {
-        std::time::Duration::ZERO
-    }
-}
-
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Records the applied position as the snapshot, after a flush (see
+    /// [`crate::sequencer::snapshot`]): no copy of the state is made.
+    /// openraft uses only the meta of what this returns, so the data is
+    /// empty.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
-        let (built, cpu) = tokio::task::spawn_blocking(move || {
-            let cpu = thread_cpu_time();
-            (snapshots.build(), thread_cpu_time().saturating_sub(cpu))
-        })
-        .await
-        .map_err(|e| storage_error(e, ErrorVerb::Write))?;
-        let (meta, data) = built.map_err(|e| {
-            tracing::error!(error = %e, "building a snapshot failed; stopping this group's replica");
+        let snapshots = self.snapshots.clone();
+        let recorded = tokio::task::spawn_blocking(move || snapshots.record())
+            .await
+            .map_err(|e| storage_error(e, ErrorVerb::Write))?;
+        let meta = recorded.map_err(|e| {
+            tracing::error!(error = %e, "recording a snapshot failed; stopping this group's replica");
             storage_error(e, ErrorVerb::Write)
         })?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            bytes = data.size().unwrap_or(0),
             ms = started.elapsed().as_millis() as u64,
-            cpu_ms = cpu.as_millis() as u64,
-            "built a snapshot"
+            "recorded a snapshot position"
         );
-        Ok(Snapshot { meta, snapshot: Box::new(data.into()) })
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotContent::Bytes(Vec::new()).into()) })
     }
 }
 
@@ -129,8 +118,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The snapshot to send to a follower behind the log: usually an image
+    /// of the current state, written while openraft already streams it.
+    ///
+    /// openraft's first call comes from its start-up (`get_initial_state`),
+    /// which only keeps the meta and may purge the log up to it: that call
+    /// gets only a stored snapshot with data, never an image at a position
+    /// that is not yet flushed. For a recorded position it gets `None`, and
+    /// openraft then records a position again (a flush) if it had purged
+    /// anything.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self.run(ErrorVerb::Read, |sm| sm.current_snapshot()).await?;
+        let starting = !std::mem::replace(&mut self.started, true);
+        let current = self
+            .run(ErrorVerb::Read, move |sm| if starting { sm.stored_snapshot() } else { sm.current_snapshot() })
+            .await?;
         Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data.into()) }))
     }
 }

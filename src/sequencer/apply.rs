@@ -58,9 +58,9 @@
 //!
 //! That needs those entries to still be in the log. The log is purged only
 //! up to a snapshot (openraft never purges past its snapshot), and:
-//! - a snapshot this replica builds is recorded only after a flush
-//!   ([`SnapshotStore::build`](super::snapshot::SnapshotStore::build)), so
-//!   the durable state is at or past it before anything it covers is
+//! - a snapshot this replica takes is recorded only after a flush
+//!   ([`SnapshotStore::record`](super::snapshot::SnapshotStore::record)),
+//!   so the durable state is at or past it before anything it covers is
 //!   purged;
 //! - an installed snapshot is written with a synced, logged batch.
 //!
@@ -623,10 +623,16 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    /// Builds a snapshot of the group's range and state and stores it as
-    /// the current snapshot (see [`SnapshotStore::build`]).
-    pub fn build_snapshot(&mut self) -> Result<(SnapshotMeta, SnapshotContent)> {
-        self.snapshots.build()
+    /// Records the applied position as the group's snapshot, after a
+    /// flush (see [`SnapshotStore::record`]).
+    pub fn record_snapshot(&mut self) -> Result<SnapshotMeta> {
+        self.snapshots.record()
+    }
+
+    /// Starts writing an image of the group's current state (see
+    /// [`SnapshotStore::image`]).
+    pub fn snapshot_image(&self) -> Result<(SnapshotMeta, SnapshotContent)> {
+        self.snapshots.image()
     }
 
     /// What builds and reads snapshots without holding the state machine.
@@ -672,8 +678,14 @@ impl GroupStateMachine {
         Ok(())
     }
 
-    /// The stored snapshot, verified (see [`SnapshotStore::current`]).
+    /// The snapshot to send to a follower (see [`SnapshotStore::current`]).
     pub fn current_snapshot(&mut self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
         self.snapshots.current()
+    }
+
+    /// The stored snapshot's data, if it has any (see
+    /// [`SnapshotStore::stored_data`]).
+    pub fn stored_snapshot(&mut self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
+        self.snapshots.stored_data()
     }
 }

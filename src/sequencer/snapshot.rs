@@ -1,7 +1,31 @@
-//! Snapshots of a group: their data format, where the data lives, building
-//! one from an engine snapshot and decoding one into a WriteBatch.
+//! Snapshots of a group: what is recorded when the log is compacted, the
+//! images sent to followers behind the log, and installing one.
 //!
-//! Snapshot data (what openraft stores and streams), format 1:
+//! ## Recorded positions and images
+//!
+//! The group's state is already durable in RocksDB once its memtables are
+//! flushed, so compacting the log needs no copy of it: a snapshot this
+//! replica takes ([`SnapshotStore::record`]) is a flush followed by a record
+//! of the applied position (its meta, without data), after which openraft
+//! may purge the log up to that position. This is how TiKV and CockroachDB
+//! truncate their logs; a copy of the whole state on every purge cost
+//! seconds of CPU and disk on every replica, more as the data grew.
+//!
+//! A copy is made only when a follower is behind the purged log: openraft
+//! then asks for the current snapshot ([`SnapshotStore::current`]), and gets
+//! an **image** of the state as it is at that moment, on one engine
+//! snapshot (whole epochs only, with the applied state that describes
+//! them). Its meta is that applied position, which may be past the recorded
+//! one: any committed position is a valid snapshot to send. The image is
+//! written by a thread of its own, so the call returns at once; reads of
+//! the data wait for it. It is not kept: the next follower behind gets a
+//! newer image. A snapshot installed from a leader is stored with its data
+//! (a file), so it can be passed on as is until this replica records a
+//! newer position.
+//!
+//! ## Data
+//!
+//! Snapshot data (what openraft streams), format 1:
 //!
 //! ```text
 //! byte 0      format (1)
@@ -10,8 +34,7 @@
 //! ```
 //!
 //! The image is a MessagePack stream of every key of the group's range and
-//! state. Image format 3, built since snapshots stopped counting their keys
-//! in a first pass over the state (a third of a build's time):
+//! state. Image format 3, written in one pass over the state:
 //!
 //! ```text
 //! 3                               the format, then chunks of entries:
@@ -25,19 +48,20 @@
 //! instead of `bin`); they still install.
 //!
 //! On a server node the data is a file in `<data_dir>/snapshots`, and it is
-//! never whole in memory: a build streams the image through zstd into a
-//! temporary file, a follower writes the leader's chunks into one, and the
-//! leader sends chunks read from the file. Installing decodes the file as a
-//! stream straight into the one WriteBatch that replaces the group's state
-//! atomically (so that batch, not the image, is the install's memory).
-//! Engines without a directory (tests) keep the data in memory and inside
-//! the `Key::Snapshot` record.
+//! never whole in memory: an image is streamed through zstd into a file
+//! (unlinked at once, so it goes when the transfer drops it), a follower
+//! writes the leader's chunks into a file, and installing decodes that file
+//! as a stream straight into the one WriteBatch that replaces the group's
+//! state atomically (so that batch, not the image, is the install's
+//! memory). Engines without a directory (tests) keep the data in memory and
+//! an installed snapshot's inside the `Key::Snapshot` record.
 
 use std::fmt;
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arbor_storage::{Direction, Durability, Engine, ReadView, WriteBatch};
@@ -78,6 +102,52 @@ pub enum SnapshotContent {
     /// An open file in the snapshot directory. It stays readable through
     /// `file` even after a newer snapshot removed `path`.
     File { file: File, path: PathBuf },
+    /// An image still being written (see [`SnapshotStore::image`]): it
+    /// becomes one of the others when done.
+    Building(Building),
+}
+
+/// An image being written by a thread of its own. Dropping this before it
+/// is done stops the thread.
+#[derive(Debug)]
+pub struct Building {
+    done: tokio::sync::oneshot::Receiver<Result<SnapshotContent>>,
+    _cancel: CancelOnDrop,
+}
+
+/// Sets its flag when dropped: the image thread checks it between chunks.
+#[derive(Debug)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Building {
+    /// The finished image (blocking: not on a tokio worker).
+    fn wait(self) -> io::Result<SnapshotContent> {
+        finished(self.done.blocking_recv())
+    }
+
+    /// The finished image, once ready.
+    pub(crate) fn poll_done(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<SnapshotContent>> {
+        std::pin::Pin::new(&mut self.done).poll(cx).map(finished)
+    }
+}
+
+fn finished(
+    received: std::result::Result<Result<SnapshotContent>, tokio::sync::oneshot::error::RecvError>,
+) -> io::Result<SnapshotContent> {
+    match received {
+        Ok(Ok(content)) => Ok(content),
+        Ok(Err(e)) => Err(io::Error::other(format!("building the snapshot image: {e}"))),
+        Err(_) => Err(io::Error::other("the snapshot image thread ended without an image")),
+    }
 }
 
 impl From<Vec<u8>> for SnapshotContent {
@@ -95,16 +165,32 @@ struct Verified {
 }
 
 impl SnapshotContent {
-    /// The whole data, read into memory.
+    /// Waits for an image being built to be done (blocking: not on a tokio
+    /// worker). Other content is left as it is.
+    fn finish(&mut self) -> io::Result<()> {
+        if let SnapshotContent::Building(_) = self {
+            let SnapshotContent::Building(building) = std::mem::replace(self, SnapshotContent::Bytes(Vec::new()))
+            else {
+                unreachable!("matched above")
+            };
+            *self = building.wait()?;
+        }
+        Ok(())
+    }
+
     /// The data's size in bytes.
-    pub fn size(&self) -> io::Result<u64> {
+    pub fn size(&mut self) -> io::Result<u64> {
+        self.finish()?;
         match self {
             SnapshotContent::Bytes(b) => Ok(b.len() as u64),
             SnapshotContent::File { file, .. } => Ok(file.metadata()?.len()),
+            SnapshotContent::Building(_) => unreachable!("finished above"),
         }
     }
 
-    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+    /// The whole data, read into memory.
+    pub fn into_bytes(mut self) -> io::Result<Vec<u8>> {
+        self.finish()?;
         match self {
             SnapshotContent::Bytes(bytes) => Ok(bytes),
             SnapshotContent::File { mut file, .. } => {
@@ -113,16 +199,19 @@ impl SnapshotContent {
                 file.read_to_end(&mut bytes)?;
                 Ok(bytes)
             }
+            SnapshotContent::Building(_) => unreachable!("finished above"),
         }
     }
 
     fn reader_at(&mut self, offset: u64) -> io::Result<Box<dyn Read + '_>> {
+        self.finish()?;
         match self {
             SnapshotContent::Bytes(bytes) => Ok(Box::new(bytes.get(offset as usize..).unwrap_or_default())),
             SnapshotContent::File { file, .. } => {
                 file.seek(SeekFrom::Start(offset))?;
                 Ok(Box::new(BufReader::with_capacity(READ_BUFFER, file)))
             }
+            SnapshotContent::Building(_) => unreachable!("finished above"),
         }
     }
 
@@ -156,16 +245,21 @@ impl SnapshotContent {
     }
 
     /// Writes the data of an image of the entries read from `view` in
-    /// `ranges`, and returns its checksum.
-    fn write_image(&mut self, view: &dyn ReadView, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<u32> {
+    /// `ranges`, unless `cancel` is set first.
+    fn write_image(&mut self, view: &dyn ReadView, ranges: &[(Vec<u8>, Vec<u8>)], cancel: &AtomicBool) -> Result<()> {
         match self {
             SnapshotContent::Bytes(bytes) => {
                 let mut out = Cursor::new(std::mem::take(bytes));
-                let crc = write_data(&mut out, view, ranges);
+                let written = write_data(&mut out, view, ranges, cancel);
                 *bytes = out.into_inner();
-                crc
+                written
             }
-            SnapshotContent::File { file, .. } => write_data(&mut WritebackEvery { file, unsynced: 0 }, view, ranges),
+            SnapshotContent::File { file, .. } => {
+                write_data(&mut WritebackEvery { file, unsynced: 0 }, view, ranges, cancel)?;
+                file.seek(SeekFrom::Start(0)).map_err(|e| Error::Fatal(format!("snapshot image: {e}")))?;
+                Ok(())
+            }
+            SnapshotContent::Building(_) => unreachable!("images are written into new content"),
         }
     }
 }
@@ -222,8 +316,14 @@ impl<W: Write> Write for Checksummed<W> {
 }
 
 /// Writes snapshot data (header, then the image streamed through zstd) and
-/// fills in its checksum, which it returns.
-fn write_data<W: Write + Seek>(out: &mut W, view: &dyn ReadView, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<u32> {
+/// fills in its checksum. Stops with [`Error::Unavailable`] once `cancel`
+/// is set.
+fn write_data<W: Write + Seek>(
+    out: &mut W,
+    view: &dyn ReadView,
+    ranges: &[(Vec<u8>, Vec<u8>)],
+    cancel: &AtomicBool,
+) -> Result<()> {
     let io = |e: io::Error| Error::Fatal(format!("snapshot image: {e}"));
     let marker = |e: rmp::encode::ValueWriteError| Error::Fatal(format!("snapshot image: {e}"));
     out.write_all(&[SNAPSHOT_DATA_V1, 0, 0, 0, 0]).map_err(io)?;
@@ -234,6 +334,9 @@ fn write_data<W: Write + Seek>(out: &mut W, view: &dyn ReadView, ranges: &[(Vec<
     let mut chunk = Vec::new();
     let mut in_chunk: u32 = 0;
     let emit = |z: &mut zstd::stream::Encoder<_>, chunk: &mut Vec<u8>, n: &mut u32| -> Result<()> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable("snapshot image no longer wanted".to_string()));
+        }
         rmp::encode::write_array_len(z, *n).map_err(marker)?;
         z.write_all(chunk).map_err(io)?;
         chunk.clear();
@@ -260,7 +363,7 @@ fn write_data<W: Write + Seek>(out: &mut W, view: &dyn ReadView, ranges: &[(Vec<
     out.seek(SeekFrom::Start(1)).map_err(io)?;
     out.write_all(&crc.to_le_bytes()).map_err(io)?;
     out.seek(SeekFrom::End(0)).map_err(io)?;
-    Ok(crc)
+    Ok(())
 }
 
 fn scan<'a>(
@@ -413,7 +516,7 @@ pub(super) fn install_batch(
 /// A snapshot as stored under `Key::Snapshot(group)`. The data is a
 /// MessagePack `bin`; snapshots stored as an array of integers (before
 /// that) still decode. With a snapshot directory, the data is in the file
-/// `file` there and `data` is empty.
+/// `file` there and `data` is empty. A recorded position has neither.
 #[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -421,6 +524,13 @@ struct StoredSnapshot {
     data: Vec<u8>,
     #[serde(default)]
     file: Option<String>,
+}
+
+impl StoredSnapshot {
+    /// A recorded position, without data (data always has a header).
+    fn is_position(&self) -> bool {
+        self.data.is_empty() && self.file.is_none()
+    }
 }
 
 /// [`StoredSnapshot`] for encoding, without copying the data.
@@ -436,17 +546,19 @@ struct StoredSnapshotRef<'a> {
 }
 
 /// Where a group's snapshot data is kept. Without a directory (an engine
-/// with no disk, as in tests) it is inside the `Key::Snapshot` value. With
-/// one, it is a file there, fsync'd and renamed into place before the key
-/// that names it is written: a snapshot holds the group's whole state, and
-/// writing it into RocksDB put hundreds of MB in the WAL that every log
-/// append then waited behind (long enough for a follower to call an
-/// election).
+/// with no disk, as in tests) an installed snapshot's is inside the
+/// `Key::Snapshot` value. With one, it is a file there, fsync'd and renamed
+/// into place before the key that names it is written: a snapshot holds the
+/// group's whole state, and writing it into RocksDB put hundreds of MB in
+/// the WAL that every log append then waited behind (long enough for a
+/// follower to call an election).
 ///
-/// Files of `group`: `g{group}-i{index}-{crc}.snap` (the current snapshot;
+/// Files of `group`: `g{group}-i{index}-{crc}.snap` (an installed snapshot;
 /// others with that prefix are older ones, removed when a newer one is
-/// stored), `g{group}-build-*.tmp` (a build being written) and
-/// `g{group}-recv-*.tmp` (a snapshot being received).
+/// stored or a newer position recorded), `g{group}-recv-*.tmp` (a snapshot
+/// being received) and `g{group}-image-*.tmp` (an image being written for
+/// a follower, unlinked as soon as it is created). `g{group}-build-*.tmp`
+/// were snapshots being built before positions were recorded instead.
 #[derive(Clone, Default)]
 pub(super) struct SnapshotFiles {
     dir: Option<PathBuf>,
@@ -463,13 +575,13 @@ impl SnapshotFiles {
         let files = SnapshotFiles { dir: Some(dir) };
         files.remove_matching(|name| {
             name.ends_with(".tmp")
-                && (name.starts_with(&format!("g{group}-build-")) || name.starts_with(&format!("g{group}-recv-")))
+                && ["build", "recv", "image"].iter().any(|purpose| name.starts_with(&format!("g{group}-{purpose}-")))
         });
         Ok(files)
     }
 
     /// Somewhere new to write snapshot data: a temporary file named for
-    /// `purpose` ("build" or "recv"), or memory without a directory.
+    /// `purpose` ("image" or "recv"), or memory without a directory.
     pub(super) fn create(&self, group: u64, purpose: &str) -> Result<SnapshotContent> {
         let Some(dir) = &self.dir else { return Ok(SnapshotContent::Bytes(Vec::new())) };
         let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
@@ -524,6 +636,7 @@ impl SnapshotFiles {
                 f.sync_all().map_err(|e| io_error(&tmp, "fsync", e))?;
                 std::fs::rename(&tmp, &target).map_err(|e| io_error(&tmp, "rename", e))?;
             }
+            SnapshotContent::Building(_) => unreachable!("installed data is verified first, which finishes it"),
         }
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, "fsync directory", e))?;
         Ok((encode(&StoredSnapshotRef { meta, data: &[], file: Some(&name) }), Some(name)))
@@ -569,68 +682,122 @@ fn io_error(path: &Path, what: &str, e: io::Error) -> Error {
     Error::Storage(arbor_storage::Error::Io(format!("snapshot file {}: {what}: {e}", path.display())))
 }
 
-/// Builds, stores and reads back a group's snapshots. Building reads one
-/// consistent engine snapshot (whole epochs only, with the applied state
-/// that describes them), so it runs without holding the state machine, and
-/// epochs keep being applied meanwhile.
+/// Records, stores and reads back a group's snapshots, and writes images
+/// of its state, without holding the state machine: epochs keep being
+/// applied meanwhile.
 #[derive(Clone)]
 pub struct SnapshotStore {
     pub(super) group: u64,
     pub(super) range: RangeDesc,
     pub(super) engine: Arc<dyn Engine>,
     pub(super) durability: Durability,
-    /// Held while `Key::Snapshot` is replaced, by builds and installs alike,
-    /// so a build that read older state never overwrites a newer snapshot
-    /// installed meanwhile (and while a stored snapshot is opened).
+    /// Held while `Key::Snapshot` is replaced, by records and installs
+    /// alike, so a record that read an older position never overwrites a
+    /// newer snapshot installed meanwhile (and while a stored snapshot is
+    /// opened).
     pub(super) lock: Arc<Mutex<()>>,
     pub(super) files: SnapshotFiles,
 }
 
+/// What `Key::Snapshot` holds.
+enum Stored {
+    /// No snapshot yet.
+    Nothing,
+    /// A recorded position, or data that can no longer be sent (damaged
+    /// or gone): an image of the current state replaces it.
+    Position,
+    /// An installed snapshot's data, verified.
+    Data(SnapshotMeta, SnapshotContent),
+}
+
 impl SnapshotStore {
-    /// Builds a snapshot from one consistent engine snapshot and stores it
-    /// as the group's current snapshot. The image is streamed into the
-    /// compressor in one pass over the engine snapshot, and from there into
-    /// a file.
-    pub fn build(&self) -> Result<(SnapshotMeta, SnapshotContent)> {
-        let view = self.engine.snapshot();
-        let applied: AppliedState = match view.get(&Key::Applied(self.group).encode())? {
-            Some(b) => decode(&b, "applied state")?,
-            None => AppliedState::default(),
-        };
-        let ranges = group_ranges(self.group, &self.range);
-        let mut content = self.files.create(self.group, "build")?;
-        let written = content.write_image(&*view, &ranges);
-        drop(view);
-        let crc = match written {
-            Ok(crc) => crc,
-            Err(e) => {
-                discard(&content);
-                return Err(e);
+    /// Records the group's applied position as its snapshot, once a flush
+    /// made the state up to it durable, and returns its meta. openraft may
+    /// then purge the log up to it. A snapshot stored at that position or
+    /// a newer one (installed meanwhile) is kept, and its meta returned.
+    pub fn record(&self) -> Result<SnapshotMeta> {
+        let meta = self.meta_of(&read_applied(self.engine.as_ref(), self.group)?);
+        // Apply batches are unlogged (see "Durability" in `apply`): only a
+        // flush makes the state up to `meta` durable. It must come before
+        // the record, because once recorded, openraft may purge the log
+        // entries a restarted replica would re-apply.
+        self.engine.flush()?;
+        let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stored) = self.read_stored()? {
+            if stored.meta.last_log_id >= meta.last_log_id {
+                return Ok(stored.meta);
             }
-        };
+        }
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Snapshot(self.group).encode(), encode(&StoredSnapshotRef { meta: &meta, data: &[], file: None }));
+        self.engine.write(wb, self.durability)?;
+        self.files.remove_others(self.group, None);
+        Ok(meta)
+    }
+
+    fn meta_of(&self, applied: &AppliedState) -> SnapshotMeta {
         let index = applied.last_applied.map_or(0, |l| l.index);
-        let meta = SnapshotMeta {
+        SnapshotMeta {
             last_log_id: applied.last_applied,
             last_membership: applied.membership.clone(),
             snapshot_id: format!("g{}-i{}-s{}", self.group, index, applied.stamp),
-        };
-        // Apply batches are unlogged (see "Durability" in `apply`): only a
-        // flush makes the state this snapshot covers durable. It must come
-        // before the snapshot is recorded, because once it is, openraft may
-        // purge the log entries a restarted replica would re-apply.
-        self.engine.flush()?;
-        let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(bytes) = self.engine.get(&Key::Snapshot(self.group).encode())? {
-            let stored: StoredSnapshot = decode(&bytes, "stored snapshot")?;
-            if stored.meta.last_log_id > meta.last_log_id {
-                // A newer snapshot was installed while this one was built:
-                // hand this one back (still readable) but do not keep it.
-                discard(&content);
-                return Ok((meta, content));
-            }
         }
-        self.store_locked(&meta, &mut content, crc, WriteBatch::new())?;
-        Ok((meta, content))
+    }
+
+    /// Starts writing an image of the group's current state on a thread of
+    /// its own, and returns its meta (the position the image is at) with
+    /// content whose reads wait for it. Dropping the content stops the
+    /// thread. The image is not stored.
+    pub fn image(&self) -> Result<(SnapshotMeta, SnapshotContent)> {
+        let store = self.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let (meta_tx, meta_rx) = std::sync::mpsc::sync_channel(1);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("snapshot-g{}", self.group))
+            .spawn(move || {
+                let (started, cpu) = (std::time::Instant::now(), thread_cpu_time());
+                let view = store.engine.snapshot();
+                let meta = match read_applied(&*view, store.group) {
+                    Ok(applied) => store.meta_of(&applied),
+                    Err(e) => {
+                        let _ = meta_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = meta_tx.send(Ok(meta.clone()));
+                let mut written = store.write_image(&*view, &flag);
+                drop(view);
+                match &mut written {
+                    Ok(content) => tracing::info!(
+                        snapshot = %meta.snapshot_id,
+                        bytes = content.size().unwrap_or(0),
+                        ms = started.elapsed().as_millis() as u64,
+                        cpu_ms = thread_cpu_time().saturating_sub(cpu).as_millis() as u64,
+                        "wrote a snapshot image for a follower"
+                    ),
+                    Err(Error::Unavailable(_)) => {
+                        tracing::info!(snapshot = %meta.snapshot_id, "snapshot image no longer wanted")
+                    }
+                    Err(e) => {
+                        tracing::error!(snapshot = %meta.snapshot_id, error = %e, "writing a snapshot image failed")
+                    }
+                }
+                let _ = done_tx.send(written);
+            })
+            .map_err(|e| Error::Fatal(format!("starting a snapshot image thread: {e}")))?;
+        let meta = meta_rx.recv().map_err(|_| Error::Fatal("the snapshot image thread stopped".to_string()))??;
+        Ok((meta, SnapshotContent::Building(Building { done, _cancel: CancelOnDrop(cancel) })))
+    }
+
+    /// Writes the image of `view` into new content; a file is unlinked at
+    /// once, so it lasts as long as the content.
+    fn write_image(&self, view: &dyn ReadView, cancel: &AtomicBool) -> Result<SnapshotContent> {
+        let mut content = self.files.create(self.group, "image")?;
+        discard(&content);
+        content.write_image(view, &group_ranges(self.group, &self.range), cancel)?;
+        Ok(content)
     }
 
     /// Stores `content` as the current snapshot, with `extra` (if any) in
@@ -640,20 +807,9 @@ impl SnapshotStore {
         meta: &SnapshotMeta,
         content: &mut SnapshotContent,
         crc: u32,
-        extra: WriteBatch,
-    ) -> Result<()> {
-        let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.store_locked(meta, content, crc, extra)
-    }
-
-    /// [`SnapshotStore::store_with`], the lock already held.
-    fn store_locked(
-        &self,
-        meta: &SnapshotMeta,
-        content: &mut SnapshotContent,
-        crc: u32,
         mut wb: WriteBatch,
     ) -> Result<()> {
+        let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let (value, file) = self.files.store(self.group, meta, content, crc)?;
         wb.put(Key::Snapshot(self.group).encode(), value);
         self.engine.write(wb, self.durability)?;
@@ -661,46 +817,86 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// The size of the current snapshot's data, or 0 if there is none (or
-    /// it cannot be read: the next [`SnapshotStore::current`] says why).
-    pub fn current_bytes(&self) -> u64 {
-        let Ok(Some(bytes)) = self.engine.get(&Key::Snapshot(self.group).encode()) else { return 0 };
-        let Ok(stored) = decode::<StoredSnapshot>(&bytes, "stored snapshot") else { return 0 };
-        self.files.load(stored).ok().and_then(|content| content.size().ok()).unwrap_or(0)
+    fn read_stored(&self) -> Result<Option<StoredSnapshot>> {
+        match self.engine.get(&Key::Snapshot(self.group).encode())? {
+            Some(bytes) => Ok(Some(decode(&bytes, "stored snapshot")?)),
+            None => Ok(None),
+        }
     }
 
-    /// The stored snapshot, verified: one whose checksum no longer matches
-    /// (damaged on this node's disk) or whose file is gone is never sent —
-    /// every receiver would refuse it — but replaced by a new one built
-    /// from the current state.
+    /// The snapshot to send to a follower behind the log: the stored data
+    /// of an installed snapshot, verified, or else an image of the current
+    /// state (see [`SnapshotStore::image`]). `None` before the first
+    /// snapshot.
     pub fn current(&self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
+        match self.stored()? {
+            Stored::Nothing => Ok(None),
+            Stored::Position => self.image().map(Some),
+            Stored::Data(meta, content) => Ok(Some((meta, content))),
+        }
+    }
+
+    /// The stored snapshot if it has data that can be sent; `None` for a
+    /// recorded position.
+    pub fn stored_data(&self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
+        match self.stored()? {
+            Stored::Data(meta, content) => Ok(Some((meta, content))),
+            Stored::Nothing | Stored::Position => Ok(None),
+        }
+    }
+
+    /// What `Key::Snapshot` holds. Data whose checksum no longer matches
+    /// (damaged on this node's disk) or whose file is gone is never sent,
+    /// since every receiver would refuse it: it counts as a position.
+    fn stored(&self) -> Result<Stored> {
         let key = Key::Snapshot(self.group).encode();
         let found = {
             let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            match self.engine.get(&key)? {
-                Some(bytes) => {
-                    let stored: StoredSnapshot = decode(&bytes, "stored snapshot")?;
+            match self.read_stored()? {
+                None => return Ok(Stored::Nothing),
+                Some(stored) if stored.is_position() => return Ok(Stored::Position),
+                Some(stored) => {
                     let at = match &stored.file {
                         Some(name) => name.clone(),
                         None => self.engine.locate(&key),
                     };
-                    Some((stored.meta.clone(), at, self.files.load(stored)))
+                    (stored.meta.clone(), at, self.files.load(stored))
                 }
-                None => None,
             }
         };
-        let Some((meta, at, opened)) = found else { return Ok(None) };
+        let (meta, at, opened) = found;
         match opened.and_then(|mut content| content.verify().map(|_| content)) {
-            Ok(content) => Ok(Some((meta, content))),
+            Ok(content) => Ok(Stored::Data(meta, content)),
             Err(why) => {
                 tracing::error!(
                     group = self.group,
                     snapshot = %meta.snapshot_id,
-                    "the stored snapshot in {at} is damaged ({why}); building a new one instead of sending it"
+                    "the stored snapshot in {at} is damaged ({why}); sending an image of the current state instead"
                 );
-                self.build().map(Some)
+                Ok(Stored::Position)
             }
         }
+    }
+}
+
+/// The applied state `view` holds for `group`.
+fn read_applied(view: &dyn ReadView, group: u64) -> Result<AppliedState> {
+    match view.get(&Key::Applied(group).encode())? {
+        Some(b) => decode(&b, "applied state"),
+        None => Ok(AppliedState::default()),
+    }
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu_time() -> std::time::Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write into; the clock id is a
+    // constant every Linux kernel supports.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    if ok {
+        std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    } else {
+        std::time::Duration::ZERO
     }
 }
 
@@ -729,6 +925,8 @@ pub(super) fn group_ranges(group: u64, range: &RangeDesc) -> Vec<(Vec<u8>, Vec<u
 
 #[cfg(test)]
 mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
     use super::*;
     use crate::hlc::{Hlc, ManualClock};
     use crate::sequencer::GroupStateMachine;
@@ -796,63 +994,144 @@ mod tests {
         sm.current_snapshot().unwrap().map(|(meta, content)| (meta, bytes(content)))
     }
 
+    /// Moves the applied position of group 1 on `engine` to `index`, as
+    /// an epoch would.
+    fn advance(engine: &arbor_storage::Memory, sm: &GroupStateMachine, index: u64) {
+        let last_applied = Some(LogId::new(CommittedLeaderId::new(1, 1), index));
+        let state = AppliedState { last_applied, stamp: index, ..sm.applied().clone() };
+        let mut wb = WriteBatch::new();
+        wb.put(Key::Applied(1).encode(), encode(&state));
+        engine.write(wb, Durability::Sync).unwrap();
+    }
+
     #[test]
-    fn with_a_snapshot_dir_the_data_lives_in_a_file_and_a_damaged_one_is_rebuilt() {
+    fn a_snapshot_is_a_recorded_position_and_a_follower_gets_an_image_of_the_state_as_it_is_now() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a");
         let (source, sm) = open_memory();
         let mut sm = sm.with_snapshot_dir(dir.clone()).unwrap();
         put(&source, b"/a", vec![7; 1000]);
-        let (meta, built) = sm.build_snapshot().unwrap();
-        assert!(matches!(built, SnapshotContent::File { .. }), "{built:?}");
-        let data = bytes(built);
+        advance(&source, &sm, 3);
+        let meta = sm.record_snapshot().unwrap();
+        assert_eq!(meta.last_log_id.map(|l| l.index), Some(3));
         let stored = source.get(&Key::Snapshot(1).encode()).unwrap().unwrap();
-        assert!(stored.len() < 200, "only the meta and the file name in RocksDB: {} bytes", stored.len());
-        let files = files_in(&dir);
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert!(files[0].starts_with("g1-i") && files[0].ends_with(".snap"), "{files:?}");
-        assert_eq!(std::fs::read(dir.join(&files[0])).unwrap(), data);
-        assert_eq!(current_bytes(&mut sm), Some((meta.clone(), data.clone())));
+        assert!(stored.len() < 200, "only the meta in RocksDB: {} bytes", stored.len());
+        assert!(files_in(&dir).is_empty(), "no copy of the state: {:?}", files_in(&dir));
+        assert!(sm.stored_snapshot().unwrap().is_none(), "a position has no data to send");
+        assert_eq!(sm.record_snapshot().unwrap(), meta, "recording the same position again changes nothing");
 
-        // A newer build replaces the file; the old one is removed.
-        let mut wb = WriteBatch::new();
-        wb.put(Key::Applied(1).encode(), encode(&AppliedState { stamp: 5, ..sm.applied().clone() }));
-        source.write(wb, Durability::Sync).unwrap();
+        // The state moves on; a follower behind the log gets an image of
+        // it as it is now, past the recorded position.
         put(&source, b"/b", vec![8; 10]);
-        let (_, newer) = sm.build_snapshot().unwrap();
-        let files = files_in(&dir);
-        assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(std::fs::read(dir.join(&files[0])).unwrap(), bytes(newer));
+        advance(&source, &sm, 5);
+        let (image_meta, image) = sm.current_snapshot().unwrap().unwrap();
+        assert_eq!(image_meta.last_log_id.map(|l| l.index), Some(5));
+        assert!(matches!(image, SnapshotContent::Building(_)), "{image:?}");
+        let data = bytes(image);
+        assert!(files_in(&dir).is_empty(), "the image's file was unlinked: {:?}", files_in(&dir));
+        let (target, mut other) = open_memory();
+        other.install_snapshot(&image_meta, data.into()).unwrap();
+        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(vec![7; 1000]));
+        assert_eq!(target.get(&Key::Data(b"/b").encode()).unwrap(), Some(vec![8; 10]));
+        assert_eq!(other.applied().last_applied, image_meta.last_log_id);
+        assert_eq!(other.applied().stamp, 5, "the applied state travels in the image");
+    }
 
-        // Damage the file: the snapshot is rebuilt rather than sent.
+    #[test]
+    fn an_installed_snapshot_is_sent_as_is_until_damaged_or_a_newer_position_is_recorded() {
+        let (source, sm) = open_memory();
+        put(&source, b"/a", b"record-a".to_vec());
+        advance(&source, &sm, 4);
+        let (meta, image) = sm.snapshot_image().unwrap();
+        let data = bytes(image);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("b");
+        let (target, other) = open_memory();
+        let mut other = other.with_snapshot_dir(dir.clone()).unwrap();
+        other.install_snapshot(&meta, data.clone().into()).unwrap();
+        assert_eq!(current_bytes(&mut other), Some((meta.clone(), data.clone())), "sent as is");
+        assert!(other.stored_snapshot().unwrap().is_some());
+        let files = files_in(&dir);
+        assert!(files.len() == 1 && files[0].starts_with("g1-i4-") && files[0].ends_with(".snap"), "{files:?}");
+        assert_eq!(other.record_snapshot().unwrap(), meta, "no newer position: the installed snapshot stays");
+        assert_eq!(files_in(&dir), files);
+
+        // Damage the file: an image of the current state is sent instead.
         let path = dir.join(&files[0]);
         let mut damaged = std::fs::read(&path).unwrap();
         *damaged.last_mut().unwrap() ^= 0x40;
         std::fs::write(&path, damaged).unwrap();
-        let (_, mut rebuilt) = sm.current_snapshot().unwrap().unwrap();
-        assert!(rebuilt.verify().is_ok());
+        assert!(other.stored_snapshot().unwrap().is_none(), "damaged data is not offered at start-up");
+        let (_, mut image) = other.current_snapshot().unwrap().unwrap();
+        assert!(matches!(image, SnapshotContent::Building(_)), "{image:?}");
+        assert!(image.verify().is_ok());
         // Or delete it: the same.
-        for f in files_in(&dir) {
-            std::fs::remove_file(dir.join(f)).unwrap();
-        }
-        let (_, mut rebuilt) = sm.current_snapshot().unwrap().unwrap();
-        assert!(rebuilt.verify().is_ok());
+        std::fs::remove_file(&path).unwrap();
+        let (_, mut image) = other.current_snapshot().unwrap().unwrap();
+        assert!(image.verify().is_ok());
 
-        // Installing data held in memory writes the receiver's own file.
-        let (target, other) = open_memory();
-        let mut other = other.with_snapshot_dir(tmp.path().join("b")).unwrap();
-        other.install_snapshot(&meta, data.clone().into()).unwrap();
-        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(vec![7; 1000]));
-        assert_eq!(current_bytes(&mut other), Some((meta, data)));
-        assert_eq!(files_in(&tmp.path().join("b")).len(), 1);
+        // A newer position replaces the installed snapshot, and its file goes.
+        other.install_snapshot(&meta, data.into()).unwrap();
+        assert_eq!(files_in(&dir).len(), 1);
+        advance(&target, &other, 9);
+        let newer = other.record_snapshot().unwrap();
+        assert_eq!(newer.last_log_id.map(|l| l.index), Some(9));
+        assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+        assert!(other.stored_snapshot().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_image_stops_once_nobody_wants_it() {
+        let (source, sm) = open_memory();
+        for i in 0..2 * IMAGE_CHUNK_ENTRIES {
+            put(&source, format!("/k{i:05}").as_bytes(), b"v".to_vec());
+        }
+        drop(sm);
+        let ranges = group_ranges(1, &RangeDesc { group: 1, start: Vec::new(), end: Vec::new() });
+        let view = source.snapshot();
+        let mut out = Cursor::new(Vec::new());
+        let err = write_data(&mut out, &*view, &ranges, &AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(write_data(&mut out, &*view, &ranges, &AtomicBool::new(false)).is_ok());
+        // Dropping an image's content is what sets the flag.
+        let flag = Arc::new(AtomicBool::new(false));
+        drop(CancelOnDrop(flag.clone()));
+        assert!(flag.load(Ordering::Relaxed));
+    }
+
+    /// openraft's chunked sender seeks to the end, then reads from offsets:
+    /// on an image still being written both wait for it.
+    #[tokio::test]
+    async fn snapshot_data_of_an_image_waits_for_it_then_seeks_and_reads() {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let (source, sm) = open_memory();
+        let sm = sm.with_snapshot_dir(tmp.path().to_path_buf()).unwrap();
+        for i in 0..3000 {
+            put(&source, format!("/k{i:05}").as_bytes(), vec![i as u8; 100]);
+        }
+        advance(&source, &sm, 2);
+        let (meta, image) = sm.snapshot_image().unwrap();
+        let mut data = crate::raft::snapshot_data::SnapshotData::from(image);
+        let end = data.seek(SeekFrom::End(0)).await.unwrap();
+        // From an offset, as the sender reads chunks; byte 0 is the format.
+        data.seek(SeekFrom::Start(1)).await.unwrap();
+        let mut read = vec![SNAPSHOT_DATA_V1];
+        data.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read.len() as u64, end);
+        let (target, mut other) = open_memory();
+        other.install_snapshot(&meta, read.into()).unwrap();
+        let keys = |e: &arbor_storage::Memory| e.scan_prefix(&keys::data_prefix()).count();
+        assert_eq!(keys(&target), 3000);
     }
 
     #[test]
     fn a_received_file_becomes_the_stored_snapshot_and_unfinished_transfers_are_removed() {
         let tmp = tempfile::tempdir().unwrap();
-        let (source, mut sm) = open_memory();
+        let (source, sm) = open_memory();
         put(&source, b"/a", b"record-a".to_vec());
-        let (meta, built) = sm.build_snapshot().unwrap();
+        let (meta, built) = sm.snapshot_image().unwrap();
         let data = bytes(built);
 
         let dir = tmp.path().join("recv");
@@ -889,10 +1168,10 @@ mod tests {
 
     #[test]
     fn streamed_snapshots_install_and_format_1_and_2_images_still_do() {
-        let (source, mut sm) = open_memory();
+        let (source, sm) = open_memory();
         put(&source, b"/a", b"record-a".to_vec());
         put(&source, b"/b", vec![0xff; 300]);
-        let (meta, built) = sm.build_snapshot().unwrap();
+        let (meta, built) = sm.snapshot_image().unwrap();
         let data = bytes(built);
         assert_eq!(data[0], SNAPSHOT_DATA_V1);
 
@@ -915,7 +1194,7 @@ mod tests {
 
     #[test]
     fn an_image_of_many_chunks_installs_whole_and_one_cut_short_is_refused() {
-        let (source, mut sm) = open_memory();
+        let (source, sm) = open_memory();
         let n = 3 * IMAGE_CHUNK_ENTRIES as usize + 7;
         for i in 0..n {
             put(&source, format!("/k{i:05}").as_bytes(), format!("v{i}").into_bytes());
@@ -924,7 +1203,7 @@ mod tests {
         for i in 0..3 {
             put(&source, format!("/big{i}").as_bytes(), vec![i as u8; IMAGE_CHUNK_BYTES / 2 + 1]);
         }
-        let (meta, built) = sm.build_snapshot().unwrap();
+        let (meta, built) = sm.snapshot_image().unwrap();
         let data = bytes(built);
 
         let (target, mut other) = open_memory();
