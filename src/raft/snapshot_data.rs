@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::sequencer::snapshot::Building;
+use crate::sequencer::image::Building;
 use crate::sequencer::SnapshotContent;
 
 pub struct SnapshotData {

@@ -282,6 +282,7 @@ impl GroupStateMachine {
             durability,
             lock: Arc::new(std::sync::Mutex::new(())),
             files: SnapshotFiles::default(),
+            images: Default::default(),
         };
         let sm = Self {
             group,

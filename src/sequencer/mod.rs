@@ -7,13 +7,16 @@
 //! - [`apply`]: the sequencer state machine every replica runs in log order:
 //!   redelivery guard, epoch checks, dedup, fan-out to the vshard executors
 //!   and the epoch's single durable WriteBatch.
-//! - [`snapshot`]: snapshot data, its files, and building and decoding
-//!   snapshots as streams.
+//! - [`snapshot`]: recorded positions, snapshot data and its files, and
+//!   writing and decoding images of the state as streams.
+//! - [`image`]: the latest image written for followers, shared by the
+//!   transfers that ask for one.
 
 pub mod apply;
 pub mod batch;
 pub mod batcher;
 pub mod driver;
+pub mod image;
 pub mod snapshot;
 
 pub use apply::{EpochChanges, EpochResponse, Feed, GroupShared, GroupStateMachine};

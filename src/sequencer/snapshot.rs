@@ -18,10 +18,11 @@
 //! them). Its meta is that applied position, which may be past the recorded
 //! one: any committed position is a valid snapshot to send. The image is
 //! written by a thread of its own, so the call returns at once; reads of
-//! the data wait for it. It is not kept: the next follower behind gets a
-//! newer image. A snapshot installed from a leader is stored with its data
-//! (a file), so it can be passed on as is until this replica records a
-//! newer position.
+//! the data wait for it. The latest image is shared by the transfers that
+//! ask while the log still covers its position, retries included (see
+//! [`super::image`]). A snapshot installed from a leader is stored with its
+//! data (a file), so it can be passed on as is until this replica records
+//! a newer position.
 //!
 //! ## Data
 //!
@@ -49,7 +50,7 @@
 //!
 //! On a server node the data is a file in `<data_dir>/snapshots`, and it is
 //! never whole in memory: an image is streamed through zstd into a file
-//! (unlinked at once, so it goes when the transfer drops it), a follower
+//! (removed once superseded), a follower
 //! writes the leader's chunks into a file, and installing decodes that file
 //! as a stream straight into the one WriteBatch that replaces the group's
 //! state atomically (so that batch, not the image, is the install's
@@ -58,7 +59,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::future::Future;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +73,7 @@ use crate::keys::{self, Key};
 use crate::raft::SnapshotMeta;
 use crate::routing::RangeDesc;
 use crate::sequencer::apply::{decode, encode, AppliedState};
+use crate::sequencer::image::{Building, Images, Started, Written};
 
 /// The current data format (see the module docs).
 pub(super) const SNAPSHOT_DATA_V1: u8 = 1;
@@ -105,49 +106,6 @@ pub enum SnapshotContent {
     /// An image still being written (see [`SnapshotStore::image`]): it
     /// becomes one of the others when done.
     Building(Building),
-}
-
-/// An image being written by a thread of its own. Dropping this before it
-/// is done stops the thread.
-#[derive(Debug)]
-pub struct Building {
-    done: tokio::sync::oneshot::Receiver<Result<SnapshotContent>>,
-    _cancel: CancelOnDrop,
-}
-
-/// Sets its flag when dropped: the image thread checks it between chunks.
-#[derive(Debug)]
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Building {
-    /// The finished image (blocking: not on a tokio worker).
-    fn wait(self) -> io::Result<SnapshotContent> {
-        finished(self.done.blocking_recv())
-    }
-
-    /// The finished image, once ready.
-    pub(crate) fn poll_done(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<SnapshotContent>> {
-        std::pin::Pin::new(&mut self.done).poll(cx).map(finished)
-    }
-}
-
-fn finished(
-    received: std::result::Result<Result<SnapshotContent>, tokio::sync::oneshot::error::RecvError>,
-) -> io::Result<SnapshotContent> {
-    match received {
-        Ok(Ok(content)) => Ok(content),
-        Ok(Err(e)) => Err(io::Error::other(format!("building the snapshot image: {e}"))),
-        Err(_) => Err(io::Error::other("the snapshot image thread ended without an image")),
-    }
 }
 
 impl From<Vec<u8>> for SnapshotContent {
@@ -255,9 +213,7 @@ impl SnapshotContent {
                 written
             }
             SnapshotContent::File { file, .. } => {
-                write_data(&mut WritebackEvery { file, unsynced: 0 }, view, ranges, cancel)?;
-                file.seek(SeekFrom::Start(0)).map_err(|e| Error::Fatal(format!("snapshot image: {e}")))?;
-                Ok(())
+                write_data(&mut WritebackEvery { file, unsynced: 0 }, view, ranges, cancel)
             }
             SnapshotContent::Building(_) => unreachable!("images are written into new content"),
         }
@@ -556,8 +512,8 @@ struct StoredSnapshotRef<'a> {
 /// Files of `group`: `g{group}-i{index}-{crc}.snap` (an installed snapshot;
 /// others with that prefix are older ones, removed when a newer one is
 /// stored or a newer position recorded), `g{group}-recv-*.tmp` (a snapshot
-/// being received) and `g{group}-image-*.tmp` (an image being written for
-/// a follower, unlinked as soon as it is created). `g{group}-build-*.tmp`
+/// being received) and `g{group}-image-*.tmp` (the latest image written for
+/// followers, removed once superseded). `g{group}-build-*.tmp`
 /// were snapshots being built before positions were recorded instead.
 #[derive(Clone, Default)]
 pub(super) struct SnapshotFiles {
@@ -658,10 +614,14 @@ impl SnapshotFiles {
     }
 
     /// Removes `group`'s snapshot files other than `keep` (older snapshots,
-    /// and temporary files of interrupted stores).
+    /// and temporary files of interrupted stores): `g{group}-i{index}-…`,
+    /// not the images (`g{group}-image-…`), which [`Images`] removes.
     fn remove_others(&self, group: u64, keep: Option<&str>) {
         let prefix = format!("g{group}-i");
-        self.remove_matching(|name| name.starts_with(&prefix) && Some(name) != keep);
+        self.remove_matching(|name| {
+            let stored = name.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+            stored && Some(name) != keep
+        });
     }
 
     fn remove_matching(&self, remove: impl Fn(&str) -> bool) {
@@ -697,6 +657,8 @@ pub struct SnapshotStore {
     /// opened).
     pub(super) lock: Arc<Mutex<()>>,
     pub(super) files: SnapshotFiles,
+    /// The latest image written for a follower.
+    pub(super) images: Images,
 }
 
 /// What `Key::Snapshot` holds.
@@ -732,6 +694,7 @@ impl SnapshotStore {
         wb.put(Key::Snapshot(self.group).encode(), encode(&StoredSnapshotRef { meta: &meta, data: &[], file: None }));
         self.engine.write(wb, self.durability)?;
         self.files.remove_others(self.group, None);
+        self.images.supersede_below(&meta);
         Ok(meta)
     }
 
@@ -744,16 +707,22 @@ impl SnapshotStore {
         }
     }
 
-    /// Starts writing an image of the group's current state on a thread of
-    /// its own, and returns its meta (the position the image is at) with
-    /// content whose reads wait for it. Dropping the content stops the
-    /// thread. The image is not stored.
+    /// An image of the group's state for a follower behind the log, at the
+    /// recorded position or past it, with its meta (the position it is
+    /// at). The latest image is shared (see [`super::image`]); a new one
+    /// is written by a thread of its own, and this returns at once with
+    /// content whose reads wait for it.
     pub fn image(&self) -> Result<(SnapshotMeta, SnapshotContent)> {
+        let recorded = self.read_stored()?.map(|stored| stored.meta);
+        self.images.get(recorded.as_ref(), |started| self.start_image(started))
+    }
+
+    /// Starts the thread writing a new image, and returns its meta once the
+    /// thread has taken the engine snapshot it writes from.
+    fn start_image(&self, started: &Started) -> Result<SnapshotMeta> {
         let store = self.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let flag = cancel.clone();
+        let (id, progress, stop) = (started.id, started.progress.clone(), started.stop.clone());
         let (meta_tx, meta_rx) = std::sync::mpsc::sync_channel(1);
-        let (done_tx, done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("snapshot-g{}", self.group))
             .spawn(move || {
@@ -767,12 +736,12 @@ impl SnapshotStore {
                     }
                 };
                 let _ = meta_tx.send(Ok(meta.clone()));
-                let mut written = store.write_image(&*view, &flag);
+                let written = store.write_image(&*view, &stop);
                 drop(view);
-                match &mut written {
-                    Ok(content) => tracing::info!(
+                match &written {
+                    Ok((_, bytes)) => tracing::info!(
                         snapshot = %meta.snapshot_id,
-                        bytes = content.size().unwrap_or(0),
+                        bytes,
                         ms = started.elapsed().as_millis() as u64,
                         cpu_ms = thread_cpu_time().saturating_sub(cpu).as_millis() as u64,
                         "wrote a snapshot image for a follower"
@@ -784,20 +753,26 @@ impl SnapshotStore {
                         tracing::error!(snapshot = %meta.snapshot_id, error = %e, "writing a snapshot image failed")
                     }
                 }
-                let _ = done_tx.send(written);
+                store.images.finish(id, &progress, written.map(|(image, _)| image).map_err(|e| e.to_string()));
             })
             .map_err(|e| Error::Fatal(format!("starting a snapshot image thread: {e}")))?;
-        let meta = meta_rx.recv().map_err(|_| Error::Fatal("the snapshot image thread stopped".to_string()))??;
-        Ok((meta, SnapshotContent::Building(Building { done, _cancel: CancelOnDrop(cancel) })))
+        meta_rx.recv().map_err(|_| Error::Fatal("the snapshot image thread stopped".to_string()))?
     }
 
-    /// Writes the image of `view` into new content; a file is unlinked at
-    /// once, so it lasts as long as the content.
-    fn write_image(&self, view: &dyn ReadView, cancel: &AtomicBool) -> Result<SnapshotContent> {
+    /// Writes the image of `view` into a new file (or memory), unless
+    /// `stop` is set first, and returns it with its size.
+    fn write_image(&self, view: &dyn ReadView, stop: &AtomicBool) -> Result<(Written, u64)> {
         let mut content = self.files.create(self.group, "image")?;
-        discard(&content);
-        content.write_image(view, &group_ranges(self.group, &self.range), cancel)?;
-        Ok(content)
+        if let Err(e) = content.write_image(view, &group_ranges(self.group, &self.range), stop) {
+            discard(&content);
+            return Err(e);
+        }
+        let bytes = content.size().unwrap_or(0);
+        match content {
+            SnapshotContent::File { path, .. } => Ok((Written::File(path), bytes)),
+            SnapshotContent::Bytes(data) => Ok((Written::Bytes(Arc::new(data)), bytes)),
+            SnapshotContent::Building(_) => unreachable!("images are written into new content"),
+        }
     }
 
     /// Stores `content` as the current snapshot, with `extra` (if any) in
@@ -814,6 +789,7 @@ impl SnapshotStore {
         wb.put(Key::Snapshot(self.group).encode(), value);
         self.engine.write(wb, self.durability)?;
         self.files.remove_others(self.group, file.as_deref());
+        self.images.clear();
         Ok(())
     }
 
@@ -1028,13 +1004,53 @@ mod tests {
         assert_eq!(image_meta.last_log_id.map(|l| l.index), Some(5));
         assert!(matches!(image, SnapshotContent::Building(_)), "{image:?}");
         let data = bytes(image);
-        assert!(files_in(&dir).is_empty(), "the image's file was unlinked: {:?}", files_in(&dir));
         let (target, mut other) = open_memory();
-        other.install_snapshot(&image_meta, data.into()).unwrap();
+        other.install_snapshot(&image_meta, data.clone().into()).unwrap();
         assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(vec![7; 1000]));
         assert_eq!(target.get(&Key::Data(b"/b").encode()).unwrap(), Some(vec![8; 10]));
         assert_eq!(other.applied().last_applied, image_meta.last_log_id);
         assert_eq!(other.applied().stamp, 5, "the applied state travels in the image");
+
+        // Another transfer (or a retry) while the log still covers the
+        // image's position gets the same image, already written.
+        let image_files = files_in(&dir);
+        assert!(image_files.len() == 1 && image_files[0].starts_with("g1-image-"), "{image_files:?}");
+        assert_eq!(sm.record_snapshot().unwrap().last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(files_in(&dir), image_files, "a record at the image's position leaves it");
+        advance(&source, &sm, 7);
+        let (again_meta, again) = sm.current_snapshot().unwrap().unwrap();
+        assert_eq!(again_meta, image_meta);
+        assert!(matches!(again, SnapshotContent::File { .. }), "{again:?}");
+        assert_eq!(bytes(again), data);
+        assert_eq!(files_in(&dir), image_files);
+
+        // A newer recorded position supersedes it: its file goes, and the
+        // next transfer gets a new image.
+        assert_eq!(sm.record_snapshot().unwrap().last_log_id.map(|l| l.index), Some(7));
+        assert!(files_in(&dir).is_empty(), "{:?}", files_in(&dir));
+        let (newer, image) = sm.current_snapshot().unwrap().unwrap();
+        assert_eq!(newer.last_log_id.map(|l| l.index), Some(7));
+        drop(image);
+    }
+
+    #[test]
+    fn transfers_asking_while_an_image_is_written_share_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (source, sm) = open_memory();
+        let sm = sm.with_snapshot_dir(tmp.path().to_path_buf()).unwrap();
+        for i in 0..20_000 {
+            put(&source, format!("/k{i:05}").as_bytes(), vec![i as u8; 200]);
+        }
+        advance(&source, &sm, 2);
+        let (meta, first) = sm.snapshot_image().unwrap();
+        let (same, second) = sm.snapshot_image().unwrap();
+        assert_eq!(same, meta);
+        match (&first, &second) {
+            (SnapshotContent::Building(_), SnapshotContent::Building(_) | SnapshotContent::File { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bytes(first), bytes(second), "one image, read twice");
+        assert_eq!(files_in(tmp.path()).len(), 1);
     }
 
     #[test]
@@ -1094,10 +1110,6 @@ mod tests {
         let err = write_data(&mut out, &*view, &ranges, &AtomicBool::new(true)).unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         assert!(write_data(&mut out, &*view, &ranges, &AtomicBool::new(false)).is_ok());
-        // Dropping an image's content is what sets the flag.
-        let flag = Arc::new(AtomicBool::new(false));
-        drop(CancelOnDrop(flag.clone()));
-        assert!(flag.load(Ordering::Relaxed));
     }
 
     /// openraft's chunked sender seeks to the end, then reads from offsets:
