@@ -370,6 +370,14 @@ mod tests {
     }
 
     #[test]
+    fn a_configuration_with_the_retired_snapshot_log_ratio_still_loads() {
+        let c: Config = toml::from_str("[raft]\nsnapshot_log_ratio = 0\nsnapshot_every_entries = 20\n").unwrap();
+        assert_eq!(c.raft.snapshot_log_ratio, Some(0.0));
+        assert_eq!(c.raft.snapshot_every_entries, 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn the_example_config_documents_the_defaults() {
         let example: Config = toml::from_str(include_str!("../docs/arbor.example.toml")).unwrap();
         assert_eq!(example, Config::default());

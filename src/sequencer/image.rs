@@ -52,7 +52,7 @@ fn finished(
 ) -> io::Result<SnapshotContent> {
     match received {
         Ok(Ok(content)) => Ok(content),
-        Ok(Err(e)) => Err(io::Error::other(format!("writing the snapshot image: {e}"))),
+        Ok(Err(e)) => Err(io::Error::other(format!("snapshot image: {e}"))),
         Err(_) => Err(io::Error::other("the snapshot image thread ended without an image")),
     }
 }
