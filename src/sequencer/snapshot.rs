@@ -1033,15 +1033,22 @@ mod tests {
         drop(image);
     }
 
+    /// A replica with a snapshot directory `dir`, `keys` keys of
+    /// `value_len` bytes and the applied position 2.
+    fn filled(dir: &Path, keys: usize, value_len: usize) -> GroupStateMachine {
+        let (source, sm) = open_memory();
+        let sm = sm.with_snapshot_dir(dir.to_path_buf()).unwrap();
+        for i in 0..keys {
+            put(&source, format!("/k{i:05}").as_bytes(), vec![i as u8; value_len]);
+        }
+        advance(&source, &sm, 2);
+        sm
+    }
+
     #[test]
     fn transfers_asking_while_an_image_is_written_share_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let (source, sm) = open_memory();
-        let sm = sm.with_snapshot_dir(tmp.path().to_path_buf()).unwrap();
-        for i in 0..20_000 {
-            put(&source, format!("/k{i:05}").as_bytes(), vec![i as u8; 200]);
-        }
-        advance(&source, &sm, 2);
+        let sm = filled(tmp.path(), 20_000, 200);
         let (meta, first) = sm.snapshot_image().unwrap();
         let (same, second) = sm.snapshot_image().unwrap();
         assert_eq!(same, meta);
@@ -1118,12 +1125,7 @@ mod tests {
     async fn snapshot_data_of_an_image_waits_for_it_then_seeks_and_reads() {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let tmp = tempfile::tempdir().unwrap();
-        let (source, sm) = open_memory();
-        let sm = sm.with_snapshot_dir(tmp.path().to_path_buf()).unwrap();
-        for i in 0..3000 {
-            put(&source, format!("/k{i:05}").as_bytes(), vec![i as u8; 100]);
-        }
-        advance(&source, &sm, 2);
+        let sm = filled(tmp.path(), 3000, 100);
         let (meta, image) = sm.snapshot_image().unwrap();
         let mut data = crate::raft::snapshot_data::SnapshotData::from(image);
         let end = data.seek(SeekFrom::End(0)).await.unwrap();
