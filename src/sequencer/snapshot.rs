@@ -666,8 +666,8 @@ enum Stored {
     /// No snapshot yet.
     Nothing,
     /// A recorded position, or data that can no longer be sent (damaged
-    /// or gone): an image of the current state replaces it.
-    Position,
+    /// or gone), with its meta: an image at least as new replaces it.
+    Position(SnapshotMeta),
     /// An installed snapshot's data, verified.
     Data(SnapshotMeta, SnapshotContent),
 }
@@ -714,7 +714,12 @@ impl SnapshotStore {
     /// content whose reads wait for it.
     pub fn image(&self) -> Result<(SnapshotMeta, SnapshotContent)> {
         let recorded = self.read_stored()?.map(|stored| stored.meta);
-        self.images.get(recorded.as_ref(), |started| self.start_image(started))
+        self.image_at_least(recorded.as_ref())
+    }
+
+    /// [`SnapshotStore::image`], the stored snapshot's meta already read.
+    fn image_at_least(&self, stored: Option<&SnapshotMeta>) -> Result<(SnapshotMeta, SnapshotContent)> {
+        self.images.get(stored, |started| self.start_image(started))
     }
 
     /// Starts the thread writing a new image, and returns its meta once the
@@ -807,7 +812,7 @@ impl SnapshotStore {
     pub fn current(&self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
         match self.stored()? {
             Stored::Nothing => Ok(None),
-            Stored::Position => self.image().map(Some),
+            Stored::Position(meta) => self.image_at_least(Some(&meta)).map(Some),
             Stored::Data(meta, content) => Ok(Some((meta, content))),
         }
     }
@@ -817,7 +822,7 @@ impl SnapshotStore {
     pub fn stored_data(&self) -> Result<Option<(SnapshotMeta, SnapshotContent)>> {
         match self.stored()? {
             Stored::Data(meta, content) => Ok(Some((meta, content))),
-            Stored::Nothing | Stored::Position => Ok(None),
+            Stored::Nothing | Stored::Position(_) => Ok(None),
         }
     }
 
@@ -830,7 +835,7 @@ impl SnapshotStore {
             let _store = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             match self.read_stored()? {
                 None => return Ok(Stored::Nothing),
-                Some(stored) if stored.is_position() => return Ok(Stored::Position),
+                Some(stored) if stored.is_position() => return Ok(Stored::Position(stored.meta)),
                 Some(stored) => {
                     let at = match &stored.file {
                         Some(name) => name.clone(),
@@ -849,7 +854,7 @@ impl SnapshotStore {
                     snapshot = %meta.snapshot_id,
                     "the stored snapshot in {at} is damaged ({why}); sending an image of the current state instead"
                 );
-                Ok(Stored::Position)
+                Ok(Stored::Position(meta))
             }
         }
     }
