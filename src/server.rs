@@ -204,7 +204,7 @@ impl Node {
         let durability = if unsafe_switches.volatile_writes { Durability::Unlogged } else { Durability::Sync };
         let clock = Arc::new(OffsetClock::new(clock));
         let hlc = Arc::new(Hlc::new(clock.clone(), config.max_clock_offset_ms));
-        let peers = Peers::new(config.cluster_id.clone());
+        let peers = Peers::new(config.cluster_id.clone(), Duration::from_millis(config.raft.heartbeat_ms));
         let rcfg = raft_config(&config)?;
         let driver_cfg = DriverConfig {
             batcher: BatcherConfig {

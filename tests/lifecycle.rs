@@ -1,7 +1,8 @@
 //! Replica lifecycle on real clusters of `arbor server` processes (issue
 //! #3): membership changes under load, a joining node fed by snapshot, log
-//! compaction with a follower behind the purge point, corrupted log
-//! entries and a full disk. Replicas are compared byte for byte: each
+//! compaction with a follower behind the purge point, a leader that cannot
+//! write the image such a follower needs, corrupted log entries and a full
+//! disk. Replicas are compared byte for byte: each
 //! group's range and executor state is read from every stopped node's
 //! RocksDB and digested.
 //!
@@ -854,6 +855,72 @@ async fn compaction_records_positions_and_copies_no_state() {
         let g = c.wait_group(i, 1, "a snapshot of the small writes", |g| g.snapshot_index > first + 60).await;
         assert!(g.purged_index > first, "the log was purged past the first snapshot: {g:?}");
     }
+}
+
+/// How many lines of node `i`'s log contain `needle`.
+fn log_lines(c: &Cluster, i: usize, needle: &str) -> usize {
+    c.log_of(i).lines().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_write_an_image_keeps_its_group_and_sends_one_once_it_can() {
+    let toml = format!("{QUIET}[raft]\nsnapshot_every_entries = 50\nkeep_entries_after_snapshot = 10\n");
+    let mut c = Cluster::start_with_config(3, &toml, &[]);
+    let leader_id = c.wait_for_leader(1).await;
+    let leader = c.index_of(leader_id);
+    let follower = (0..c.nodes.len()).find(|&i| i != leader).unwrap();
+    let first = c.client().put("/img/first", "1").await.unwrap().header.unwrap().log_index;
+    c.wait_applied(1, first).await;
+
+    phase("stop a follower; 200 puts make the others purge their logs past it");
+    c.stop(follower);
+    let client = c.client_of(&c.running_endpoints());
+    for i in 0..200 {
+        client.put(format!("/img/{i:03}"), "v").await.unwrap();
+    }
+    c.wait_group(leader, 1, "purged past the follower", |g| g.purged_index > first).await;
+
+    phase("the leader's snapshot directory becomes a file: no image can be written");
+    let snapshots = c.nodes[leader].dir.join("snapshots");
+    let aside = c.nodes[leader].dir.join("snapshots.aside");
+    std::fs::rename(&snapshots, &aside).unwrap();
+    std::fs::write(&snapshots, b"not a directory").unwrap();
+    let term = c.group_status(leader, 1).await.unwrap().term;
+
+    // Without writes (QUIET: no closed-timestamp epochs either) nothing but
+    // the transfer's own heartbeats reaches the follower during the pauses
+    // between attempts: had it campaigned, the term would have moved.
+    phase("the follower restarts: each transfer fails; the leader keeps its group and its term, and retries");
+    c.restart(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while log_lines(&c, leader, "writing a snapshot image failed") < 3 {
+        assert!(Instant::now() < deadline, "the leader did not retry its image 3 times:\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log_lines(&c, leader, "could not read the snapshot for node") >= 3, "{}", c.logs());
+    let g = c.group_status(leader, 1).await.expect("the leader answers status");
+    assert_eq!((g.role.as_str(), g.leader, g.term), ("Leader", leader_id, term), "{g:?}");
+    assert!(g.fault.is_empty(), "the group was stopped: {g:?}");
+    let during = client.put("/img/during", "2").await.unwrap().header.unwrap().log_index;
+    let g = c.group_status(follower, 1).await.unwrap();
+    assert_eq!(g.snapshots_installed, 0, "no snapshot reached the follower: {g:?}");
+
+    phase("the directory is back: the next transfer sends an image and the follower catches up");
+    std::fs::remove_file(&snapshots).unwrap();
+    std::fs::rename(&aside, &snapshots).unwrap();
+    c.wait_group(follower, 1, "caught up by snapshot", |g| g.snapshots_installed >= 1 && g.applied_index >= during)
+        .await;
+    assert!(c.log_of(leader).contains("wrote a snapshot image for a follower"));
+    assert_eq!(c.group_status(leader, 1).await.unwrap().term, term, "one leader throughout");
+
+    phase("the three replicas are byte-identical");
+    let groups = client.status().await.unwrap().groups;
+    let all = c.running();
+    for &i in &all {
+        c.stop(i);
+    }
+    let states = assert_identical_groups(&c, &all, &groups);
+    assert_eq!(user_values(&states)[b"/img/during".as_slice()], b"2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

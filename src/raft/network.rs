@@ -8,6 +8,14 @@
 //! Raft. For snapshot chunks the receiver answers a mismatch with openraft's
 //! snapshot-mismatch error, so the leader restarts the transfer.
 //!
+//! Snapshot transfers (see [`PeerConnection::full_snapshot`]): the follower
+//! hears from the leader every heartbeat while one runs, which openraft 0.9
+//! does not see to; and snapshot data that the sender cannot read (an image of
+//! the state that could not be written: a full disk, an I/O error) fails
+//! that transfer, retried after a growing pause with a new image, where
+//! openraft would take it for a failure of the log's storage and stop the
+//! group on its leader.
+//!
 //! Leader transfer support: [`Peers::pause_replication`] holds back a
 //! group's AppendEntries (heartbeats, read-index probes and log replication)
 //! so that the followers' leader leases run out, and [`Peers::timeout_now`]
@@ -22,13 +30,17 @@ use std::time::{Duration, Instant};
 
 use arbor_proto::raft_transport_client::RaftTransportClient;
 use arbor_proto::RaftMessage;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
@@ -45,6 +57,9 @@ pub struct Peers {
     last_answer: Mutex<HashMap<NodeId, Instant>>,
     /// Groups whose outgoing AppendEntries are held back (leader transfer).
     paused: Mutex<HashSet<u64>>,
+    /// The Raft heartbeat interval: how often a follower receiving a
+    /// snapshot hears from its leader (see [`PeerConnection::full_snapshot`]).
+    heartbeat: Duration,
 }
 
 /// The payload of a `TimeoutNow` request: "campaign now", from the leader
@@ -76,12 +91,13 @@ pub fn verify(msg: &RaftMessage) -> Result<(), String> {
 }
 
 impl Peers {
-    pub fn new(cluster_id: String) -> Arc<Self> {
+    pub fn new(cluster_id: String, heartbeat: Duration) -> Arc<Self> {
         Arc::new(Self {
             cluster_id,
             channels: Mutex::new(HashMap::new()),
             last_answer: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashSet::new()),
+            heartbeat,
         })
     }
 
@@ -171,17 +187,21 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             cluster_id: self.peers.cluster_id().to_string(),
             channel: self.peers.channel(target, &node.addr).map_err(|e| e.to_string()),
             peers: self.peers.clone(),
+            unreadable_snapshots: 0,
         }
     }
 }
 
 /// One group's link to one peer.
+#[derive(Clone)]
 pub struct PeerConnection {
     group: u64,
     target: NodeId,
     cluster_id: String,
     channel: Result<Channel, String>,
     peers: Arc<Peers>,
+    /// Snapshot transfers in a row whose data this node could not read.
+    unreadable_snapshots: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +259,69 @@ impl PeerConnection {
     }
 }
 
+/// How long a transfer waits after the `n`-th snapshot in a row it could
+/// not read, before the follower is offered a new one: an image that fails
+/// (a full disk, say) is a scan of the whole state, not to be repeated at
+/// once. 1 s, doubling up to 30 s.
+fn unreadable_snapshot_pause(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+impl PeerConnection {
+    /// The chunked transfer of [`PeerConnection::full_snapshot`], and its
+    /// handling of snapshot data this node cannot read.
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let id = snapshot.meta.snapshot_id.clone();
+        // Cancelling is `full_snapshot`'s business.
+        let never = std::future::pending::<ReplicationClosed>();
+        match Chunked::send_snapshot(self, vote, snapshot, never, option).await {
+            Err(StreamingError::StorageError(e)) => {
+                self.unreadable_snapshots += 1;
+                let pause = unreadable_snapshot_pause(self.unreadable_snapshots);
+                tracing::error!(
+                    group = self.group,
+                    snapshot = %id,
+                    error = %e,
+                    "could not read the snapshot for node {}; retrying in {pause:?}",
+                    self.target
+                );
+                tokio::time::sleep(pause).await;
+                let e = TransportError(format!("snapshot {id} for node {} unreadable: {e}", self.target));
+                Err(StreamingError::Network(NetworkError::new(&e)))
+            }
+            sent => {
+                self.unreadable_snapshots = 0;
+                sent
+            }
+        }
+    }
+
+    /// Sends the follower an empty AppendEntries from the leader of `vote`
+    /// every heartbeat, forever: no previous entry, no entries, no commit
+    /// index. A follower accepts it whatever its log holds, and it changes
+    /// nothing but the follower's knowledge that the leader is alive. It is
+    /// held back like any AppendEntries during a leader transfer, and
+    /// answers are ignored (a follower with a higher term refuses the next
+    /// chunk too, and the transfer reports that).
+    async fn keep_follower(mut self, vote: Vote<NodeId>) -> std::convert::Infallible {
+        let every = self.peers.heartbeat;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let beat = AppendEntriesRequest { vote, prev_log_id: None, entries: vec![], leader_commit: None };
+            if let Err(e) = self.append_entries(beat, RPCOption::new(every * 5)).await {
+                tracing::debug!(group = self.group, target = self.target, error = %e, "a heartbeat during a snapshot transfer failed");
+            }
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -259,6 +342,44 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
         self.call(&rpc, option, |mut c, m| async move { c.install_snapshot(m).await }).await
+    }
+
+    /// Sends `snapshot` in chunks, as openraft's default does, with two
+    /// differences.
+    ///
+    /// - The follower hears from the leader every heartbeat meanwhile
+    ///   ([`PeerConnection::keep_follower`]). While a snapshot is in flight
+    ///   to a follower, openraft 0.9 sends it no heartbeat, only the commit
+    ///   index when that moves, and a chunk does not count as the leader's
+    ///   contact (only the last one reaches the follower's Raft core). In a
+    ///   group without writes or closed-timestamp epochs, a transfer longer
+    ///   than the election timeout (the wait for an image being written
+    ///   included) made the follower campaign: its higher term deposed the
+    ///   leader, and the next leader started the transfer again, for ever
+    ///   once the image took longer than an election timeout.
+    /// - An error reading the snapshot's data on this node fails only this
+    ///   transfer: openraft would report it as a storage error and stop the
+    ///   group. After a pause ([`unreadable_snapshot_pause`]) it is reported
+    ///   as a network error, and the transfer is retried with a new image
+    ///   (an image is the only snapshot data that can fail while being
+    ///   read; a stored snapshot is verified before it is offered, and a
+    ///   failed image is never offered again).
+    ///
+    /// `cancel` (the leader's replication to this follower ended) stops the
+    /// transfer and the heartbeats at once.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let heartbeats = self.clone().keep_follower(vote);
+        tokio::select! {
+            sent = self.send_snapshot(vote, snapshot, option) => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            never = heartbeats => match never {},
+        }
     }
 
     async fn vote(
@@ -286,8 +407,14 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_snapshots_are_retried_less_and_less_often() {
+        let pauses: Vec<u64> = (1..=8).map(|n| unreadable_snapshot_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
     fn paused_groups_are_tracked_per_group() {
-        let peers = Peers::new("c".into());
+        let peers = Peers::new("c".into(), Duration::from_millis(100));
         peers.pause_replication(2, true);
         assert!(peers.replication_paused(2) && !peers.replication_paused(1));
         peers.pause_replication(2, false);
