@@ -131,6 +131,9 @@ fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
         max_payload_entries: 64,
+        // Each snapshot chunk gets its own deadline in the network (the
+        // last one waits for the install); openraft's is only a cap.
+        install_snapshot_timeout: crate::raft::network::SNAPSHOT_CHUNK_CAP.as_millis() as u64,
         ..Default::default()
     };
     Ok(Arc::new(c.validate().map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?))
