@@ -130,6 +130,12 @@ pub struct StorageConfig {
     /// The executors' cache of current records, in bytes per node, shared
     /// out evenly among the node's groups (0 disables it).
     pub record_cache_bytes: u64,
+    /// Free bytes a snapshot image (the state written for a follower
+    /// behind the purged log) leaves on the data directory's file system:
+    /// an image that would leave less stops, and the transfer is retried
+    /// later, so that the Raft log and the memtable flushes keep room
+    /// (0 = no check).
+    pub snapshot_reserve_bytes: u64,
 }
 
 impl StorageConfig {
@@ -153,6 +159,7 @@ impl Default for StorageConfig {
             background_write_bytes_per_sec: rocks.background_write_bytes_per_sec,
             direct_background_writes: rocks.direct_background_writes,
             record_cache_bytes: crate::scheduler::DEFAULT_RECORD_CACHE_BYTES as u64,
+            snapshot_reserve_bytes: 512 << 20,
         }
     }
 }

@@ -230,10 +230,11 @@ impl Node {
             let sm = {
                 let (range, e, shared, hlc, v) =
                     (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
-                let snapshots = config.data_dir.join("snapshots");
+                let (snapshots, reserve) = (config.data_dir.join("snapshots"), config.storage.snapshot_reserve_bytes);
                 tokio::task::spawn_blocking(move || {
                     GroupStateMachine::open(range, e, v, shared, hlc, durability)?
                         .with_record_cache(record_cache_bytes)
+                        .with_snapshot_reserve(reserve)
                         .with_snapshot_dir(snapshots)
                 })
                 .await

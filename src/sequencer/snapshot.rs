@@ -203,8 +203,15 @@ impl SnapshotContent {
     }
 
     /// Writes the data of an image of the entries read from `view` in
-    /// `ranges`, unless `cancel` is set first.
-    fn write_image(&mut self, view: &dyn ReadView, ranges: &[(Vec<u8>, Vec<u8>)], cancel: &AtomicBool) -> Result<()> {
+    /// `ranges`, unless `cancel` is set first. A file stops short of
+    /// leaving less than `reserve` bytes free on its file system.
+    fn write_image(
+        &mut self,
+        view: &dyn ReadView,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        cancel: &AtomicBool,
+        reserve: u64,
+    ) -> Result<()> {
         match self {
             SnapshotContent::Bytes(bytes) => {
                 let mut out = Cursor::new(std::mem::take(bytes));
@@ -213,7 +220,8 @@ impl SnapshotContent {
                 written
             }
             SnapshotContent::File { file, .. } => {
-                write_data(&mut WritebackEvery { file, unsynced: 0 }, view, ranges, cancel)
+                let mut out = KeepingReserve { inner: WritebackEvery { file, unsynced: 0 }, reserve, unchecked: 0 };
+                write_data(&mut out, view, ranges, cancel)
             }
             SnapshotContent::Building(_) => unreachable!("images are written into new content"),
         }
@@ -251,6 +259,77 @@ impl Seek for WritebackEvery<'_> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.file.seek(pos)
     }
+}
+
+/// A snapshot image file that stops with `StorageFull` before it would
+/// leave less than `reserve` bytes free on its file system, checked every
+/// [`SYNC_EVERY`] bytes: an image is as big as the group's state, and a
+/// disk it filled would fail the Raft log's appends and the memtable
+/// flushes on the leader that writes it. The transfer that wanted it fails
+/// and is retried later (see `raft::network`).
+struct KeepingReserve<W> {
+    inner: W,
+    reserve: u64,
+    /// Bytes written since free space was last checked.
+    unchecked: u64,
+}
+
+impl<'a> KeepingReserve<WritebackEvery<'a>> {
+    fn check(&self) -> io::Result<()> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        let free = free_bytes(self.inner.file)?;
+        if free < self.reserve.saturating_add(SYNC_EVERY) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{} MiB free on the data directory's file system; a snapshot image leaves at least {} MiB \
+                     (storage.snapshot_reserve_bytes)",
+                    free >> 20,
+                    self.reserve >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Write for KeepingReserve<WritebackEvery<'_>> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.unchecked == 0 {
+            self.check()?;
+        }
+        let n = self.inner.write(buf)?;
+        self.unchecked += n as u64;
+        if self.unchecked >= SYNC_EVERY {
+            self.unchecked = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Seek for KeepingReserve<WritebackEvery<'_>> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// Bytes an unprivileged writer may still use on `file`'s file system.
+fn free_bytes(file: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero statvfs is a valid value for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call's duration (`file` is
+    // borrowed), and `st` is a valid statvfs to write into.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// A writer that checksums what passes through it.
@@ -518,6 +597,9 @@ struct StoredSnapshotRef<'a> {
 #[derive(Clone, Default)]
 pub(super) struct SnapshotFiles {
     dir: Option<PathBuf>,
+    /// Free bytes an image leaves on the directory's file system (0: no
+    /// check; see [`KeepingReserve`]).
+    pub(super) reserve: u64,
 }
 
 /// Makes temporary file names unique within the process.
@@ -528,7 +610,7 @@ impl SnapshotFiles {
     /// behind (a crash during a build or a transfer) are removed.
     pub(super) fn open(dir: PathBuf, group: u64) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, "create", e))?;
-        let files = SnapshotFiles { dir: Some(dir) };
+        let files = SnapshotFiles { dir: Some(dir), reserve: 0 };
         files.remove_matching(|name| {
             name.ends_with(".tmp")
                 && ["build", "recv", "image"].iter().any(|purpose| name.starts_with(&format!("g{group}-{purpose}-")))
@@ -768,7 +850,8 @@ impl SnapshotStore {
     /// `stop` is set first, and returns it with its size.
     fn write_image(&self, view: &dyn ReadView, stop: &AtomicBool) -> Result<(Written, u64)> {
         let mut content = self.files.create(self.group, "image")?;
-        if let Err(e) = content.write_image(view, &group_ranges(self.group, &self.range), stop) {
+        let ranges = group_ranges(self.group, &self.range);
+        if let Err(e) = content.write_image(view, &ranges, stop, self.files.reserve) {
             discard(&content);
             return Err(e);
         }
@@ -1063,6 +1146,22 @@ mod tests {
         }
         assert_eq!(bytes(first), bytes(second), "one image, read twice");
         assert_eq!(files_in(tmp.path()).len(), 1);
+    }
+
+    #[test]
+    fn an_image_that_would_eat_into_the_disk_reserve_fails_and_the_next_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sm = filled(tmp.path(), 100, 200).with_snapshot_reserve(u64::MAX);
+        let (_, image) = sm.snapshot_image().unwrap();
+        let err = image.into_bytes().unwrap_err().to_string();
+        assert!(err.contains("MiB free") && err.contains("storage.snapshot_reserve_bytes"), "{err}");
+        assert_eq!(files_in(tmp.path()), Vec::<String>::new(), "the failed image's file is removed");
+
+        let sm = sm.with_snapshot_reserve(1);
+        let (meta, image) = sm.snapshot_image().unwrap();
+        let (other, mut other_sm) = open_memory();
+        other_sm.install_snapshot(&meta, bytes(image).into()).unwrap();
+        assert_eq!(other.scan_prefix(&crate::keys::data_prefix()).count(), 100);
     }
 
     #[test]
