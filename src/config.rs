@@ -130,11 +130,11 @@ pub struct StorageConfig {
     /// The executors' cache of current records, in bytes per node, shared
     /// out evenly among the node's groups (0 disables it).
     pub record_cache_bytes: u64,
-    /// Free bytes a snapshot image (the state written for a follower
-    /// behind the purged log) leaves on the data directory's file system:
-    /// an image that would leave less stops, and the transfer is retried
-    /// later, so that the Raft log and the memtable flushes keep room
-    /// (0 = no check).
+    /// Free bytes a snapshot leaves on the data directory's file system:
+    /// an image (the state written for a follower behind the purged log)
+    /// that would leave less stops, a follower refuses the chunks of a
+    /// snapshot it has no room for, and the transfer is retried later, so
+    /// that the Raft log and the memtable flushes keep room (0 = no check).
     pub snapshot_reserve_bytes: u64,
 }
 

@@ -28,7 +28,7 @@ use crate::routing::{Catalog, RangeDesc, Span};
 use crate::scheduler::VshardProgress;
 use crate::sequencer::batcher::BatcherConfig;
 use crate::sequencer::driver::{self, Committed, DriverConfig, SequencerHandle};
-use crate::sequencer::{GroupShared, GroupStateMachine};
+use crate::sequencer::{snapshot, GroupShared, GroupStateMachine};
 use crate::tree::{StoredTree, TreeRead, Txn, VersionedTree};
 
 /// How a read is served; see [`Node::read`].
@@ -320,6 +320,17 @@ impl Node {
 
     pub fn node_id(&self) -> NodeId {
         self.meta.node_id
+    }
+
+    /// Refuses a snapshot chunk of `bytes` for `group` that would leave less
+    /// than `storage.snapshot_reserve_bytes` free on the data directory's
+    /// file system: a disk a snapshot filled would fail the log appends of
+    /// every group this node holds, not only the one catching up.
+    pub fn check_snapshot_room(&self, group: u64, bytes: u64) -> Result<()> {
+        let reserve = self.config.storage.snapshot_reserve_bytes;
+        std::fs::File::open(&self.config.data_dir)
+            .and_then(|dir| snapshot::keep_reserve(&dir, reserve, bytes, "a snapshot being received"))
+            .map_err(|e| Error::Overloaded(format!("node {}: group {group}: {e}", self.node_id())))
     }
 
     pub fn group(&self, id: u64) -> Result<&Group> {

@@ -1,8 +1,8 @@
 //! Replica lifecycle on real clusters of `arbor server` processes (issue
 //! #3): membership changes under load, a joining node fed by snapshot, log
 //! compaction with a follower behind the purge point, a leader that cannot
-//! write the image such a follower needs, corrupted log entries and a full
-//! disk. Replicas are compared byte for byte: each
+//! write the image such a follower needs and a follower without room for
+//! it, corrupted log entries and a full disk. Replicas are compared byte for byte: each
 //! group's range and executor state is read from every stopped node's
 //! RocksDB and digested.
 //!
@@ -862,65 +862,140 @@ fn log_lines(c: &Cluster, i: usize, needle: &str) -> usize {
     c.log_of(i).lines().filter(|l| l.contains(needle)).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_cannot_write_an_image_keeps_its_group_and_sends_one_once_it_can() {
-    let toml = format!("{QUIET}[raft]\nsnapshot_every_entries = 50\nkeep_entries_after_snapshot = 10\n");
-    let mut c = Cluster::start_with_config(3, &toml, &[]);
-    let leader_id = c.wait_for_leader(1).await;
-    let leader = c.index_of(leader_id);
-    let follower = (0..c.nodes.len()).find(|&i| i != leader).unwrap();
-    let first = c.client().put("/img/first", "1").await.unwrap().header.unwrap().log_index;
-    c.wait_applied(1, first).await;
-
-    phase("stop a follower; 200 puts make the others purge their logs past it");
-    c.stop(follower);
-    let client = c.client_of(&c.running_endpoints());
-    for i in 0..200 {
-        client.put(format!("/img/{i:03}"), "v").await.unwrap();
-    }
-    c.wait_group(leader, 1, "purged past the follower", |g| g.purged_index > first).await;
-
-    phase("the leader's snapshot directory becomes a file: no image can be written");
-    let snapshots = c.nodes[leader].dir.join("snapshots");
-    let aside = c.nodes[leader].dir.join("snapshots.aside");
-    std::fs::rename(&snapshots, &aside).unwrap();
-    std::fs::write(&snapshots, b"not a directory").unwrap();
-    let term = c.group_status(leader, 1).await.unwrap().term;
-
-    // Without writes (QUIET: no closed-timestamp epochs either) nothing but
-    // the transfer's own heartbeats reaches the follower during the pauses
-    // between attempts: had it campaigned, the term would have moved.
-    phase("the follower restarts: each transfer fails; the leader keeps its group and its term, and retries");
-    c.restart(follower);
+/// Waits until node `i`'s log has `n` lines containing `needle`.
+async fn wait_log_lines(c: &Cluster, i: usize, needle: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while log_lines(&c, leader, "writing a snapshot image failed") < 3 {
-        assert!(Instant::now() < deadline, "the leader did not retry its image 3 times:\n{}", c.logs());
+    while log_lines(c, i, needle) < n {
+        assert!(
+            Instant::now() < deadline,
+            "node {} logged {needle:?} fewer than {n} times:\n{}",
+            c.nodes[i].id,
+            c.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(log_lines(&c, leader, "could not read the snapshot for node") >= 3, "{}", c.logs());
-    let g = c.group_status(leader, 1).await.expect("the leader answers status");
-    assert_eq!((g.role.as_str(), g.leader, g.term), ("Leader", leader_id, term), "{g:?}");
-    assert!(g.fault.is_empty(), "the group was stopped: {g:?}");
-    let during = client.put("/img/during", "2").await.unwrap().header.unwrap().log_index;
-    let g = c.group_status(follower, 1).await.unwrap();
-    assert_eq!(g.snapshots_installed, 0, "no snapshot reached the follower: {g:?}");
+}
+
+/// Config of the snapshot-transfer tests: no writes but the tests' own
+/// (QUIET: no closed-timestamp epochs either), so that during a transfer
+/// nothing but the transfer's own heartbeats reaches the follower; had it
+/// campaigned, the term would move. Small snapshot thresholds.
+const TRANSFER_CONFIG: &str =
+    "[reads]\nclose_interval_ms = 0\n[raft]\nsnapshot_every_entries = 50\nkeep_entries_after_snapshot = 10\n";
+
+/// A 3-node group whose stopped follower missed 200 puts that the others
+/// purged from their logs: it can only catch up by snapshot.
+struct Behind {
+    c: Cluster,
+    client: Client,
+    leader: usize,
+    leader_id: u64,
+    follower: usize,
+    term: u64,
+}
+
+impl Behind {
+    async fn new() -> Behind {
+        let mut c = Cluster::start_with_config(3, TRANSFER_CONFIG, &[]);
+        let leader_id = c.wait_for_leader(1).await;
+        let leader = c.index_of(leader_id);
+        let follower = (0..c.nodes.len()).find(|&i| i != leader).unwrap();
+        let first = c.client().put("/img/first", "1").await.unwrap().header.unwrap().log_index;
+        c.wait_applied(1, first).await;
+
+        phase("stop a follower; 200 puts make the others purge their logs past it");
+        c.stop(follower);
+        let client = c.client_of(&c.running_endpoints());
+        for i in 0..200 {
+            client.put(format!("/img/{i:03}"), "v").await.unwrap();
+        }
+        let g = c.wait_group(leader, 1, "purged past the follower", |g| g.purged_index > first).await;
+        Behind { c, client, leader, leader_id, follower, term: g.term }
+    }
+
+    /// While the transfers fail: the leader still leads in its term, its
+    /// group takes a write, and the follower has installed nothing. Returns
+    /// the write's log index.
+    async fn leader_keeps_its_group(&self) -> u64 {
+        let c = &self.c;
+        let g = c.group_status(self.leader, 1).await.expect("the leader answers status");
+        assert_eq!((g.role.as_str(), g.leader, g.term), ("Leader", self.leader_id, self.term), "{g:?}");
+        assert!(g.fault.is_empty(), "the group was stopped: {g:?}");
+        let during = self.client.put("/img/during", "2").await.unwrap().header.unwrap().log_index;
+        let g = c.group_status(self.follower, 1).await.unwrap();
+        assert_eq!(g.snapshots_installed, 0, "no snapshot reached the follower: {g:?}");
+        during
+    }
+
+    /// The follower catches up by snapshot past `during`, under the same
+    /// leader, and the three replicas end byte-identical.
+    async fn follower_catches_up(mut self, during: u64) {
+        let c = &mut self.c;
+        c.wait_group(self.follower, 1, "caught up by snapshot", |g| {
+            g.snapshots_installed >= 1 && g.applied_index >= during
+        })
+        .await;
+        assert!(c.log_of(self.leader).contains("wrote a snapshot image for a follower"));
+        assert_eq!(c.group_status(self.leader, 1).await.unwrap().term, self.term, "one leader throughout");
+
+        phase("the three replicas are byte-identical");
+        let groups = self.client.status().await.unwrap().groups;
+        let all = c.running();
+        for &i in &all {
+            c.stop(i);
+        }
+        let states = assert_identical_groups(c, &all, &groups);
+        assert_eq!(user_values(&states)[b"/img/during".as_slice()], b"2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_write_an_image_keeps_its_group_and_sends_one_once_it_can() {
+    let mut b = Behind::new().await;
+
+    phase("the leader's snapshot directory becomes a file: no image can be written");
+    let snapshots = b.c.nodes[b.leader].dir.join("snapshots");
+    let aside = b.c.nodes[b.leader].dir.join("snapshots.aside");
+    std::fs::rename(&snapshots, &aside).unwrap();
+    std::fs::write(&snapshots, b"not a directory").unwrap();
+
+    phase("the follower restarts: each transfer fails; the leader keeps its group and its term, and retries");
+    b.c.restart(b.follower);
+    wait_log_lines(&b.c, b.leader, "writing a snapshot image failed", 3).await;
+    assert!(log_lines(&b.c, b.leader, "could not read the snapshot for node") >= 3, "{}", b.c.logs());
+    let during = b.leader_keeps_its_group().await;
 
     phase("the directory is back: the next transfer sends an image and the follower catches up");
     std::fs::remove_file(&snapshots).unwrap();
     std::fs::rename(&aside, &snapshots).unwrap();
-    c.wait_group(follower, 1, "caught up by snapshot", |g| g.snapshots_installed >= 1 && g.applied_index >= during)
-        .await;
-    assert!(c.log_of(leader).contains("wrote a snapshot image for a follower"));
-    assert_eq!(c.group_status(leader, 1).await.unwrap().term, term, "one leader throughout");
+    b.follower_catches_up(during).await;
+}
 
-    phase("the three replicas are byte-identical");
-    let groups = client.status().await.unwrap().groups;
-    let all = c.running();
-    for &i in &all {
-        c.stop(i);
-    }
-    let states = assert_identical_groups(&c, &all, &groups);
-    assert_eq!(user_values(&states)[b"/img/during".as_slice()], b"2");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_without_room_for_a_snapshot_refuses_it_and_takes_it_once_it_has_room() {
+    let mut b = Behind::new().await;
+
+    phase("the follower restarts keeping a reserve of free disk space larger than its disk");
+    let shared = b.c.extra[1].clone();
+    let tight = b.c.nodes[b.follower].dir.with_extension("toml");
+    std::fs::write(&tight, format!("{TRANSFER_CONFIG}[storage]\nsnapshot_reserve_bytes = {}\n", 1u64 << 60)).unwrap();
+    b.c.extra[1] = tight.to_str().unwrap().to_string();
+    b.c.restart(b.follower);
+    b.c.extra[1] = shared;
+
+    phase("it refuses every chunk, writes nothing, and the leader keeps its group and its term");
+    wait_log_lines(&b.c, b.follower, "refusing snapshot chunks", 1).await;
+    let line = b.c.log_of(b.follower).lines().find(|l| l.contains("refusing snapshot chunks")).unwrap().to_string();
+    assert!(line.contains("MiB free") && line.contains("storage.snapshot_reserve_bytes"), "{line}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = b.leader_keeps_its_group().await;
+    let received: Vec<_> = std::fs::read_dir(b.c.nodes[b.follower].dir.join("snapshots")).unwrap().flatten().collect();
+    assert!(received.is_empty(), "nothing was written: {received:?}");
+
+    phase("restarted with the default reserve, it takes the snapshot and catches up");
+    b.c.stop(b.follower);
+    b.c.restart(b.follower);
+    b.follower_catches_up(during).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

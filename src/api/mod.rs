@@ -334,6 +334,9 @@ pub struct RaftService {
     node: Arc<Node>,
     /// When a vote from a non-member was last logged, per (group, node).
     refused_logged: std::sync::Mutex<std::collections::HashMap<(u64, u64), std::time::Instant>>,
+    /// When a snapshot chunk refused for want of disk space was last
+    /// logged, per group (the leader retries every chunk several times).
+    chunk_refusal_logged: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 impl RaftService {
@@ -423,6 +426,18 @@ impl RaftService {
     }
 }
 
+impl RaftService {
+    /// Logs a refused snapshot chunk, at most once per 10 s per group.
+    fn log_refused_chunk(&self, group: u64, e: &Error) {
+        let now = std::time::Instant::now();
+        let mut logged = self.chunk_refusal_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.get(&group).is_none_or(|t| now.duration_since(*t).as_secs() >= 10) {
+            logged.insert(group, now);
+            tracing::warn!(group, "refusing snapshot chunks: {e}");
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftTransport for RaftService {
     async fn append_entries(&self, req: Request<pb::RaftMessage>) -> Reply<pb::RaftMessage> {
@@ -451,7 +466,12 @@ impl RaftTransport for RaftService {
         if let Err(why) = crate::raft::network::verify(&msg) {
             return Self::corrupt_chunk(&msg, why);
         }
-        let r = g.raft.install_snapshot(Self::decode(&msg)?).await;
+        let chunk: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> = Self::decode(&msg)?;
+        if let Err(e) = self.node.check_snapshot_room(msg.group_id, chunk.data.len() as u64) {
+            self.log_refused_chunk(msg.group_id, &e);
+            return Err(status(e));
+        }
+        let r = g.raft.install_snapshot(chunk).await;
         Self::reply(msg.group_id, r)
     }
 
@@ -471,7 +491,11 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
         .add_service(KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(max))
         .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
         .add_service(
-            RaftTransportServer::new(RaftService { node, refused_logged: Default::default() })
-                .max_decoding_message_size(usize::MAX),
+            RaftTransportServer::new(RaftService {
+                node,
+                refused_logged: Default::default(),
+                chunk_refusal_logged: Default::default(),
+            })
+            .max_decoding_message_size(usize::MAX),
         )
 }

@@ -274,31 +274,10 @@ struct KeepingReserve<W> {
     unchecked: u64,
 }
 
-impl<'a> KeepingReserve<WritebackEvery<'a>> {
-    fn check(&self) -> io::Result<()> {
-        if self.reserve == 0 {
-            return Ok(());
-        }
-        let free = free_bytes(self.inner.file)?;
-        if free < self.reserve.saturating_add(SYNC_EVERY) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "{} MiB free on the data directory's file system; a snapshot image leaves at least {} MiB \
-                     (storage.snapshot_reserve_bytes)",
-                    free >> 20,
-                    self.reserve >> 20
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl Write for KeepingReserve<WritebackEvery<'_>> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.unchecked == 0 {
-            self.check()?;
+            keep_reserve(self.inner.file, self.reserve, SYNC_EVERY, "a snapshot image")?;
         }
         let n = self.inner.write(buf)?;
         self.unchecked += n as u64;
@@ -317,6 +296,27 @@ impl Seek for KeepingReserve<WritebackEvery<'_>> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.inner.seek(pos)
     }
+}
+
+/// Fails with `StorageFull` if writing `bytes` more on the file system of
+/// `at` (a file, or a directory opened read-only) would leave less than
+/// `reserve` bytes free (`storage.snapshot_reserve_bytes`; 0: no check).
+/// `what` names the writer in the message.
+pub(crate) fn keep_reserve(at: &File, reserve: u64, bytes: u64, what: &str) -> io::Result<()> {
+    if reserve == 0 {
+        return Ok(());
+    }
+    let free = free_bytes(at)?;
+    if free < reserve.saturating_add(bytes) {
+        let why = format!(
+            "{} MiB free on the data directory's file system; {what} leaves at least {} MiB \
+             (storage.snapshot_reserve_bytes)",
+            free >> 20,
+            reserve >> 20
+        );
+        return Err(io::Error::new(io::ErrorKind::StorageFull, why));
+    }
+    Ok(())
 }
 
 /// Bytes an unprivileged writer may still use on `file`'s file system.
@@ -1146,6 +1146,22 @@ mod tests {
         }
         assert_eq!(bytes(first), bytes(second), "one image, read twice");
         assert_eq!(files_in(tmp.path()).len(), 1);
+    }
+
+    #[test]
+    fn the_reserve_is_kept_on_the_file_system_of_a_file_or_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let file = File::create(tmp.path().join("f")).unwrap();
+        for at in [&dir, &file] {
+            keep_reserve(at, 0, u64::MAX, "anything").unwrap();
+            keep_reserve(at, 1, 1, "a small write").unwrap();
+            let err = keep_reserve(at, u64::MAX, 1, "a snapshot being received").unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+            let err = err.to_string();
+            assert!(err.contains("MiB free on the data directory's file system"), "{err}");
+            assert!(err.contains("a snapshot being received leaves at least"), "{err}");
+        }
     }
 
     #[test]
