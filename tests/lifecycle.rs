@@ -984,8 +984,7 @@ async fn a_follower_without_room_for_a_snapshot_refuses_it_and_takes_it_once_it_
     b.c.extra[1] = shared;
 
     phase("it refuses every chunk, writes nothing, and the leader keeps its group and its term");
-    wait_log_lines(&b.c, b.follower, "refusing snapshot chunks", 1).await;
-    let line = b.c.log_of(b.follower).lines().find(|l| l.contains("refusing snapshot chunks")).unwrap().to_string();
+    let line = wait_log_line(&b.c, b.follower, &["refusing snapshot chunks"]).await;
     assert!(line.contains("MiB free") && line.contains("storage.snapshot_reserve_bytes"), "{line}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = b.leader_keeps_its_group().await;
