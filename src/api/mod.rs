@@ -332,11 +332,29 @@ impl Cluster for ClusterService {
 /// The internal `RaftTransport` service: routes each message to its group.
 pub struct RaftService {
     node: Arc<Node>,
-    /// When a vote from a non-member was last logged, per (group, node).
-    refused_logged: std::sync::Mutex<std::collections::HashMap<(u64, u64), std::time::Instant>>,
-    /// When a snapshot chunk refused for want of disk space was last
-    /// logged, per group (the leader retries every chunk several times).
-    chunk_refusal_logged: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+    /// Votes refused to non-members, per (group, node).
+    refused_votes: Quiet<(u64, u64)>,
+    /// Snapshot chunks refused for want of disk space, per group (the
+    /// leader retries every chunk several times).
+    refused_chunks: Quiet<u64>,
+}
+
+/// Keeps a repeated refusal out of the log: [`Quiet::due`] says whether it
+/// was last logged more than 10 s ago, per key.
+#[derive(Default)]
+struct Quiet<K>(std::sync::Mutex<std::collections::HashMap<K, std::time::Instant>>);
+
+impl<K: std::hash::Hash + Eq> Quiet<K> {
+    /// True (and noted) if `key` was not logged in the last 10 s.
+    fn due(&self, key: K) -> bool {
+        let now = std::time::Instant::now();
+        let mut logged = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let quiet = logged.get(&key).is_some_and(|t| now.duration_since(*t).as_secs() < 10);
+        if !quiet {
+            logged.insert(key, now);
+        }
+        !quiet
+    }
 }
 
 impl RaftService {
@@ -415,26 +433,10 @@ impl RaftService {
             "node {candidate} asked for votes in group {group}, but it is not a member (members {members:?}): \
              it was removed or never added; wipe its data dir and add it again with `arbor cluster add-node`"
         );
-        let now = std::time::Instant::now();
-        let mut logged = self.refused_logged.lock().unwrap_or_else(|e| e.into_inner());
-        let quiet = logged.get(&(group, candidate)).is_some_and(|t| now.duration_since(*t).as_secs() < 10);
-        if !quiet {
-            logged.insert((group, candidate), now);
+        if self.refused_votes.due((group, candidate)) {
             tracing::warn!(group, node = candidate, "refusing a vote request from a non-member: {reason}");
         }
         Err(status(Error::Refused(reason)))
-    }
-}
-
-impl RaftService {
-    /// Logs a refused snapshot chunk, at most once per 10 s per group.
-    fn log_refused_chunk(&self, group: u64, e: &Error) {
-        let now = std::time::Instant::now();
-        let mut logged = self.chunk_refusal_logged.lock().unwrap_or_else(|e| e.into_inner());
-        if logged.get(&group).is_none_or(|t| now.duration_since(*t).as_secs() >= 10) {
-            logged.insert(group, now);
-            tracing::warn!(group, "refusing snapshot chunks: {e}");
-        }
     }
 }
 
@@ -468,7 +470,9 @@ impl RaftTransport for RaftService {
         }
         let chunk: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> = Self::decode(&msg)?;
         if let Err(e) = self.node.check_snapshot_room(msg.group_id, chunk.data.len() as u64) {
-            self.log_refused_chunk(msg.group_id, &e);
+            if self.refused_chunks.due(msg.group_id) {
+                tracing::warn!(group = msg.group_id, "refusing snapshot chunks: {e}");
+            }
             return Err(status(e));
         }
         let r = g.raft.install_snapshot(chunk).await;
@@ -493,8 +497,8 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
         .add_service(
             RaftTransportServer::new(RaftService {
                 node,
-                refused_logged: Default::default(),
-                chunk_refusal_logged: Default::default(),
+                refused_votes: Default::default(),
+                refused_chunks: Default::default(),
             })
             .max_decoding_message_size(usize::MAX),
         )

@@ -220,8 +220,7 @@ impl SnapshotContent {
                 written
             }
             SnapshotContent::File { file, .. } => {
-                let mut out = KeepingReserve { inner: WritebackEvery { file, unsynced: 0 }, reserve, unchecked: 0 };
-                write_data(&mut out, view, ranges, cancel)
+                write_data(&mut WritebackEvery { file, unsynced: 0, reserve }, view, ranges, cancel)
             }
             SnapshotContent::Building(_) => unreachable!("images are written into new content"),
         }
@@ -231,16 +230,26 @@ impl SnapshotContent {
 /// Bytes of snapshot data a build writes between two `fdatasync`s.
 const SYNC_EVERY: u64 = 16 << 20;
 
-/// A snapshot file being built, synced every [`SYNC_EVERY`] bytes: a
-/// snapshot of hundreds of MB left dirty until one final fsync kept the
-/// disk busy long enough to delay every log append behind it.
+/// A snapshot image file being written, synced every [`SYNC_EVERY`] bytes:
+/// an image of hundreds of MB left dirty until one final fsync kept the
+/// disk busy long enough to delay every log append behind it. Before each
+/// [`SYNC_EVERY`] bytes it checks that they leave `reserve` bytes free on
+/// the file system ([`keep_reserve`]), else stops with `StorageFull`: an
+/// image is as big as the group's state, and a disk it filled would fail
+/// the Raft log's appends and the memtable flushes of the leader writing
+/// it. The transfer that wanted it fails and is retried later (see
+/// `raft::network`).
 struct WritebackEvery<'a> {
     file: &'a mut File,
     unsynced: u64,
+    reserve: u64,
 }
 
 impl Write for WritebackEvery<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.unsynced == 0 {
+            keep_reserve(self.file, self.reserve, SYNC_EVERY, "a snapshot image")?;
+        }
         let n = self.file.write(buf)?;
         self.unsynced += n as u64;
         if self.unsynced >= SYNC_EVERY {
@@ -258,43 +267,6 @@ impl Write for WritebackEvery<'_> {
 impl Seek for WritebackEvery<'_> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.file.seek(pos)
-    }
-}
-
-/// A snapshot image file that stops with `StorageFull` before it would
-/// leave less than `reserve` bytes free on its file system, checked every
-/// [`SYNC_EVERY`] bytes: an image is as big as the group's state, and a
-/// disk it filled would fail the Raft log's appends and the memtable
-/// flushes on the leader that writes it. The transfer that wanted it fails
-/// and is retried later (see `raft::network`).
-struct KeepingReserve<W> {
-    inner: W,
-    reserve: u64,
-    /// Bytes written since free space was last checked.
-    unchecked: u64,
-}
-
-impl Write for KeepingReserve<WritebackEvery<'_>> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.unchecked == 0 {
-            keep_reserve(self.inner.file, self.reserve, SYNC_EVERY, "a snapshot image")?;
-        }
-        let n = self.inner.write(buf)?;
-        self.unchecked += n as u64;
-        if self.unchecked >= SYNC_EVERY {
-            self.unchecked = 0;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl Seek for KeepingReserve<WritebackEvery<'_>> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.inner.seek(pos)
     }
 }
 
@@ -598,7 +570,7 @@ struct StoredSnapshotRef<'a> {
 pub(super) struct SnapshotFiles {
     dir: Option<PathBuf>,
     /// Free bytes an image leaves on the directory's file system (0: no
-    /// check; see [`KeepingReserve`]).
+    /// check; see [`WritebackEvery`]).
     pub(super) reserve: u64,
 }
 
