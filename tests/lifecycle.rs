@@ -983,10 +983,11 @@ async fn a_follower_without_room_for_a_snapshot_refuses_it_and_takes_it_once_it_
     b.c.restart(b.follower);
     b.c.extra[1] = shared;
 
-    phase("it refuses every chunk, writes nothing, and the leader keeps its group and its term");
+    phase("it refuses every chunk, writes nothing; the leader pauses between transfers and keeps its group and term");
     let line = wait_log_line(&b.c, b.follower, &["refusing snapshot chunks"]).await;
     assert!(line.contains("MiB free") && line.contains("storage.snapshot_reserve_bytes"), "{line}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The leader pauses between refused transfers, longer each time.
+    wait_log_lines(&b.c, b.leader, "has no room for the snapshot; retrying in 2s", 1).await;
     let during = b.leader_keeps_its_group().await;
     let received: Vec<_> = std::fs::read_dir(b.c.nodes[b.follower].dir.join("snapshots")).unwrap().flatten().collect();
     assert!(received.is_empty(), "nothing was written: {received:?}");

@@ -14,7 +14,8 @@
 //! the state that could not be written: a full disk, an I/O error) fails
 //! that transfer, retried after a growing pause with a new image, where
 //! openraft would take it for a failure of the log's storage and stop the
-//! group on its leader.
+//! group on its leader. A follower's refusal for want of disk room
+//! (`RESOURCE_EXHAUSTED`) pauses the transfer the same way.
 //!
 //! Leader transfer support: [`Peers::pause_replication`] holds back a
 //! group's AppendEntries (heartbeats, read-index probes and log replication)
@@ -25,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,7 +189,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
             cluster_id: self.peers.cluster_id().to_string(),
             channel: self.peers.channel(target, &node.addr).map_err(|e| e.to_string()),
             peers: self.peers.clone(),
-            unreadable_snapshots: 0,
+            failed_transfers: 0,
+            refused_for_room: Default::default(),
         }
     }
 }
@@ -200,8 +203,12 @@ pub struct PeerConnection {
     cluster_id: String,
     channel: Result<Channel, String>,
     peers: Arc<Peers>,
-    /// Snapshot transfers in a row whose data this node could not read.
-    unreadable_snapshots: u32,
+    /// Snapshot transfers in a row that failed on this node's snapshot
+    /// data or for want of room on the peer (see [`failed_transfer_pause`]).
+    failed_transfers: u32,
+    /// The peer refused a request for want of a resource
+    /// (`RESOURCE_EXHAUSTED`: no disk room for a snapshot chunk).
+    refused_for_room: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +249,10 @@ impl PeerConnection {
                 let e = TransportError(format!("raft rpc to node {} (group {}): {status}", self.target, self.group));
                 return Err(match status.code() {
                     tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&e)),
+                    tonic::Code::ResourceExhausted => {
+                        self.refused_for_room.store(true, Ordering::Relaxed);
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
                     _ => RPCError::Network(NetworkError::new(&e)),
                 });
             }
@@ -282,17 +293,19 @@ fn chunk_ttl(rpc: &InstallSnapshotRequest<TypeConfig>) -> Duration {
     CHUNK_TTL + Duration::from_secs(5 + bytes / (16 << 20))
 }
 
-/// How long a transfer waits after the `n`-th snapshot in a row it could
-/// not read, before the follower is offered a new one: an image that fails
-/// (a full disk, say) is a scan of the whole state, not to be repeated at
-/// once. 1 s, doubling up to 30 s.
-fn unreadable_snapshot_pause(n: u32) -> Duration {
+/// How long a transfer waits after the `n`-th transfer in a row that failed
+/// on this node's snapshot data or for want of room on the follower,
+/// before the follower is offered a snapshot again: an image that fails (a
+/// full disk, say) is a scan of the whole state, and a follower without
+/// room will not have it the next second either. 1 s, doubling up to 30 s.
+fn failed_transfer_pause(n: u32) -> Duration {
     Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 impl PeerConnection {
     /// The chunked transfer of [`PeerConnection::full_snapshot`], and its
-    /// handling of snapshot data this node cannot read.
+    /// handling of snapshot data this node cannot read and of a follower
+    /// without room for it.
     async fn send_snapshot(
         &mut self,
         vote: Vote<NodeId>,
@@ -300,28 +313,29 @@ impl PeerConnection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let id = snapshot.meta.snapshot_id.clone();
+        self.refused_for_room.store(false, Ordering::Relaxed);
         // Cancelling is `full_snapshot`'s business.
         let never = std::future::pending::<ReplicationClosed>();
-        match Chunked::send_snapshot(self, vote, snapshot, never, option).await {
-            Err(StreamingError::StorageError(e)) => {
-                self.unreadable_snapshots += 1;
-                let pause = unreadable_snapshot_pause(self.unreadable_snapshots);
-                tracing::error!(
-                    group = self.group,
-                    snapshot = %id,
-                    error = %e,
-                    "could not read the snapshot for node {}; retrying in {pause:?}",
-                    self.target
-                );
-                tokio::time::sleep(pause).await;
-                let e = TransportError(format!("snapshot {id} for node {} unreadable: {e}", self.target));
-                Err(StreamingError::Network(NetworkError::new(&e)))
+        let e = match Chunked::send_snapshot(self, vote, snapshot, never, option).await {
+            Ok(response) => {
+                self.failed_transfers = 0;
+                return Ok(response);
             }
-            sent => {
-                self.unreadable_snapshots = 0;
-                sent
+            Err(e) => e,
+        };
+        let why = match &e {
+            StreamingError::StorageError(_) => format!("could not read the snapshot for node {}", self.target),
+            _ if self.refused_for_room.load(Ordering::Relaxed) => {
+                format!("node {} has no room for the snapshot", self.target)
             }
-        }
+            _ => return Err(e),
+        };
+        self.failed_transfers += 1;
+        let pause = failed_transfer_pause(self.failed_transfers);
+        tracing::error!(group = self.group, snapshot = %id, error = %e, "{why}; retrying in {pause:?}");
+        tokio::time::sleep(pause).await;
+        let e = TransportError(format!("snapshot {id}: {why}: {e}"));
+        Err(StreamingError::Network(NetworkError::new(&e)))
     }
 
     /// Sends the follower an empty AppendEntries from the leader of `vote`
@@ -385,11 +399,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ///   once the image took longer than an election timeout.
     /// - An error reading the snapshot's data on this node fails only this
     ///   transfer: openraft would report it as a storage error and stop the
-    ///   group. After a pause ([`unreadable_snapshot_pause`]) it is reported
+    ///   group. After a pause ([`failed_transfer_pause`]) it is reported
     ///   as a network error, and the transfer is retried with a new image
     ///   (an image is the only snapshot data that can fail while being
     ///   read; a stored snapshot is verified before it is offered, and a
-    ///   failed image is never offered again).
+    ///   failed image is never offered again). A transfer the follower
+    ///   refused for want of disk room pauses the same way, rather than
+    ///   sending it chunks twice a second.
     ///
     /// `cancel` (the leader's replication to this follower ended) stops the
     /// transfer and the heartbeats at once.
@@ -449,8 +465,8 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_snapshots_are_retried_less_and_less_often() {
-        let pauses: Vec<u64> = (1..=8).map(|n| unreadable_snapshot_pause(n).as_secs()).collect();
+    fn failed_transfers_are_retried_less_and_less_often() {
+        let pauses: Vec<u64> = (1..=8).map(|n| failed_transfer_pause(n).as_secs()).collect();
         assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30, 30]);
     }
 
