@@ -234,8 +234,8 @@ impl Node {
                 tokio::task::spawn_blocking(move || {
                     GroupStateMachine::open(range, e, v, shared, hlc, durability)?
                         .with_record_cache(record_cache_bytes)
-                        .with_snapshot_reserve(reserve)
                         .with_snapshot_dir(snapshots)
+                        .map(|sm| sm.with_snapshot_reserve(reserve))
                 })
                 .await
                 .map_err(|e| Error::Fatal(e.to_string()))??

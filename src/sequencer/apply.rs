@@ -651,14 +651,13 @@ impl GroupStateMachine {
     /// Keeps snapshot data in files in `dir` (created if missing) rather
     /// than inside RocksDB (see [`snapshot`](super::snapshot)).
     pub fn with_snapshot_dir(mut self, dir: std::path::PathBuf) -> Result<Self> {
-        let reserve = self.snapshots.files.reserve;
         self.snapshots.files = SnapshotFiles::open(dir, self.group)?;
-        self.snapshots.files.reserve = reserve;
         Ok(self)
     }
 
     /// Free bytes a snapshot image leaves on the snapshot directory's file
-    /// system: one that would leave less fails instead (0: no check).
+    /// system: one that would leave less fails instead (0: no check). Set
+    /// after [`GroupStateMachine::with_snapshot_dir`].
     pub fn with_snapshot_reserve(mut self, bytes: u64) -> Self {
         self.snapshots.files.reserve = bytes;
         self
