@@ -422,3 +422,108 @@ async fn many_concurrent_writers_keep_epochs_in_log_order() {
     let r = client.put("/load/fence", "").await.unwrap();
     c.wait_applied(1, r.header.unwrap().log_index).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_batch_stream_answers_each_call_as_its_unary_form_would() {
+    use arbor::client::pb::{self, kv_batch_client::KvBatchClient, kv_call::Call, kv_reply::Reply};
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    let c = Cluster::start_with_config(1, "[limits]\nmax_value_bytes = 1000\nmax_request_bytes = 8192\n", &[]);
+    c.wait_for_leader(1).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = KvBatchClient::new(channel);
+    let call = |id, call| pb::KvCall { id, call: Some(call) };
+    let put = |key: &str, value: Vec<u8>, id: &str| {
+        Call::Put(pb::PutRequest { key: key.into(), value, request_id: id.into() })
+    };
+    let get = |key: &str| Call::Get(pb::GetRequest { key: key.into(), read: None });
+    let error = |r: &Reply| match r {
+        Reply::Error(e) => (tonic::Code::from(e.code), e.message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    };
+
+    phase("calls of every kind in one message, each answered once under its id");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut replies = kv.call(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    let incr = Call::Txn(Txn::new().then(op::increment("/b/n", 2)).request_id("r2").0);
+    tx.send(pb::KvCalls {
+        calls: vec![
+            call(1, put("/b/1", b"one".to_vec(), "r1")),
+            call(2, incr),
+            call(3, put("", b"v".to_vec(), "r3")),
+            call(4, put("/b/4", vec![b'x'; 1001], "r4")),
+            call(5, put("/b/5", vec![b'x'; 9000], "r5")),
+            pb::KvCall { id: 6, call: None },
+        ],
+    })
+    .unwrap();
+    let mut answers = BTreeMap::new();
+    while answers.len() < 6 {
+        for r in replies.message().await.unwrap().expect("a reply message").replies {
+            assert!(answers.insert(r.id, r.reply.expect("a reply")).is_none(), "call {} answered twice", r.id);
+        }
+    }
+    assert!(matches!(&answers[&1], Reply::Put(p) if p.version == 1), "{:?}", answers[&1]);
+    assert!(matches!(&answers[&2], Reply::Txn(t) if t.succeeded), "{:?}", answers[&2]);
+    let (code, msg) = error(&answers[&3]);
+    assert!(code == tonic::Code::InvalidArgument && msg.contains("empty"), "{code:?} {msg}");
+    let (code, msg) = error(&answers[&4]);
+    assert!(code == tonic::Code::InvalidArgument && msg.contains("limits.max_value_bytes"), "{code:?} {msg}");
+    let (code, msg) = error(&answers[&5]);
+    assert!(code == tonic::Code::OutOfRange && msg.contains("limits.max_request_bytes"), "{code:?} {msg}");
+    let (code, msg) = error(&answers[&6]);
+    assert!(code == tonic::Code::InvalidArgument && msg.contains("no request"), "{code:?} {msg}");
+
+    phase("later calls on the same stream see the earlier writes; closing the stream ends it after the replies");
+    let range = Call::Range(pb::RangeRequest { prefix: b"/b/".to_vec(), ..Default::default() });
+    tx.send(pb::KvCalls { calls: vec![call(7, get("/b/1")), call(8, get("/b/n")), call(9, range)] }).unwrap();
+    drop(tx);
+    let mut answers = BTreeMap::new();
+    while let Some(msg) = replies.message().await.unwrap() {
+        answers.extend(msg.replies.into_iter().map(|r| (r.id, r.reply.unwrap())));
+    }
+    let value = |r: &Reply| match r {
+        Reply::Get(g) => g.kv.as_ref().map(|kv| kv.value.clone()),
+        other => panic!("expected a get, got {other:?}"),
+    };
+    assert_eq!(value(&answers[&7]), Some(b"one".to_vec()));
+    assert_eq!(value(&answers[&8]), Some(b"2".to_vec()));
+    assert!(matches!(&answers[&9], Reply::Range(r) if r.kvs.len() == 2), "{:?}", answers[&9]);
+
+    phase("a message over the call limit ends the stream with an error naming the limit");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut replies = kv.call(UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(pb::KvCalls { calls: (0..1025).map(|i| call(i, get("/b/1"))).collect() }).unwrap();
+    let err = replies.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("1025 calls; the limit is 1024"), "{err:?}");
+
+    phase("a stream naming another cluster is refused");
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::KvCalls>();
+    let mut req = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    req.metadata_mut().insert(arbor::api::CLUSTER_ID_HEADER, "other".parse().unwrap());
+    let err = kv.call(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+
+    phase("the client's concurrent calls share its stream, each with its own answer");
+    let client = Arc::new(c.client());
+    let writes = (0..200).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move { client.put(format!("/c/{i}"), format!("v{i}")).await.unwrap() })
+    });
+    for w in futures::future::join_all(writes).await {
+        assert_eq!(w.unwrap().version, 1);
+    }
+    let reads = (0..200).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move { (i, client.get(format!("/c/{i}")).await.unwrap()) })
+    });
+    for r in futures::future::join_all(reads).await {
+        let (i, kv) = r.unwrap();
+        assert_eq!(kv.unwrap().value, format!("v{i}").into_bytes());
+    }
+}

@@ -2,6 +2,7 @@
 //! map the result — and [`status`], the ONE table from [`Error`] to
 //! `tonic::Status`.
 
+pub mod batch;
 pub mod convert;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,7 @@ fn done(c: &Committed) -> Result<(bool, Vec<OpResult>), Status> {
 const WATCH_OUTBOX: usize = 16;
 
 /// The `Kv` service.
+#[derive(Clone)]
 pub struct KvService {
     node: Arc<Node>,
 }
@@ -493,6 +495,10 @@ pub fn router(node: Arc<Node>) -> tonic::transport::server::Router {
     let max = node.config.limits.max_request_bytes;
     tonic::transport::Server::builder()
         .add_service(KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(max))
+        .add_service(
+            pb::kv_batch_server::KvBatchServer::new(batch::KvBatchService { kv: KvService { node: node.clone() } })
+                .max_decoding_message_size(max.max(batch::MAX_MESSAGE_BYTES)),
+        )
         .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
         .add_service(
             RaftTransportServer::new(RaftService {

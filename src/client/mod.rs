@@ -14,6 +14,8 @@
 //! # Ok(()) }
 //! ```
 
+mod pipe;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +24,14 @@ use std::time::{Duration, Instant};
 
 pub use arbor_proto as pb;
 use arbor_proto::cluster_client::ClusterClient;
+use arbor_proto::kv_call::Call;
 use arbor_proto::kv_client::KvClient;
+use arbor_proto::kv_reply::Reply as Answer;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::api::{CLUSTER_ID_HEADER, LEADER_ADDR_HEADER};
+use pipe::Pipe;
 
 /// A failed client call.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,11 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// A reply of another kind than the call's: the server's bug.
+fn unexpected(call: &str, reply: Answer) -> ClientError {
+    ClientError::Status(Status::internal(format!("the server answered a {call} call with {reply:?}")))
 }
 
 /// `InvalidArgument` -> `INVALID_ARGUMENT`, as gRPC spells its codes.
@@ -86,11 +96,14 @@ impl Default for ClientOptions {
     }
 }
 
-/// A connection to an Arbor cluster. Cheap to share across tasks.
+/// A connection to an Arbor cluster. Cheap to share across tasks: calls
+/// made concurrently go to a node together, on one `KvBatch` stream.
 pub struct Client {
     endpoints: Vec<String>,
     options: ClientOptions,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Per node, the stream `Kv` calls go on (see [`pipe`]).
+    pipes: Mutex<HashMap<String, Pipe>>,
     /// Where the next call goes first.
     preferred: Mutex<String>,
     client_id: u64,
@@ -126,6 +139,7 @@ impl Client {
             endpoints,
             options,
             channels: Mutex::new(HashMap::new()),
+            pipes: Mutex::new(HashMap::new()),
             preferred: Mutex::new(first),
             client_id: rand::random(),
             next_request: AtomicU64::new(1),
@@ -151,24 +165,61 @@ impl Client {
         Ok(ch)
     }
 
+    /// The stream to `addr` (opened on the current runtime if it has none
+    /// or its runtime ended).
+    fn pipe(&self, addr: &str, channel: Channel) -> Pipe {
+        let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
+        match pipes.get(addr) {
+            Some(p) if p.is_open() => p.clone(),
+            _ => {
+                let p = Pipe::open(channel, self.cluster_id());
+                pipes.insert(addr.to_string(), p.clone());
+                p
+            }
+        }
+    }
+
+    fn cluster_id(&self) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        self.options.cluster_id.as_ref().and_then(|c| c.parse().ok())
+    }
+
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
-        if let Some(id) = self.options.cluster_id.as_ref().and_then(|c| c.parse().ok()) {
+        if let Some(id) = self.cluster_id() {
             req.metadata_mut().insert(CLUSTER_ID_HEADER, id);
         }
         req
     }
 
     /// One `Kv` call with retries (every Kv call is idempotent: reads, and
-    /// writes carrying a request id).
-    async fn kv<Req, Resp, F, Fut>(&self, req: Req, call: F) -> Result<Resp, ClientError>
-    where
-        Req: Clone,
-        F: Fn(KvClient<Channel>, Request<Req>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
-    {
-        let resp = self.retry(true, |ch| call(KvClient::new(ch), self.request(req.clone()))).await?;
-        Ok(resp.into_inner())
+    /// writes carrying a request id). It goes on the node's stream, except
+    /// range reads (their replies can be large) and calls over
+    /// [`pipe::MAX_PIPED_CALL_BYTES`], which go as unary calls.
+    async fn kv(&self, call: Call) -> Result<Answer, ClientError> {
+        let unary = matches!(call, Call::Range(_)) || call.encoded_len() > pipe::MAX_PIPED_CALL_BYTES;
+        self.retry(true, |ch, addr| {
+            let call = call.clone();
+            async move {
+                if unary {
+                    self.unary(KvClient::new(ch), call).await
+                } else {
+                    self.pipe(&addr, ch).call(call).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// `call` as its own unary RPC.
+    async fn unary(&self, mut kv: KvClient<Channel>, call: Call) -> Result<Answer, Status> {
+        Ok(match call {
+            Call::Get(r) => Answer::Get(kv.get(self.request(r)).await?.into_inner()),
+            Call::Range(r) => Answer::Range(kv.range(self.request(r)).await?.into_inner()),
+            Call::Put(r) => Answer::Put(kv.put(self.request(r)).await?.into_inner()),
+            Call::Delete(r) => Answer::Delete(kv.delete(self.request(r)).await?.into_inner()),
+            Call::DeleteRange(r) => Answer::DeleteRange(kv.delete_range(self.request(r)).await?.into_inner()),
+            Call::Txn(r) => Answer::Txn(kv.txn(self.request(r)).await?.into_inner()),
+        })
     }
 
     /// Runs `call` against the preferred node, following redirections and
@@ -177,7 +228,7 @@ impl Client {
     /// outcome.
     async fn retry<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Channel, String) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.options.timeout;
@@ -191,7 +242,7 @@ impl Client {
             // One attempt never outlives the call's deadline (a leader that
             // lost its quorum may hold a request indefinitely).
             let left = deadline.saturating_duration_since(Instant::now());
-            let status = match tokio::time::timeout(left, call(self.channel(&addr)?)).await {
+            let status = match tokio::time::timeout(left, call(self.channel(&addr)?, addr.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(s)) => {
                     answered = Some(s.message().to_string());
@@ -246,8 +297,10 @@ impl Client {
     /// A linearizable read of one key.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<pb::KeyValue>, ClientError> {
         let req = pb::GetRequest { key: key.as_ref().to_vec(), read: None };
-        let resp = self.kv(req, |mut c, r| async move { c.get(r).await }).await?;
-        Ok(resp.kv)
+        match self.kv(Call::Get(req)).await? {
+            Answer::Get(r) => Ok(r.kv),
+            other => Err(unexpected("get", other)),
+        }
     }
 
     /// A read of one key in any mode (see [`read`]); the response header's
@@ -256,7 +309,10 @@ impl Client {
     /// talks to (leader or follower).
     pub async fn get_with(&self, key: impl AsRef<[u8]>, read: pb::ReadOptions) -> Result<pb::GetResponse, ClientError> {
         let req = pb::GetRequest { key: key.as_ref().to_vec(), read: Some(read) };
-        self.kv(req, |mut c, r| async move { c.get(r).await }).await
+        match self.kv(Call::Get(req)).await? {
+            Answer::Get(r) => Ok(r),
+            other => Err(unexpected("get", other)),
+        }
     }
 
     /// Watches one key or every key under a prefix, from now
@@ -271,7 +327,10 @@ impl Client {
 
     /// A range read (linearizable unless `req.read` says otherwise).
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
-        self.kv(req, |mut c, r| async move { c.range(r).await }).await
+        match self.kv(Call::Range(req)).await? {
+            Answer::Range(r) => Ok(r),
+            other => Err(unexpected("range", other)),
+        }
     }
 
     /// Every key under `prefix` (up to `limit`, 0 = the server's maximum).
@@ -294,12 +353,18 @@ impl Client {
             value: value.as_ref().to_vec(),
             request_id: self.request_id(),
         };
-        self.kv(req, |mut c, r| async move { c.put(r).await }).await
+        match self.kv(Call::Put(req)).await? {
+            Answer::Put(r) => Ok(r),
+            other => Err(unexpected("put", other)),
+        }
     }
 
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<pb::DeleteResponse, ClientError> {
         let req = pb::DeleteRequest { key: key.as_ref().to_vec(), request_id: self.request_id() };
-        self.kv(req, |mut c, r| async move { c.delete(r).await }).await
+        match self.kv(Call::Delete(req)).await? {
+            Answer::Delete(r) => Ok(r),
+            other => Err(unexpected("delete", other)),
+        }
     }
 
     pub async fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<pb::DeleteRangeResponse, ClientError> {
@@ -308,7 +373,10 @@ impl Client {
             request_id: self.request_id(),
             ..Default::default()
         };
-        self.kv(req, |mut c, r| async move { c.delete_range(r).await }).await
+        match self.kv(Call::DeleteRange(req)).await? {
+            Answer::DeleteRange(r) => Ok(r),
+            other => Err(unexpected("delete_range", other)),
+        }
     }
 
     /// Runs a transaction (built with [`Txn`]).
@@ -317,7 +385,10 @@ impl Client {
         if req.request_id.is_empty() {
             req.request_id = self.request_id();
         }
-        self.kv(req, |mut c, r| async move { c.txn(r).await }).await
+        match self.kv(Call::Txn(req)).await? {
+            Answer::Txn(r) => Ok(r),
+            other => Err(unexpected("txn", other)),
+        }
     }
 
     /// Adds `delta` to a counter; returns the new value.
@@ -352,7 +423,7 @@ impl Client {
         req: pb::ChangeMembershipRequest,
     ) -> Result<pb::ChangeMembershipResponse, ClientError> {
         let resp = self
-            .retry(true, |ch| {
+            .retry(true, |ch, _| {
                 let r = self.request(req.clone());
                 async move { ClusterClient::new(ch).change_membership(r).await }
             })
@@ -366,7 +437,7 @@ impl Client {
     pub async fn transfer_leader(&self, group: u64, to: u64) -> Result<pb::TransferLeaderResponse, ClientError> {
         let req = pb::TransferLeaderRequest { group_id: group, to };
         let resp = self
-            .retry(true, |ch| {
+            .retry(true, |ch, _| {
                 let r = self.request(req);
                 async move { ClusterClient::new(ch).transfer_leader(r).await }
             })
@@ -377,7 +448,7 @@ impl Client {
     /// The status of the node the client talks to.
     pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
         let resp = self
-            .retry(true, |ch| {
+            .retry(true, |ch, _| {
                 let r = self.request(pb::StatusRequest {});
                 async move { ClusterClient::new(ch).status(r).await }
             })
@@ -431,7 +502,7 @@ impl Watcher<'_> {
                     let client = self.client;
                     let req = self.req.clone();
                     let s = client
-                        .retry(true, |ch| {
+                        .retry(true, |ch, _| {
                             let req = client.request(req.clone());
                             async move { KvClient::new(ch).watch(req).await }
                         })
