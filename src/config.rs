@@ -81,6 +81,12 @@ pub struct EpochConfig {
     pub max_inflight: usize,
     /// Batches at least this large (bytes) are zstd-compressed.
     pub compress_threshold: usize,
+    /// An epoch of at most this many transactions executes on the applying
+    /// thread instead of on the vshard executors (0: every epoch goes to
+    /// them). Waking the executors costs each epoch several thread
+    /// hand-offs; below this size that costs more than parallel execution
+    /// saves (docs/BENCHMARKS.md). A local choice: replicas may differ.
+    pub inline_max_txns: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -227,6 +233,7 @@ impl Default for EpochConfig {
             window_ms: 2,
             max_inflight: 4,
             compress_threshold: 4096,
+            inline_max_txns: crate::scheduler::DEFAULT_INLINE_MAX_TXNS,
         }
     }
 }

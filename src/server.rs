@@ -231,9 +231,11 @@ impl Node {
                 let (range, e, shared, hlc, v) =
                     (range.clone(), dyn_engine.clone(), shared.clone(), hlc.clone(), config.vshards);
                 let (snapshots, reserve) = (config.data_dir.join("snapshots"), config.storage.snapshot_reserve_bytes);
+                let inline_max = config.epoch.inline_max_txns;
                 tokio::task::spawn_blocking(move || {
                     GroupStateMachine::open(range, e, v, shared, hlc, durability)?
                         .with_record_cache(record_cache_bytes)
+                        .with_inline_max_txns(inline_max)
                         .with_snapshot_dir(snapshots)
                         .map(|sm| sm.with_snapshot_reserve(reserve))
                 })

@@ -99,18 +99,21 @@ fn dump(engine: &dyn ReadView) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn random_logs_replay_identically_on_independent_replicas() {
     for seed in 0..5 {
         let log = random_log(seed, 30);
-        // Different vshard counts (parallelism) and record caches (the
+        // Different vshard counts (parallelism), record caches (the
         // default, none, and one so small that it drops entries all the
-        // time) must not change results.
-        let replicas: Vec<(Arc<Memory>, GroupStateMachine)> = [(8, None), (3, Some(0)), (2, Some(400))]
+        // time) and execution on the executors or on the applying thread
+        // (none, every epoch, those of up to 32 transactions) must not
+        // change results.
+        let modes = [(8, None, 0), (3, Some(0), usize::MAX), (2, Some(400), 0), (2, None, 32)];
+        let replicas: Vec<(Arc<Memory>, GroupStateMachine)> = modes
             .into_iter()
-            .map(|(vshards, cache)| {
+            .map(|(vshards, cache, inline)| {
                 let engine = Arc::new(Memory::new());
                 let sm = match cache {
                     None => open(engine.clone(), vshards),
                     Some(bytes) => open_with_cache(engine.clone(), vshards, bytes),
                 };
-                (engine, sm)
+                (engine, sm.with_inline_max_txns(inline))
             })
             .collect();
         let (engines, mut machines): (Vec<_>, Vec<_>) = replicas.into_iter().unzip();

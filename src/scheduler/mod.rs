@@ -42,10 +42,13 @@ use sync::{Arrival, BoundedQueue, Latch, Rendezvous, Watermark};
 pub const DEFAULT_RECORD_CACHE_BYTES: usize = 32 << 20;
 /// Capacity of each vshard's queue, in transactions.
 pub const VSHARD_QUEUE_CAPACITY: usize = 256;
-/// An epoch of at most this many transactions runs on the applying thread
-/// when the executors are idle: handing it to them costs more than it runs
-/// (a lone client's epoch holds one transaction).
-pub const INLINE_MAX_TXNS: usize = 2;
+/// The default of `epoch.inline_max_txns`: an epoch of at most this many
+/// transactions runs on the applying thread when the executors are idle.
+/// Handing an epoch to the executors costs several thread hand-offs; with
+/// epochs of up to ~90 transactions (put and 4-key txn at 64 and 256
+/// clients, 3 nodes on 2 cores) running them inline was 4–9% faster, with
+/// 8–11% less CPU per operation (docs/BENCHMARKS.md).
+pub const DEFAULT_INLINE_MAX_TXNS: usize = 256;
 
 /// The vshards a transaction touches, sorted.
 pub fn vshards_of(txn: &Txn, vshards: u32) -> Vec<u32> {
@@ -157,6 +160,8 @@ pub struct Scheduler {
     threads: Vec<JoinHandle<()>>,
     /// Current records read by the executors (see [`RecordCache`]).
     cache: Arc<RecordCache>,
+    /// Epochs of at most this many transactions run inline.
+    inline_max: usize,
 }
 
 /// A read-only view of every vshard's progress, for the status API; clones
@@ -216,13 +221,19 @@ impl Scheduler {
         }
         let given = Arc::new((0..vshards).map(|_| AtomicU64::new(0)).collect());
         let cache = Arc::new(RecordCache::new(vshards, DEFAULT_RECORD_CACHE_BYTES));
-        Self { vshards, queues, marks, given, threads, cache }
+        Self { vshards, queues, marks, given, threads, cache, inline_max: DEFAULT_INLINE_MAX_TXNS }
     }
 
     /// Replaces the record cache by an empty one of `bytes` (0 disables
     /// it). Only between epochs.
     pub fn set_record_cache_bytes(&mut self, bytes: usize) {
         self.cache = Arc::new(RecordCache::new(self.vshards, bytes));
+    }
+
+    /// Epochs of at most `txns` transactions run on the calling thread
+    /// (when the executors are idle); 0 sends every epoch to them.
+    pub fn set_inline_max_txns(&mut self, txns: usize) {
+        self.inline_max = txns;
     }
 
     /// The executors' cache of current records: an epoch's writes go in
@@ -268,7 +279,7 @@ impl Scheduler {
             outcomes: txns.iter().map(|_| Mutex::new(None)).collect(),
             latch: Latch::new(txns.len()),
         });
-        if txns.len() <= INLINE_MAX_TXNS && self.idle() {
+        if txns.len() <= self.inline_max && self.idle() {
             self.run_inline(&epoch, index, &txns);
         } else {
             self.fan_out(&epoch, index, txns);
@@ -377,7 +388,8 @@ mod tests {
 
     #[test]
     fn multi_vshard_transactions_see_earlier_writes_in_log_order() {
-        let s = Scheduler::start(1, 4);
+        let mut s = Scheduler::start(1, 4);
+        s.set_inline_max_txns(0);
         let engine: Arc<dyn Engine> = Arc::new(Memory::new());
         let keys = ["/a", "/b", "/c", "/d", "/e"];
         let txns: Vec<_> = (0..200).map(|i| incr(&[keys[i % 5], keys[(i * 3 + 1) % 5]])).collect();
@@ -400,7 +412,8 @@ mod tests {
 
     #[test]
     fn small_epochs_run_inline_with_the_same_results_and_watermarks() {
-        let s = Scheduler::start(1, 4);
+        let mut s = Scheduler::start(1, 4);
+        s.set_inline_max_txns(2);
         let engine: Arc<dyn Engine> = Arc::new(Memory::new());
         let keys = ["/a", "/b", "/c", "/d", "/e"];
         let mut serial = Overlay::new();

@@ -648,6 +648,13 @@ impl GroupStateMachine {
         self
     }
 
+    /// Epochs of at most `txns` transactions execute on the applying
+    /// thread (see `epoch.inline_max_txns`).
+    pub fn with_inline_max_txns(mut self, txns: usize) -> Self {
+        self.scheduler.set_inline_max_txns(txns);
+        self
+    }
+
     /// Keeps snapshot data in files in `dir` (created if missing) rather
     /// than inside RocksDB (see [`snapshot`](super::snapshot)).
     pub fn with_snapshot_dir(mut self, dir: std::path::PathBuf) -> Result<Self> {
