@@ -2,7 +2,8 @@
 # Benchmarks Arbor side by side with etcd on this machine (issue #6; see
 # docs/BENCHMARKS.md). In one invocation it
 #   1. installs etcd (Debian's etcd-server, etcd-client) and protoc when missing,
-#      and builds arbor and arbor-bench (with the etcd-client feature);
+#      and builds arbor and arbor-bench (with the etcd-client feature, release
+#      profile unless BENCH_PROFILE=dev);
 #   2. measures the storage reference: synced RocksDB write batches;
 #   3. for each workload starts a fresh 3-member etcd cluster and a fresh
 #      3-node Arbor cluster on loopback (data in a temp dir, both fsyncing:
@@ -23,6 +24,8 @@
 #   BENCH_VALUE_SIZE   256   (keys are 16 bytes)
 #   BENCH_READ_RATIO   0.8   the mixed workload's share of gets
 #   BENCH_STORAGE      1     0 skips the storage reference
+#   BENCH_PROFILE      release  or dev (the tests' build: opt-level 1 for
+#                      Arbor's code, debug assertions in every crate)
 #   BENCH_ARBOR_PORT   7201  Arbor nodes on 7201..7203
 #   BENCH_ETCD_PORT    23790 etcd clients on 23790..23792, peers on +100
 #   BENCH_OUT          bench-results/<timestamp>
@@ -38,6 +41,12 @@ KEY_SPACE="${BENCH_KEY_SPACE:-10000}"
 VALUE_SIZE="${BENCH_VALUE_SIZE:-256}"
 READ_RATIO="${BENCH_READ_RATIO:-0.8}"
 STORAGE="${BENCH_STORAGE:-1}"
+PROFILE="${BENCH_PROFILE:-release}"
+case "$PROFILE" in
+    release) PROFILE_DIR=release; BUILD="release profile (opt-level 3, no debug assertions)" ;;
+    dev) PROFILE_DIR=debug; BUILD="dev profile (opt-level 1 for arbor, 3 for dependencies, debug assertions)" ;;
+    *) echo "BENCH_PROFILE must be release or dev, not '$PROFILE'" >&2; exit 1 ;;
+esac
 ARBOR_PORT="${BENCH_ARBOR_PORT:-7201}"
 ETCD_PORT="${BENCH_ETCD_PORT:-23790}"
 OUT="${BENCH_OUT:-$ROOT/bench-results/$(date -u +%Y%m%d-%H%M%S)}"
@@ -144,7 +153,7 @@ start_etcd() {
 start_arbor() {
     if [ -n "$ARBOR_DIR" ] && [ -d "$ARBOR_DIR" ]; then rm -rf "$ARBOR_DIR"; fi
     ARBOR_DIR="$TMP/$1/arbor"
-    CARGO_TARGET_DIR="$TMP/build" ARBOR_DATA="$ARBOR_DIR" ARBOR_BASE_PORT="$ARBOR_PORT" \
+    ARBOR_BIN="$TMP/build/arbor" ARBOR_DATA="$ARBOR_DIR" ARBOR_BASE_PORT="$ARBOR_PORT" \
         "$ROOT/scripts/cluster.sh" start 3 >/dev/null
     for f in "$ARBOR_DIR"/n*/arbor.pid; do ARBOR_PIDS+=("$(cat "$f")"); done
 }
@@ -207,8 +216,8 @@ ensure_cmd etcdctl etcd-client
 ensure_cmd protoc protobuf-compiler
 export PROTOC="${PROTOC:-$(command -v protoc)}"
 
-log "building arbor and arbor-bench (feature etcd-client)"
-(cd "$ROOT" && cargo build --locked --features etcd-client --bin arbor --bin arbor-bench)
+log "building arbor and arbor-bench ($PROFILE profile, feature etcd-client; a first release build compiles RocksDB again, ~12 min on 2 cores)"
+(cd "$ROOT" && cargo build --locked --profile "$PROFILE" --features etcd-client --bin arbor --bin arbor-bench)
 
 for p in $((ARBOR_PORT)) $((ARBOR_PORT + 1)) $((ARBOR_PORT + 2)) \
          $((ETCD_PORT)) $((ETCD_PORT + 1)) $((ETCD_PORT + 2)) \
@@ -221,11 +230,10 @@ mkdir -p "$OUT/runs"
 log "results in $OUT (temp data in $TMP)"
 # Private copies of the binaries just built: the shared target dir may be
 # rebuilt by someone else (without the etcd feature, or with other server
-# code) while this runs. cluster.sh runs $CARGO_TARGET_DIR/debug/arbor, so
-# it is pointed at the copy.
-mkdir -p "$TMP/build/debug"
-cp "$CARGO_TARGET_DIR/debug/arbor" "$CARGO_TARGET_DIR/debug/arbor-bench" "$TMP/build/debug/"
-BENCH_BIN="$TMP/build/debug/arbor-bench"
+# code) while this runs; cluster.sh is pointed at the copy (ARBOR_BIN).
+mkdir -p "$TMP/build"
+cp "$CARGO_TARGET_DIR/$PROFILE_DIR/arbor" "$CARGO_TARGET_DIR/$PROFILE_DIR/arbor-bench" "$TMP/build/"
+BENCH_BIN="$TMP/build/arbor-bench"
 
 commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
@@ -242,7 +250,7 @@ fi
     echo "  \"commit\": $(json_str "$commit"),"
     echo "  \"etcd\": $(json_str "$(etcd --version 2>/dev/null | head -1)"),"
     echo "  \"disk\": $(json_str "$(df -h "$TMP" | awk 'NR==2 {print $1 " (" $2 ")"}')"),"
-    echo "  \"build\": \"dev profile (opt-level 1 for arbor, 3 for dependencies)\","
+    echo "  \"build\": $(json_str "$BUILD"),"
     echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; fresh clusters per workload")"
     echo "}"
 } >"$OUT/machine.json"
