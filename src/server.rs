@@ -115,6 +115,10 @@ pub struct Node {
     pub clock: Arc<OffsetClock<Arc<dyn Clock>>>,
     pub groups: BTreeMap<u64, Group>,
     peers: Arc<Peers>,
+    /// True once the node is shutting down: long-lived request streams
+    /// (`KvBatch`) stop taking calls and end once their calls have
+    /// answered, so that they do not hold the graceful shutdown.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn raft_config(config: &Config) -> Result<Arc<openraft::Config>> {
@@ -317,7 +321,8 @@ impl Node {
             };
             groups.insert(range.group, group);
         }
-        Ok(Arc::new(Node { config, meta, engine, hlc, clock, groups, peers }))
+        let stopping = tokio::sync::watch::Sender::new(false);
+        Ok(Arc::new(Node { config, meta, engine, hlc, clock, groups, peers, stopping }))
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -449,6 +454,12 @@ impl Node {
     }
 
     /// Stops every group's Raft and flushes storage.
+    /// Resolves once the node starts shutting down (at once if it has).
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|&stopping| stopping).await;
+    }
+
     pub async fn shutdown(&self) {
         for (id, g) in &self.groups {
             if let Err(e) = g.raft.shutdown().await {
@@ -762,8 +773,10 @@ pub async fn serve(
     // (40 ms per round trip otherwise, on every client and Raft reply).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopping = node.stopping.clone();
     let signal = async move {
         shutdown.await;
+        stopping.send_replace(true);
         let _ = stopping_tx.send(());
     };
     let server = crate::api::router(node.clone()).serve_with_incoming_shutdown(incoming, signal);

@@ -428,7 +428,7 @@ async fn the_kv_batch_stream_answers_each_call_as_its_unary_form_would() {
     use arbor::client::pb::{self, kv_batch_client::KvBatchClient, kv_call::Call, kv_reply::Reply};
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
-    let c = Cluster::start_with_config(1, "[limits]\nmax_value_bytes = 1000\nmax_request_bytes = 8192\n", &[]);
+    let mut c = Cluster::start_with_config(1, "[limits]\nmax_value_bytes = 1000\nmax_request_bytes = 8192\n", &[]);
     c.wait_for_leader(1).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].addr))
         .unwrap()
@@ -526,4 +526,11 @@ async fn the_kv_batch_stream_answers_each_call_as_its_unary_form_would() {
         let (i, kv) = r.unwrap();
         assert_eq!(kv.unwrap().value, format!("v{i}").into_bytes());
     }
+
+    phase("a stopping node ends the client's open stream instead of waiting for it");
+    let stopping = std::time::Instant::now();
+    c.stop(0);
+    let log = c.log_of(0);
+    assert!(!log.contains("requests still in flight"), "the stream held the shutdown:\n{log}");
+    assert!(stopping.elapsed() < arbor::server::SHUTDOWN_GRACE, "stopped in {:?}", stopping.elapsed());
 }

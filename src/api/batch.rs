@@ -52,8 +52,10 @@ impl pb::kv_batch_server::KvBatch for KvBatchService {
 }
 
 /// Reads calls off the stream, runs them concurrently and sends their
-/// replies as they complete, until the client closes its side and every
-/// call has answered, or the client goes away.
+/// replies as they complete, until the client closes its side (or the node
+/// starts shutting down) and every call read has answered, or the client
+/// goes away. A client whose stream ends with calls unanswered takes their
+/// outcome as unknown and retries them elsewhere.
 async fn serve(
     kv: KvService,
     mut calls: Streaming<pb::KvCalls>,
@@ -61,8 +63,12 @@ async fn serve(
 ) {
     let mut running = FuturesUnordered::new();
     let mut reading = true;
+    let node = kv.node.clone();
+    let stopping = node.stopping();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
+            () = &mut stopping, if reading => reading = false,
             msg = calls.message(), if reading && running.len() < MAX_CALLS_IN_FLIGHT => match msg {
                 Ok(Some(msg)) if msg.calls.len() > MAX_CALLS_PER_MESSAGE => {
                     let why = format!(
