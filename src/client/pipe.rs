@@ -84,7 +84,9 @@ async fn drive(channel: Channel, cluster_id: Option<MetadataValue<Ascii>>, mut q
         let mut replies = match client.call(req).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
-                waiting.fail_all(&s);
+                // The first calls may have reached the node before the
+                // stream failed, unless the node refused the stream itself.
+                waiting.fail_all(&lost(s));
                 continue;
             }
         };
