@@ -17,8 +17,8 @@ use arbor_proto::kv_server::Kv;
 
 /// Calls one `KvCalls` message may carry.
 pub const MAX_CALLS_PER_MESSAGE: usize = 1024;
-/// Bytes one `KvCalls` message may take (each call is also held to
-/// `limits.max_request_bytes`).
+/// Bytes one `KvCalls` message may take, unless `limits.max_request_bytes`
+/// is larger (each call is also held to `limits.max_request_bytes`).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Calls one stream may have running; beyond it the server stops reading
 /// the stream until some complete (HTTP/2 flow control then holds the
@@ -144,8 +144,8 @@ pub fn call_status(e: pb::CallError) -> Status {
     if e.leader_id != 0 {
         s.metadata_mut().insert(LEADER_ID_HEADER, e.leader_id.into());
     }
-    if let Ok(addr) = e.leader_addr.parse() {
-        if !e.leader_addr.is_empty() {
+    if !e.leader_addr.is_empty() {
+        if let Ok(addr) = e.leader_addr.parse() {
             s.metadata_mut().insert(LEADER_ADDR_HEADER, addr);
         }
     }
