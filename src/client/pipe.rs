@@ -85,8 +85,9 @@ async fn drive(channel: Channel, cluster_id: Option<MetadataValue<Ascii>>, mut q
             Ok(r) => r.into_inner(),
             Err(s) => {
                 // The first calls may have reached the node before the
-                // stream failed, unless the node refused the stream itself.
-                waiting.fail_all(&lost(s));
+                // stream failed, unless no connection was made or the node
+                // refused the stream itself.
+                waiting.fail_all(&if never_connected(&s) { s } else { lost(s) });
                 continue;
             }
         };
@@ -131,6 +132,21 @@ fn lost(s: Status) -> Status {
         }
         _ => s,
     }
+}
+
+/// True when `s` failed a call because no connection could be made (the
+/// node refused it or could not be reached): nothing was sent.
+fn never_connected(s: &Status) -> bool {
+    use std::error::Error;
+    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    let mut cause: Option<&(dyn Error + 'static)> = s.source();
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable);
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The calls sent on the current stream, by id.
@@ -266,6 +282,33 @@ mod tests {
         assert_eq!(waiting.gather(first, &mut queue).calls.len(), MAX_CALLS_PER_MESSAGE);
         let next = queue.try_recv().ok().unwrap();
         assert_eq!(waiting.gather(next, &mut queue).calls.len(), 6, "the rest goes in the next message");
+    }
+
+    #[test]
+    fn a_refused_connection_is_told_apart_from_a_broken_one() {
+        #[derive(Debug)]
+        struct Transport(std::io::Error);
+        impl std::fmt::Display for Transport {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tcp connect error")
+            }
+        }
+        impl std::error::Error for Transport {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let failed = |kind: std::io::ErrorKind| {
+            let mut s = Status::unavailable("tcp connect error");
+            s.set_source(std::sync::Arc::new(Transport(kind.into())));
+            s
+        };
+        assert!(never_connected(&failed(std::io::ErrorKind::ConnectionRefused)));
+        assert!(
+            !never_connected(&failed(std::io::ErrorKind::ConnectionReset)),
+            "a reset connection may have carried the calls"
+        );
+        assert!(!never_connected(&Status::unavailable("no source")));
     }
 
     #[test]
