@@ -122,9 +122,18 @@ async fn stream(
     let mut progress = tokio::time::interval(Duration::from_millis(node.config.reads.watch_progress_ms));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     progress.tick().await;
+    // A stopping node ends its watches rather than hold its graceful
+    // shutdown: the client's Watcher resumes on another node.
+    let stopping = node.stopping();
+    tokio::pin!(stopping);
     loop {
         let batch = tokio::select! {
             _ = out.closed() => return Ok(()),
+            () = &mut stopping => {
+                return Err(Error::Unavailable(format!(
+                    "the node is shutting down; resume the watch on another node with start_after = {seen}"
+                )))
+            }
             _ = progress.tick() => Batch { events: Vec::new(), progress: seen },
             item = feed.recv() => match item {
                 Ok(Feed::Epoch(epoch)) => {

@@ -218,7 +218,7 @@ async fn drain(watcher: &mut arbor::client::Watcher<'_>, until: u64, events: &mu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watchers_see_every_change_once_in_order_and_resume_without_gaps() {
-    let cluster = Cluster::start(3, &[]);
+    let mut cluster = Cluster::start(3, &[]);
     cluster.wait_for_leader(1).await;
     let endpoints = cluster.endpoints();
 
@@ -295,4 +295,11 @@ async fn watchers_see_every_change_once_in_order_and_resume_without_gaps() {
         drain(w, last, &mut seen[i]).await;
         assert_eq!(seen[i], want, "watcher {i}");
     }
+
+    phase("a stopping node ends its two watch streams instead of waiting for them");
+    let stopping = std::time::Instant::now();
+    cluster.stop(0);
+    let log = cluster.log_of(0);
+    assert!(!log.contains("requests still in flight"), "the watches held the shutdown:\n{log}");
+    assert!(stopping.elapsed() < arbor::server::SHUTDOWN_GRACE, "stopped in {:?}", stopping.elapsed());
 }
