@@ -147,6 +147,16 @@ impl Cluster {
         }
     }
 
+    /// Stops node `i` and asserts that its graceful shutdown did not wait
+    /// out the grace for requests still open (`what` names them).
+    pub fn stop_promptly(&mut self, i: usize, what: &str) {
+        let stopping = Instant::now();
+        self.stop(i);
+        let log = self.log_of(i);
+        assert!(!log.contains("requests still in flight"), "{what} held the shutdown:\n{log}");
+        assert!(stopping.elapsed() < arbor::server::SHUTDOWN_GRACE, "stopped in {:?}", stopping.elapsed());
+    }
+
     /// SIGTERM and wait for a graceful exit.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
