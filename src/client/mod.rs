@@ -56,6 +56,17 @@ impl ClientError {
     }
 }
 
+/// Sends `req` as a `Call::$kind` and takes the `Answer::$kind` reply (any
+/// other kind of reply is the server's bug).
+macro_rules! kv_call {
+    ($client:expr, $kind:ident, $req:expr) => {
+        match $client.kv(Call::$kind($req)).await? {
+            Answer::$kind(r) => Ok(r),
+            other => Err(unexpected(stringify!($kind), other)),
+        }
+    };
+}
+
 /// A reply of another kind than the call's: the server's bug.
 fn unexpected(call: &str, reply: Answer) -> ClientError {
     ClientError::Status(Status::internal(format!("the server answered a {call} call with {reply:?}")))
@@ -297,10 +308,7 @@ impl Client {
     /// A linearizable read of one key.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<pb::KeyValue>, ClientError> {
         let req = pb::GetRequest { key: key.as_ref().to_vec(), read: None };
-        match self.kv(Call::Get(req)).await? {
-            Answer::Get(r) => Ok(r.kv),
-            other => Err(unexpected("get", other)),
-        }
+        kv_call!(self, Get, req).map(|r: pb::GetResponse| r.kv)
     }
 
     /// A read of one key in any mode (see [`read`]); the response header's
@@ -309,10 +317,7 @@ impl Client {
     /// talks to (leader or follower).
     pub async fn get_with(&self, key: impl AsRef<[u8]>, read: pb::ReadOptions) -> Result<pb::GetResponse, ClientError> {
         let req = pb::GetRequest { key: key.as_ref().to_vec(), read: Some(read) };
-        match self.kv(Call::Get(req)).await? {
-            Answer::Get(r) => Ok(r),
-            other => Err(unexpected("get", other)),
-        }
+        kv_call!(self, Get, req)
     }
 
     /// Watches one key or every key under a prefix, from now
@@ -327,10 +332,7 @@ impl Client {
 
     /// A range read (linearizable unless `req.read` says otherwise).
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, ClientError> {
-        match self.kv(Call::Range(req)).await? {
-            Answer::Range(r) => Ok(r),
-            other => Err(unexpected("range", other)),
-        }
+        kv_call!(self, Range, req)
     }
 
     /// Every key under `prefix` (up to `limit`, 0 = the server's maximum).
@@ -353,18 +355,12 @@ impl Client {
             value: value.as_ref().to_vec(),
             request_id: self.request_id(),
         };
-        match self.kv(Call::Put(req)).await? {
-            Answer::Put(r) => Ok(r),
-            other => Err(unexpected("put", other)),
-        }
+        kv_call!(self, Put, req)
     }
 
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<pb::DeleteResponse, ClientError> {
         let req = pb::DeleteRequest { key: key.as_ref().to_vec(), request_id: self.request_id() };
-        match self.kv(Call::Delete(req)).await? {
-            Answer::Delete(r) => Ok(r),
-            other => Err(unexpected("delete", other)),
-        }
+        kv_call!(self, Delete, req)
     }
 
     pub async fn delete_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<pb::DeleteRangeResponse, ClientError> {
@@ -373,10 +369,7 @@ impl Client {
             request_id: self.request_id(),
             ..Default::default()
         };
-        match self.kv(Call::DeleteRange(req)).await? {
-            Answer::DeleteRange(r) => Ok(r),
-            other => Err(unexpected("delete_range", other)),
-        }
+        kv_call!(self, DeleteRange, req)
     }
 
     /// Runs a transaction (built with [`Txn`]).
@@ -385,10 +378,7 @@ impl Client {
         if req.request_id.is_empty() {
             req.request_id = self.request_id();
         }
-        match self.kv(Call::Txn(req)).await? {
-            Answer::Txn(r) => Ok(r),
-            other => Err(unexpected("txn", other)),
-        }
+        kv_call!(self, Txn, req)
     }
 
     /// Adds `delta` to a counter; returns the new value.
