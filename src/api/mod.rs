@@ -260,6 +260,7 @@ impl Cluster for ClusterService {
                     vshard_lag: g.vshard_progress.lags(),
                     snapshots_installed: g.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
                     eager_appends: g.eager.as_ref().map_or(0, |e| e.sent()),
+                    eager_answers: g.eager.as_ref().map_or(0, |e| e.answered()),
                     closed_stamp: g.shared.stamp.load(std::sync::atomic::Ordering::Acquire),
                     gc_horizon: g.shared.gc_horizon.load(std::sync::atomic::Ordering::Acquire),
                 }

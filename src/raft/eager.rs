@@ -7,8 +7,8 @@
 //! etcd sends first and syncs meanwhile (Raft thesis §10.2.1). Here the log
 //! store hands such an entry to [`EagerReplication`], which sends it to every
 //! follower as an ordinary AppendEntries from the current leader. When
-//! openraft's own replication stream sends the entry after the leader's
-//! flush, the follower already holds it and answers at once.
+//! openraft's own replication stream comes to send the entry after the
+//! leader's flush, the follower already holds it.
 //!
 //! Why this is safe: the request is exactly one openraft's stream could send
 //! (the leader's committed vote, the entry's true predecessor, the leader's
@@ -18,20 +18,32 @@
 //! entry conflicting with the leader's log is truncated. The leader still
 //! counts itself towards the quorum only after its own fsync (openraft
 //! decides that), so an entry is committed only once a majority holds it on
-//! disk. Replies are ignored: progress is tracked by openraft's stream.
+//! disk.
+//!
+//! The reply serves the stream's request too ([`EagerReplies`]): when
+//! openraft's stream sends a request identical to the eager one (same vote,
+//! predecessor, entries and commit index), the follower's answer to the
+//! eager request is its answer to that one (a duplicated AppendEntries is
+//! answered alike, and an acceptance only ever says the follower held those
+//! entries on disk under this vote, true however late it is read). The
+//! stream therefore waits for the eager reply instead of sending the request
+//! again: a lone write is committed after the leader's fsync and one round
+//! trip that ran beside it, not a second round trip that starts after the
+//! fsync. Only an acceptance is reused; any other reply, or none within the
+//! request's soft deadline, and the stream sends its request as usual.
 //!
 //! It is used only when the pipeline is idle (the new entry directly
 //! follows the last committed one): under load the entries in flight keep
 //! openraft's streams busy, and an extra request per entry would only add
 //! CPU on every node.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::AppendEntriesRequest;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::Vote;
 use tokio::sync::watch;
 
@@ -67,6 +79,107 @@ pub fn eager_request(
         entries: entries.to_vec(),
         leader_commit: Some(committed),
     })
+}
+
+/// What makes two AppendEntries the same request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    vote: Vote<NodeId>,
+    prev_log_id: Option<LogId>,
+    first: Option<LogId>,
+    last: Option<LogId>,
+    leader_commit: Option<LogId>,
+}
+
+impl Identity {
+    /// Entries are named by their log ids: two entries with the same log id
+    /// are the same entry (Raft's log matching property).
+    fn of(req: &AppendEntriesRequest<TypeConfig>) -> Self {
+        Identity {
+            vote: req.vote,
+            prev_log_id: req.prev_log_id,
+            first: req.entries.first().map(|e| e.log_id),
+            last: req.entries.last().map(|e| e.log_id),
+            leader_commit: req.leader_commit,
+        }
+    }
+}
+
+/// A follower's answer to an eager request, as the replication stream
+/// needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EagerReply {
+    /// Not answered yet.
+    Pending,
+    /// The follower accepted the entries (`AppendEntriesResponse::Success`).
+    Accepted,
+    /// Anything else: refused, failed or abandoned.
+    Other,
+}
+
+/// An eager request and where its reply will be.
+struct Sent {
+    identity: Identity,
+    reply: watch::Receiver<EagerReply>,
+}
+
+/// The last eager request to each follower of each group and its reply,
+/// until the replication stream sends the same request (see the module
+/// docs). One per node, shared by its groups ([`Peers::eager_replies`]).
+#[derive(Default)]
+pub struct EagerReplies {
+    /// By group and follower.
+    last: Mutex<HashMap<(u64, NodeId), Sent>>,
+    /// Stream requests answered with an eager reply, per group.
+    answered: Mutex<HashMap<u64, u64>>,
+}
+
+impl EagerReplies {
+    /// Records `req`, sent eagerly to `target`; its reply goes to the
+    /// returned sender. It replaces the follower's previous record.
+    pub fn sent(
+        &self,
+        group: u64,
+        target: NodeId,
+        req: &AppendEntriesRequest<TypeConfig>,
+    ) -> watch::Sender<EagerReply> {
+        let (tx, rx) = watch::channel(EagerReply::Pending);
+        let sent = Sent { identity: Identity::of(req), reply: rx };
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).insert((group, target), sent);
+        tx
+    }
+
+    /// The reply to the eager request identical to `req`, if `req` is the
+    /// same request as the last one sent eagerly to `target`; each record
+    /// serves one request.
+    pub fn claim(
+        &self,
+        group: u64,
+        target: NodeId,
+        req: &AppendEntriesRequest<TypeConfig>,
+    ) -> Option<watch::Receiver<EagerReply>> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.get(&(group, target))?.identity != Identity::of(req) {
+            return None;
+        }
+        last.remove(&(group, target)).map(|sent| sent.reply)
+    }
+
+    /// Waits for a claimed reply, at most `within`: whether the follower
+    /// accepted the entries.
+    pub async fn accepted(&self, group: u64, mut reply: watch::Receiver<EagerReply>, within: Duration) -> bool {
+        let answer = tokio::time::timeout(within, reply.wait_for(|r| *r != EagerReply::Pending)).await;
+        let accepted = matches!(answer, Ok(Ok(r)) if *r == EagerReply::Accepted);
+        if accepted {
+            *self.answered.lock().unwrap_or_else(|e| e.into_inner()).entry(group).or_default() += 1;
+        }
+        accepted
+    }
+
+    /// How many of `group`'s stream requests an eager reply answered.
+    pub fn answered(&self, group: u64) -> u64 {
+        self.answered.lock().unwrap_or_else(|e| e.into_inner()).get(&group).copied().unwrap_or(0)
+    }
 }
 
 /// Where a log store hands the AppendEntries it wants sent eagerly.
@@ -133,6 +246,12 @@ impl EagerReplication {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
+
+    /// How many of the replication streams' requests an eager reply
+    /// answered since this node started.
+    pub fn answered(&self) -> u64 {
+        self.peers.eager_replies().answered(self.group)
+    }
 }
 
 impl EagerSink for EagerReplication {
@@ -157,14 +276,24 @@ impl EagerSink for EagerReplication {
             // entry until the timeout.
             let Some(in_flight) = self.in_flight.start(target) else { continue };
             self.sent.fetch_add(1, Ordering::Relaxed);
+            let reply = self.peers.eager_replies().sent(self.group, target, &req);
             let mut network = GroupNetwork { group: self.group, peers: self.peers.clone() };
             let req = req.clone();
             tokio::spawn(async move {
                 let _in_flight = in_flight;
                 let mut conn = network.new_client(target, &node).await;
-                if let Err(e) = conn.append_entries(req, RPCOption::new(EAGER_TTL)).await {
-                    tracing::debug!(target, error = %e, "eager AppendEntries failed (the replication stream retries)");
-                }
+                let answer = match conn.send_append_entries(req, RPCOption::new(EAGER_TTL)).await {
+                    Ok(AppendEntriesResponse::Success) => EagerReply::Accepted,
+                    Ok(other) => {
+                        tracing::debug!(target, reply = %other, "eager AppendEntries not accepted");
+                        EagerReply::Other
+                    }
+                    Err(e) => {
+                        tracing::debug!(target, error = %e, "eager AppendEntries failed (the replication stream retries)");
+                        EagerReply::Other
+                    }
+                };
+                let _ = reply.send(answer);
             });
         }
     }
@@ -203,6 +332,71 @@ mod tests {
         drop(first);
         assert!(in_flight.start(2).is_some(), "node 2 answered");
         drop(other);
+    }
+
+    fn request(commit: u64, entries: &[u64]) -> AppendEntriesRequest<TypeConfig> {
+        let committed = LogId::new(CommittedLeaderId::new(3, 1), commit);
+        AppendEntriesRequest {
+            vote: committed_vote(3, 1),
+            prev_log_id: Some(committed),
+            entries: entries.iter().map(|i| entry(3, 1, *i)).collect(),
+            leader_commit: Some(committed),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_same_request_is_answered_with_an_eager_reply_and_only_once() {
+        let replies = EagerReplies::default();
+        let sent = request(9, &[10]);
+        let reply = replies.sent(1, 2, &sent);
+
+        // Another follower, another group, other entries, another commit
+        // index or another vote: a different request.
+        assert!(replies.claim(1, 3, &sent).is_none());
+        assert!(replies.claim(2, 2, &sent).is_none());
+        assert!(replies.claim(1, 2, &request(9, &[10, 11])).is_none());
+        let mut later_commit = sent.clone();
+        later_commit.leader_commit = Some(LogId::new(CommittedLeaderId::new(3, 1), 10));
+        assert!(replies.claim(1, 2, &later_commit).is_none());
+        let mut other_vote = sent.clone();
+        other_vote.vote = committed_vote(4, 1);
+        assert!(replies.claim(1, 2, &other_vote).is_none());
+
+        let claimed = replies.claim(1, 2, &sent.clone()).expect("the same request");
+        assert!(replies.claim(1, 2, &sent).is_none(), "a record serves one request");
+        reply.send(EagerReply::Accepted).unwrap();
+        assert!(replies.accepted(1, claimed, Duration::from_secs(5)).await);
+        assert_eq!((replies.answered(1), replies.answered(2)), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn only_an_acceptance_answers_the_stream() {
+        let replies = EagerReplies::default();
+        let req = request(9, &[10]);
+
+        // Refused or failed.
+        let reply = replies.sent(1, 2, &req);
+        let claimed = replies.claim(1, 2, &req).unwrap();
+        reply.send(EagerReply::Other).unwrap();
+        assert!(!replies.accepted(1, claimed, Duration::from_secs(5)).await);
+
+        // Abandoned (the sending task is gone).
+        let reply = replies.sent(1, 2, &req);
+        let claimed = replies.claim(1, 2, &req).unwrap();
+        drop(reply);
+        assert!(!replies.accepted(1, claimed, Duration::from_secs(5)).await);
+
+        // Not answered in time.
+        let _reply = replies.sent(1, 2, &req);
+        let claimed = replies.claim(1, 2, &req).unwrap();
+        assert!(!replies.accepted(1, claimed, Duration::from_millis(20)).await);
+        assert_eq!(replies.answered(1), 0);
+
+        // A newer eager request replaces the follower's record.
+        let _old = replies.sent(1, 2, &req);
+        let _new = replies.sent(1, 2, &request(10, &[11]));
+        assert!(replies.claim(1, 2, &req).is_none());
+        assert!(replies.claim(1, 2, &request(10, &[11])).is_some());
     }
 
     #[test]

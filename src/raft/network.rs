@@ -46,6 +46,7 @@ use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::raft::eager::EagerReplies;
 use crate::raft::{NodeId, TypeConfig};
 
 /// How long a connection attempt to a peer may take.
@@ -62,6 +63,8 @@ pub struct Peers {
     /// The Raft heartbeat interval: how often a follower receiving a
     /// snapshot hears from its leader (see [`PeerConnection::full_snapshot`]).
     heartbeat: Duration,
+    /// Replies to eager AppendEntries, for the replication streams.
+    eager_replies: EagerReplies,
 }
 
 /// The payload of a `TimeoutNow` request: "campaign now", from the leader
@@ -100,6 +103,7 @@ impl Peers {
             last_answer: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashSet::new()),
             heartbeat,
+            eager_replies: EagerReplies::default(),
         })
     }
 
@@ -153,6 +157,11 @@ impl Peers {
 
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    /// The eager AppendEntries sent and their replies ([`crate::raft::eager`]).
+    pub fn eager_replies(&self) -> &EagerReplies {
+        &self.eager_replies
     }
 
     /// The channel to `id` at `addr` (reconnecting if its address changed).
@@ -359,8 +368,9 @@ impl PeerConnection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
-    async fn append_entries(
+impl PeerConnection {
+    /// Sends `rpc` to the peer (unless the group's replication is held back).
+    pub async fn send_append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
@@ -370,6 +380,24 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
         self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        // The same request already went out eagerly: its acceptance answers
+        // this one too (see `crate::raft::eager`).
+        let eager = &self.peers.eager_replies;
+        if let Some(reply) = eager.claim(self.group, self.target, &rpc) {
+            if eager.accepted(self.group, reply, option.soft_ttl()).await {
+                return Ok(AppendEntriesResponse::Success);
+            }
+        }
+        self.send_append_entries(rpc, option).await
     }
 
     async fn install_snapshot(
