@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arbor::hlc::{Hlc, ManualClock};
 use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
-use arbor::sequencer::driver::epoch_number;
+use arbor::sequencer::driver::{epoch_number, Waiting};
 use arbor::sequencer::{EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
 use arbor::tree::{
     CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, StoredTree, TreeRead, Txn, VersionedTree,
@@ -328,6 +328,48 @@ fn an_epoch_numbered_in_another_term_is_refused_as_a_whole() {
     batch.epoch = epoch_number(2, 1);
     sm.apply(entry(2, 2, &batch)).unwrap();
     assert_eq!(sm.applied().epoch, epoch_number(2, 1));
+}
+
+/// The clients waiting for `batch` on its leader, as its driver registers
+/// them: their answers and the driver's signal.
+type Answers = Vec<tokio::sync::oneshot::Receiver<arbor::error::Result<arbor::sequencer::driver::Committed>>>;
+fn wait_for(shared: &GroupShared, batch: &EpochBatch) -> (Answers, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let (done, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (replies, answers) = batch.txns.iter().map(|_| tokio::sync::oneshot::channel()).unzip();
+    shared.waiting.lock().unwrap().insert(batch.epoch, Waiting::new(replies, done));
+    (answers, done_rx)
+}
+
+#[test]
+fn the_apply_answers_the_clients_waiting_for_its_epoch() {
+    let shared = Arc::new(GroupShared::default());
+    let hlc = Arc::new(Hlc::new(Arc::new(ManualClock::new(1_000)), 500));
+    let engine = Arc::new(Memory::new());
+    let mut sm = GroupStateMachine::open(range(), engine, 2, shared.clone(), hlc, Durability::Sync).unwrap();
+    let mut log = random_log(5, 2);
+
+    let (answers, mut done) = wait_for(&shared, &log[0]);
+    let resp = sm.apply(entry(1, 1, &log[0])).unwrap();
+    assert_eq!(answers.len(), resp.outcomes.len());
+    for (mut answer, outcome) in answers.into_iter().zip(&resp.outcomes) {
+        let c = answer.try_recv().expect("answered by the apply").unwrap();
+        assert_eq!((&c.outcome, c.index, c.epoch, c.stamp), (outcome, 1, log[0].epoch, resp.stamp));
+    }
+    assert!(done.try_recv().is_ok(), "the driver heard the epoch is done");
+    assert!(shared.waiting.lock().unwrap().is_empty(), "nothing is answered twice");
+
+    // An epoch numbered in another term: its clients are told to retry.
+    log[1].epoch = epoch_number(7, 1);
+    let (answers, mut done) = wait_for(&shared, &log[1]);
+    sm.apply(entry(1, 2, &log[1])).unwrap();
+    for mut answer in answers {
+        let c = answer.try_recv().unwrap().unwrap();
+        assert!(matches!(c.outcome, arbor::tree::TxnOutcome::Retry { .. }), "{:?}", c.outcome);
+    }
+    assert!(done.try_recv().is_ok());
+
+    // A follower (nobody waiting here) applies the same way.
+    sm.apply(entry(1, 3, &random_log(6, 3).remove(2))).unwrap();
 }
 
 #[test]

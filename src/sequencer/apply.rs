@@ -18,6 +18,9 @@
 //!    skips RocksDB's WAL.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
 //!    below) and of the epoch's changes to this replica's watchers.
+//! 7. **Answers**: on the leader that proposed the epoch, its clients get
+//!    their outcomes from here, on the applying thread, rather than through
+//!    openraft's reply to the proposal (two task hand-offs later).
 //!
 //! ## Stamps, the closed timestamp and version GC
 //!
@@ -86,7 +89,7 @@ use crate::keys::{self, Key};
 use crate::raft::{Entry, LogId, Membership, SnapshotMeta};
 use crate::routing::RangeDesc;
 use crate::scheduler::Scheduler;
-use crate::sequencer::driver::epoch_term;
+use crate::sequencer::driver::{epoch_term, Waiting};
 use crate::sequencer::snapshot::{self, SnapshotContent, SnapshotFiles, SnapshotStore};
 use crate::sequencer::EpochBatch;
 use crate::tree::{decode_version, encode_record, encode_version, Footprint, Record, Txn, TxnOutcome};
@@ -185,6 +188,20 @@ pub struct GroupShared {
     pub closed: tokio::sync::watch::Sender<u64>,
     /// Applied changes, for watchers.
     pub feed: tokio::sync::broadcast::Sender<Feed>,
+    /// The clients waiting for each epoch this node proposed, by epoch
+    /// number: the apply answers them (see [`Waiting`]).
+    pub waiting: std::sync::Mutex<HashMap<u64, Waiting>>,
+}
+
+impl GroupShared {
+    /// Answers the clients of the epoch `response` is for, if this node
+    /// proposed it and they are still waiting.
+    fn answer(&self, response: &EpochResponse) {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.epoch);
+        if let Some(w) = waiting {
+            w.answer(response);
+        }
+    }
 }
 
 impl Default for GroupShared {
@@ -197,6 +214,7 @@ impl Default for GroupShared {
             gc_horizon: AtomicU64::new(0),
             closed: tokio::sync::watch::channel(0).0,
             feed: tokio::sync::broadcast::channel(WATCH_FEED_CAPACITY).0,
+            waiting: Default::default(),
         }
     }
 }
@@ -400,6 +418,9 @@ impl GroupStateMachine {
                 // Err = no receiver left: nobody to tell.
                 let _ = self.shared.feed.send(Feed::Epoch(Arc::new(c)));
             }
+        }
+        if response.epoch != 0 {
+            self.shared.answer(&response);
         }
         Ok(response)
     }

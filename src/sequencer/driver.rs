@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::raft::{client_write_error, NodeId, Raft};
 use crate::sequencer::batcher::{Batcher, BatcherConfig};
-use crate::sequencer::{EpochBatch, GroupShared};
+use crate::sequencer::{EpochBatch, EpochResponse, GroupShared};
 use crate::tree::{Txn, TxnOutcome};
 
 /// Capacity of a group's submission queue, in transactions.
@@ -56,6 +56,50 @@ pub struct Committed {
 struct Submission {
     txn: Txn,
     reply: oneshot::Sender<Result<Committed>>,
+}
+
+/// The clients of a proposed epoch, until it is answered: by the apply on
+/// this node (`GroupShared::waiting`), or, if it failed or the apply did not
+/// see it, by the task waiting for openraft's reply. Whichever takes it from
+/// the map answers, so each client hears once.
+#[derive(Debug)]
+pub struct Waiting {
+    replies: Vec<oneshot::Sender<Result<Committed>>>,
+    /// Tells the driver an epoch of its pipeline is done.
+    done: mpsc::UnboundedSender<()>,
+}
+
+impl Waiting {
+    /// The clients of an epoch (in the order of its transactions) and the
+    /// driver's signal.
+    pub fn new(replies: Vec<oneshot::Sender<Result<Committed>>>, done: mpsc::UnboundedSender<()>) -> Self {
+        Waiting { replies, done }
+    }
+
+    /// Answers each client with its transaction's outcome.
+    pub fn answer(self, r: &EpochResponse) {
+        if r.outcomes.len() != self.replies.len() {
+            tracing::error!(
+                index = r.index,
+                epoch = r.epoch,
+                "epoch response has {} outcomes for {} transactions",
+                r.outcomes.len(),
+                self.replies.len()
+            );
+        }
+        for (reply, outcome) in self.replies.into_iter().zip(&r.outcomes) {
+            let committed = Committed { outcome: outcome.clone(), index: r.index, epoch: r.epoch, stamp: r.stamp };
+            let _ = reply.send(Ok(committed));
+        }
+        let _ = self.done.send(());
+    }
+
+    fn fail(self, e: &Error) {
+        for reply in self.replies {
+            let _ = reply.send(Err(clone_request_error(e)));
+        }
+        let _ = self.done.send(());
+    }
 }
 
 /// Sends transactions to a group's sequencer.
@@ -218,6 +262,9 @@ impl Driver {
         let retention = crate::hlc::pack(self.cfg.version_retention_ms, 0);
         let batch = EpochBatch { epoch, stamp, txns, gc_before: stamp.saturating_sub(retention) };
         let group = self.group;
+        // Waiting before it is proposed: the apply may come before
+        // `client_write_ff` returns.
+        self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(epoch, Waiting::new(replies, done));
         // Hand the proposal to openraft here, in the driver's own order:
         // epochs must reach the log in the order they were numbered.
         // Only the wait for the outcome runs in its own task.
@@ -229,7 +276,7 @@ impl Driver {
                 .map_err(|e| Error::Unavailable(format!("group {group}: raft stopped: {e}"))),
             Err(e) => Err(e),
         };
-        let (metrics, me) = (self.raft.metrics(), self.node);
+        let (metrics, me, shared) = (self.raft.metrics(), self.node, self.shared.clone());
         tokio::spawn(async move {
             let result = match submitted {
                 Ok(rx) => tokio::select! {
@@ -249,30 +296,17 @@ impl Driver {
                 },
                 Err(e) => Err(e),
             };
+            // Usually the apply answered already.
+            let Some(waiting) = shared.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&epoch) else {
+                return;
+            };
             match result {
-                Ok(resp) => {
-                    let r = resp.data;
-                    if r.outcomes.len() != replies.len() {
-                        tracing::error!(
-                            group,
-                            index = r.index,
-                            "epoch response has {} outcomes for {} transactions",
-                            r.outcomes.len(),
-                            replies.len()
-                        );
-                    }
-                    for (reply, outcome) in replies.into_iter().zip(r.outcomes) {
-                        let _ = reply.send(Ok(Committed { outcome, index: r.index, epoch: r.epoch, stamp: r.stamp }));
-                    }
-                }
+                Ok(resp) => waiting.answer(&resp.data),
                 Err(e) => {
                     tracing::debug!(group, epoch, error = %e, "epoch proposal failed");
-                    for reply in replies {
-                        let _ = reply.send(Err(clone_request_error(&e)));
-                    }
+                    waiting.fail(&e);
                 }
             }
-            let _ = done.send(());
         });
     }
 }
