@@ -366,9 +366,7 @@ impl PeerConnection {
             }
         }
     }
-}
 
-impl PeerConnection {
     /// Sends `rpc` to the peer (unless the group's replication is held back).
     pub async fn send_append_entries(
         &mut self,

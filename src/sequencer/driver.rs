@@ -246,10 +246,7 @@ impl Driver {
         let term = match ready {
             Ok(t) => t,
             Err(e) => {
-                for sub in subs {
-                    let _ = sub.reply.send(Err(clone_request_error(&e)));
-                }
-                let _ = done.send(());
+                Waiting::new(subs.into_iter().map(|s| s.reply).collect(), done).fail(&e);
                 return;
             }
         };
