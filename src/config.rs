@@ -152,6 +152,7 @@ impl StorageConfig {
             write_buffer_bytes: bytes(self.write_buffer_bytes),
             background_write_bytes_per_sec: self.background_write_bytes_per_sec,
             direct_background_writes: self.direct_background_writes,
+            own_column_families: vec![crate::keys::raft_log_keys()],
         }
     }
 }

@@ -85,6 +85,17 @@ impl Key<'_> {
     }
 }
 
+/// The keys of every group's log, which the node's RocksDB keeps in a
+/// column family of their own (`RocksOptions::own_column_families`): they
+/// are written in order and purged from the front, and apart from the state
+/// they are neither compressed again nor rewritten by its compactions.
+pub fn raft_log_keys() -> arbor_storage::KeyRange {
+    arbor_storage::KeyRange {
+        start: Encoder::new().u8(RAFT_LOG).finish(),
+        end: Encoder::new().u8(RAFT_LOG + 1).finish(),
+    }
+}
+
 /// The encoded prefix of every key of a group's log.
 pub fn raft_log_prefix(group: u64) -> Vec<u8> {
     Encoder::new().u8(RAFT_LOG).u64(group).finish()

@@ -14,4 +14,4 @@ mod rocks;
 
 pub use engine::{prefix_end, BatchOp, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch};
 pub use memory::Memory;
-pub use rocks::{Rocks, RocksOptions};
+pub use rocks::{KeyRange, Rocks, RocksOptions};
