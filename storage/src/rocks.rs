@@ -118,8 +118,8 @@ fn map_err(e: rocksdb::Error) -> Error {
     }
 }
 
-/// Keys moved into a new column family per write batch when a database
-/// gains one (see [`Rocks::move_into_own_families`]).
+/// How many bytes of keys and values one synced batch moves into a column
+/// family a database gains (see [`Rocks::move_into_own_families`]).
 const MOVE_CHUNK_BYTES: usize = 16 << 20;
 
 impl Rocks {
@@ -127,7 +127,9 @@ impl Rocks {
     pub fn open(path: &Path, options: &RocksOptions) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(|e| Error::Io(format!("create {}: {e}", path.display())))?;
         let direct_background_writes = options.direct_background_writes && direct_writes_work(path);
-        let mut opts = family_options(options, true);
+        // One block cache for every family: the budget is the node's.
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let mut opts = family_options(options, &cache, true);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         if options.background_write_bytes_per_sec > 0 {
@@ -143,7 +145,10 @@ impl Rocks {
         // would start every key's search from the top of the skip list.
         opts.set_allow_concurrent_memtable_write(false);
         let layout = Layout::of(path, &opts, options)?;
-        let own = layout.own.iter().map(|(_, name)| ColumnFamilyDescriptor::new(name, family_options(options, false)));
+        let own = layout
+            .own
+            .iter()
+            .map(|(_, name)| ColumnFamilyDescriptor::new(name, family_options(options, &cache, false)));
         let families = std::iter::once(ColumnFamilyDescriptor::new(DEFAULT_FAMILY, opts.clone())).chain(own);
         let db = DB::open_cf_descriptors(&opts, path, families).map_err(map_err)?;
         let rocks = Self { db, layout, direct_background_writes };
@@ -273,7 +278,7 @@ fn direct_writes_work(_dir: &Path) -> bool {
 
 /// The options of one column family: the default one (`compressed`) or
 /// one of [`RocksOptions::own_column_families`].
-fn family_options(options: &RocksOptions, compressed: bool) -> Options {
+fn family_options(options: &RocksOptions, cache: &rocksdb::Cache, compressed: bool) -> Options {
     use DBCompressionType::{Lz4, None as Plain};
     let mut opts = Options::default();
     if compressed {
@@ -299,7 +304,7 @@ fn family_options(options: &RocksOptions, compressed: bool) -> Options {
     }
     opts.set_write_buffer_size(options.write_buffer_bytes);
     let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
+    table.set_block_cache(cache);
     table.set_bloom_filter(10.0, false);
     opts.set_block_based_table_factory(&table);
     opts
@@ -738,6 +743,28 @@ mod tests {
         }
         let err = Rocks::open(dir.path(), &RocksOptions::default()).err().expect("refused").to_string();
         assert!(err.contains("\"tenants\"") && err.contains("does not know"), "{err}");
+    }
+
+    #[test]
+    fn every_family_reads_through_one_block_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RocksOptions { own_column_families: vec![range(b"b", b"c")], ..RocksOptions::default() };
+        let db = Rocks::open(dir.path(), &options).unwrap();
+        let mut b = WriteBatch::new();
+        for i in 0..2000u32 {
+            b.put(format!("b{i:05}").into_bytes(), vec![7; 100]);
+        }
+        db.write(b, Durability::Sync).unwrap();
+        db.flush().unwrap();
+        let usage = |family: &str| {
+            db.db.property_int_value_cf(db.family(family), "rocksdb.block-cache-usage").unwrap().expect("a property")
+        };
+        let before = usage(DEFAULT_FAMILY);
+        for i in (0..2000u32).step_by(50) {
+            assert!(db.get(format!("b{i:05}").as_bytes()).unwrap().is_some());
+        }
+        assert!(usage("keys-62-63") > before, "reads of the family fill its cache");
+        assert_eq!(usage(DEFAULT_FAMILY), usage("keys-62-63"), "one cache, seen from both families");
     }
 
     #[test]
