@@ -562,17 +562,21 @@ mod tests {
         assert!(engine.locate(b"z").contains("memtable"), "a key outside every file");
     }
 
-    #[test]
-    fn flushes_are_written_plain_and_lower_levels_in_lz4() {
-        let dir = tempfile::tempdir().unwrap();
-        let _engine = Rocks::open(dir.path(), &RocksOptions::default()).unwrap();
-        // RocksDB writes the options it runs with into OPTIONS-<n> files.
-        let options: String = std::fs::read_dir(dir.path())
+    /// The options RocksDB runs with, from the OPTIONS-<n> files it writes.
+    fn options_files(dir: &Path) -> String {
+        std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-"))
             .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn flushes_are_written_plain_and_lower_levels_in_lz4() {
+        let dir = tempfile::tempdir().unwrap();
+        let _engine = Rocks::open(dir.path(), &RocksOptions::default()).unwrap();
+        let options = options_files(dir.path());
         let per_level = "compression_per_level=kNoCompression:kNoCompression:kLZ4Compression:kLZ4Compression";
         assert!(options.contains(per_level), "{per_level} not in\n{options}");
         assert!(options.contains("bottommost_compression=kLZ4Compression"), "{options}");
@@ -772,12 +776,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = RocksOptions { own_column_families: vec![range(b"\x05", b"\x06")], ..RocksOptions::default() };
         drop(Rocks::open(dir.path(), &options).unwrap());
-        let text: String = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-"))
-            .map(|p| std::fs::read_to_string(p).unwrap())
-            .collect();
+        let text = options_files(dir.path());
         let family = text.split("[CFOptions \"keys-05-06\"]").nth(1).expect("the family's options");
         let family = family.split("[TableOptions").next().unwrap();
         assert!(family.contains("\n  compression=kNoCompression"), "{family}");
