@@ -116,6 +116,90 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     assert_eq!(client.get("/t/after").await.unwrap().unwrap().value, b"x");
 }
 
+/// The name of the Raft log's column family (`keys::raft_log_keys`).
+const LOG_FAMILY: &str = "keys-05-06";
+
+/// The column families of a stopped node's RocksDB, and how many keys of
+/// the Raft log's range each holds.
+fn log_keys_per_family(dir: &std::path::Path) -> Vec<(String, usize)> {
+    let path = dir.join("db");
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &names).unwrap();
+    let log = arbor::keys::raft_log_keys();
+    let count = |name: &str| {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(log.start.clone());
+        ro.set_iterate_upper_bound(log.end.clone());
+        db.iterator_cf_opt(db.cf_handle(name).unwrap(), ro, rocksdb::IteratorMode::Start).count()
+    };
+    names.iter().map(|name| (name.clone(), count(name))).collect()
+}
+
+/// Puts a stopped node's Raft log back where versions before the log's
+/// column family kept it: in the default family, the log family dropped.
+fn move_log_to_default_family(dir: &std::path::Path) {
+    let path = dir.join("db");
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let mut db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &names).unwrap();
+    let mut batch = rocksdb::WriteBatch::default();
+    let family = db.cf_handle(LOG_FAMILY).unwrap();
+    for item in db.iterator_cf(family, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.unwrap();
+        batch.put(k, v);
+    }
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).unwrap();
+    db.drop_cf(LOG_FAMILY).unwrap();
+}
+
+/// An upgrade: nodes whose data directories hold the Raft log in the
+/// default column family, as versions before its own family wrote them,
+/// killed with applied state only in their memtables, so that the restart
+/// must re-apply the log it moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_before_its_column_family_is_moved_into_it_at_start() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    let last_index = put_numbered(&client, 40, |i| format!("/up/k{i:02}")).await;
+    c.wait_applied(1, last_index).await;
+
+    phase("kill -9 every node and lay their logs out as before the log's family");
+    for i in 0..3 {
+        c.kill(i);
+        let before = log_keys_per_family(&c.nodes[i].dir);
+        let in_family = before.iter().find(|(name, _)| name == LOG_FAMILY).map_or(0, |f| f.1);
+        assert!(in_family as u64 >= last_index, "node {}: {before:?}", c.nodes[i].id);
+        move_log_to_default_family(&c.nodes[i].dir);
+        assert_eq!(log_keys_per_family(&c.nodes[i].dir), [("default".to_string(), in_family)]);
+    }
+
+    phase("restarted, the nodes re-apply the moved log and keep every write");
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    let scan = client.scan("/up/", 0).await.unwrap();
+    assert_eq!(scan.kvs.len(), 40);
+    for (i, kv) in scan.kvs.iter().enumerate() {
+        assert_eq!(kv.value, format!("v{i}").into_bytes());
+    }
+    let r = client.put("/up/after", "x").await.unwrap();
+    c.wait_applied(1, r.header.unwrap().log_index).await;
+
+    phase("the log is in its own family again, and the replicas agree");
+    assert_eq!(stop_identical_replicas(&mut c).len(), 41);
+    for node in &c.nodes {
+        let families = log_keys_per_family(&node.dir);
+        let default = families.iter().find(|(name, _)| name == "default").unwrap().1;
+        let log = families.iter().find(|(name, _)| name == LOG_FAMILY).expect("the log's family").1;
+        assert_eq!(default, 0, "node {}: {families:?}", node.id);
+        assert!(log as u64 > last_index, "node {}: {families:?}", node.id);
+    }
+}
+
 /// Apply batches skip RocksDB's WAL (the Raft log is the state machine's
 /// write-ahead log), so kill -9 loses the applied state since the last
 /// memtable flush, and a restarted replica re-applies the log after it. A
