@@ -57,6 +57,16 @@ fn stop_identical_replicas(c: &mut Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
     replicas.swap_remove(0)
 }
 
+/// Restarts every stopped node, waits for group 1's leader and returns a
+/// client of the cluster.
+async fn restart_all(c: &mut Cluster) -> arbor::client::Client {
+    for i in 0..c.nodes.len() {
+        c.restart(i);
+    }
+    c.wait_for_leader(1).await;
+    c.client()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     let mut c = Cluster::start(3, &[]);
@@ -106,11 +116,7 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
 
     phase("a full-cluster restart keeps every acknowledged write");
     assert_eq!(stop_identical_replicas(&mut c).len(), 51);
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.wait_for_leader(1).await;
-    let client = c.client();
+    let client = restart_all(&mut c).await;
     let scan = client.scan("/t/", 0).await.unwrap();
     assert_eq!(scan.kvs.len(), 51);
     assert_eq!(client.get("/t/after").await.unwrap().unwrap().value, b"x");
@@ -176,11 +182,7 @@ async fn a_log_written_before_its_column_family_is_moved_into_it_at_start() {
     }
 
     phase("restarted, the nodes re-apply the moved log and keep every write");
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.wait_for_leader(1).await;
-    let client = c.client();
+    let client = restart_all(&mut c).await;
     let scan = client.scan("/up/", 0).await.unwrap();
     assert_eq!(scan.kvs.len(), 40);
     for (i, kv) in scan.kvs.iter().enumerate() {
@@ -246,17 +248,13 @@ async fn a_whole_cluster_killed_after_purging_its_logs_comes_back_with_every_wri
     for i in 0..3 {
         c.kill(i);
     }
-    for i in 0..3 {
-        c.restart(i);
-    }
-    c.wait_for_leader(1).await;
+    let client = restart_all(&mut c).await;
     // The kill lost applied state (it was past the last flush) on at least
     // one node, which re-applied it from the log while starting: else this
     // test would not exercise what it is about.
     let reapplied: Vec<(u64, u64)> = (0..3).map(|i| applied_at_start(&c.log_of(i))).collect();
     eprintln!("(applied on disk, applied) when each node started again: {reapplied:?}");
     assert!(reapplied.iter().any(|(on_disk, applied)| on_disk < applied), "(on disk, applied) at start: {reapplied:?}");
-    let client = c.client();
     let numbered = |prefix: &'static str, n: usize| (0..n).map(move |i| (format!("{prefix}{i:03}"), format!("v{i}")));
     for (key, value) in numbered("/p/k", 300).chain(numbered("/p/late", 5)) {
         let kv = client.get(&key).await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
