@@ -218,6 +218,15 @@ impl Rocks {
         pieces
     }
 
+    /// The families holding the keys `start..end` (none if it is empty),
+    /// with their part of it, in key order.
+    fn bounded_pieces(&self, start: &[u8], end: &[u8]) -> Vec<Piece<'_>> {
+        if start >= end {
+            return Vec::new();
+        }
+        self.layout.pieces(start.to_vec(), Some(end.to_vec()))
+    }
+
     /// Every key of `start..end` in `direction` order, reading each family
     /// with `open` (the database or a snapshot of it).
     fn scan_with<'a>(
@@ -365,8 +374,18 @@ impl Layout {
         Ok(Self { own })
     }
 
+    /// Every family's name: the default one first (index 0), then `own`'s.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(DEFAULT_FAMILY).chain(self.own.iter().map(|(_, name)| name.as_str()))
+    }
+
+    /// The index in [`Layout::names`] of the family holding `key`.
+    fn index_of(&self, key: &[u8]) -> usize {
+        self.own.iter().position(|(range, _)| range.contains(key)).map_or(0, |i| i + 1)
+    }
+
     fn family_of(&self, key: &[u8]) -> &str {
-        self.own.iter().find(|(range, _)| range.contains(key)).map_or(DEFAULT_FAMILY, |(_, name)| name)
+        self.names().nth(self.index_of(key)).expect("an index of names()")
     }
 
     /// `lo..hi` cut where the family changes, in key order; no piece is
@@ -460,14 +479,15 @@ impl Engine for Rocks {
         if !ops.iter().any(|op| matches!(op, BatchOp::DeleteRange(..))) {
             ops.sort_by(|a, b| op_key(a).cmp(op_key(b)));
         }
+        // Each family's handle looked up once per batch, not once per key.
+        let families: Vec<&ColumnFamily> = self.layout.names().map(|name| self.family(name)).collect();
         for op in ops {
             match op {
-                BatchOp::Put(k, v) => wb.put_cf(self.family(self.layout.family_of(k)), k, v),
-                BatchOp::Delete(k) => wb.delete_cf(self.family(self.layout.family_of(k)), k),
+                BatchOp::Put(k, v) => wb.put_cf(families[self.layout.index_of(k)], k, v),
+                BatchOp::Delete(k) => wb.delete_cf(families[self.layout.index_of(k)], k),
                 BatchOp::DeleteRange(s, e) => {
-                    let (s, e) = (Bound::Included(s.clone()), Bound::Excluded(e.clone()));
-                    for piece in self.pieces(&s, &e, Direction::Forward) {
-                        let hi = piece.hi.expect("a range delete has an end");
+                    for piece in self.bounded_pieces(s, e) {
+                        let hi = piece.hi.expect("a bounded range");
                         wb.delete_range_cf(self.family(piece.family), piece.lo, hi);
                     }
                 }
@@ -481,8 +501,7 @@ impl Engine for Rocks {
 
     fn flush(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(map_err)?;
-        self.db.flush_cf(self.family(DEFAULT_FAMILY)).map_err(map_err)?;
-        for (_, name) in &self.layout.own {
+        for name in self.layout.names() {
             self.db.flush_cf(self.family(name)).map_err(map_err)?;
         }
         Ok(())
@@ -518,9 +537,8 @@ impl Engine for Rocks {
     }
 
     fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<u64> {
-        let (start, end) = (Bound::Included(start.to_vec()), Bound::Excluded(end.to_vec()));
         // Flushed files only: the C API behind this counts no memtable data.
-        let sizes = self.pieces(&start, &end, Direction::Forward).into_iter().map(|piece| {
+        let sizes = self.bounded_pieces(start, end).into_iter().map(|piece| {
             let hi = piece.hi.expect("a bounded range");
             let range = rocksdb::Range::new(&piece.lo, &hi);
             self.db.get_approximate_sizes_cf(self.family(piece.family), &[range]).first().copied().unwrap_or(0)
