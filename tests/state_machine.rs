@@ -336,7 +336,7 @@ type Answers = Vec<tokio::sync::oneshot::Receiver<arbor::error::Result<arbor::se
 fn wait_for(shared: &GroupShared, batch: &EpochBatch) -> (Answers, tokio::sync::mpsc::UnboundedReceiver<()>) {
     let (done, done_rx) = tokio::sync::mpsc::unbounded_channel();
     let (replies, answers) = batch.txns.iter().map(|_| tokio::sync::oneshot::channel()).unzip();
-    shared.waiting.lock().unwrap().insert(batch.epoch, Waiting::new(replies, done));
+    shared.wait_for(batch.epoch, Waiting::new(replies, done));
     (answers, done_rx)
 }
 

@@ -197,10 +197,19 @@ impl GroupShared {
     /// Answers the clients of the epoch `response` is for, if this node
     /// proposed it and they are still waiting.
     fn answer(&self, response: &EpochResponse) {
-        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.epoch);
-        if let Some(w) = waiting {
+        if let Some(w) = self.take_waiting(response.epoch) {
             w.answer(response);
         }
+    }
+
+    /// Registers the clients of an epoch this node is about to propose.
+    pub fn wait_for(&self, epoch: u64, waiting: Waiting) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(epoch, waiting);
+    }
+
+    /// The clients of `epoch`, if nobody answered them yet.
+    pub fn take_waiting(&self, epoch: u64) -> Option<Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&epoch)
     }
 }
 

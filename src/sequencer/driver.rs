@@ -261,7 +261,7 @@ impl Driver {
         let group = self.group;
         // Waiting before it is proposed: the apply may come before
         // `client_write_ff` returns.
-        self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(epoch, Waiting::new(replies, done));
+        self.shared.wait_for(epoch, Waiting::new(replies, done));
         // Hand the proposal to openraft here, in the driver's own order:
         // epochs must reach the log in the order they were numbered.
         // Only the wait for the outcome runs in its own task.
@@ -294,7 +294,7 @@ impl Driver {
                 Err(e) => Err(e),
             };
             // Usually the apply answered already.
-            let Some(waiting) = shared.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&epoch) else {
+            let Some(waiting) = shared.take_waiting(epoch) else {
                 return;
             };
             match result {
