@@ -3,7 +3,7 @@
 
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
 
-use crate::engine::{Direction, Durability, Engine, ReadView, WriteBatch};
+use crate::engine::{Cursor, Direction, Durability, Engine, ReadView, WriteBatch};
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -35,6 +35,7 @@ pub fn run<E: Engine, F: Fn() -> E>(new: F) {
     snapshots_are_isolated(&new());
     binary_keys_sort_bytewise(&new());
     approximate_sizes(&new());
+    cursors_seek_and_step(&new());
 }
 
 fn point_ops<E: Engine>(e: &E) {
@@ -159,4 +160,71 @@ fn approximate_sizes<E: Engine>(e: &E) {
     assert_eq!(e.approximate_size(b"t", b"u").unwrap(), 0, "a range without keys");
     assert_eq!(e.approximate_size(b"s0", b"s/").unwrap(), 0, "an inverted range");
     assert_eq!(e.approximate_size(b"s/", b"s/").unwrap(), 0, "an empty range");
+}
+
+fn at(cursor: &dyn Cursor) -> Option<String> {
+    cursor.current().map(|(k, v)| {
+        assert_eq!(v, [b"v-", k].concat(), "the value of {}", String::from_utf8_lossy(k));
+        String::from_utf8_lossy(k).into_owned()
+    })
+}
+
+fn cursors_seek_and_step<E: Engine>(e: &E) {
+    let names: Vec<String> = (0..20).map(|i| format!("s/{i:02}")).chain(["a", "b1", "z"].map(String::from)).collect();
+    let mut b = WriteBatch::new();
+    for k in &names {
+        b.put(k.as_bytes().to_vec(), [b"v-", k.as_bytes()].concat());
+    }
+    e.write(b, Durability::Sync).unwrap();
+
+    let mut c = e.cursor(b"s/03".to_vec(), Some(b"s/17".to_vec()));
+    assert_eq!(at(c.as_ref()), None, "placed by its first seek");
+    c.seek(b"").unwrap();
+    assert_eq!(at(c.as_ref()).as_deref(), Some("s/03"), "a seek below the start lands on it");
+    let mut stepped = Vec::new();
+    while let Some(k) = at(c.as_ref()) {
+        stepped.push(k);
+        c.next().unwrap();
+    }
+    let want: Vec<String> = (3..17).map(|i| format!("s/{i:02}")).collect();
+    assert_eq!(stepped, want, "next steps through every key of the range, in order");
+    c.next().unwrap();
+    assert_eq!(at(c.as_ref()), None, "past the end it stays there");
+    c.seek(b"s/10").unwrap();
+    assert_eq!(at(c.as_ref()).as_deref(), Some("s/10"), "a seek after the end");
+    c.seek(b"s/045").unwrap();
+    assert_eq!(at(c.as_ref()).as_deref(), Some("s/05"), "a seek backwards, between keys");
+    c.seek(b"s/149").unwrap();
+    assert_eq!(at(c.as_ref()).as_deref(), Some("s/15"));
+    c.seek(b"s/17").unwrap();
+    assert_eq!(at(c.as_ref()), None, "the end is excluded");
+
+    let mut all = e.cursor(Vec::new(), None);
+    all.seek(b"b").unwrap();
+    assert_eq!(at(all.as_ref()).as_deref(), Some("b1"));
+    all.next().unwrap();
+    assert_eq!(at(all.as_ref()).as_deref(), Some("s/00"));
+    all.seek(b"y").unwrap();
+    assert_eq!(at(all.as_ref()).as_deref(), Some("z"));
+    all.next().unwrap();
+    assert_eq!(at(all.as_ref()), None);
+
+    let mut empty = e.cursor(b"s/05".to_vec(), Some(b"s/05".to_vec()));
+    empty.seek(b"s/05").unwrap();
+    assert_eq!(at(empty.as_ref()), None, "an empty range has no keys");
+
+    let snap = e.snapshot();
+    let mut b = WriteBatch::new();
+    b.put(b"s/045".to_vec(), b"v-s/045".to_vec());
+    b.delete(b"s/05".to_vec());
+    e.write(b, Durability::Sync).unwrap();
+    let mut old = snap.cursor(b"s/".to_vec(), Some(b"s/99".to_vec()));
+    old.seek(b"s/045").unwrap();
+    assert_eq!(at(old.as_ref()).as_deref(), Some("s/05"), "a snapshot's cursor sees the keys of its time");
+    let mut now = e.cursor(b"s/".to_vec(), Some(b"s/99".to_vec()));
+    now.seek(b"s/04").unwrap();
+    now.next().unwrap();
+    assert_eq!(at(now.as_ref()).as_deref(), Some("s/045"));
+    now.next().unwrap();
+    assert_eq!(at(now.as_ref()).as_deref(), Some("s/06"), "a deleted key is gone");
 }

@@ -107,6 +107,26 @@ pub trait ReadView: Send + Sync {
         let end = prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded);
         self.scan(Bound::Included(prefix.to_vec()), end, Direction::Forward)
     }
+
+    /// A [`Cursor`] over the keys of `start..end` (`end` `None`: to the
+    /// last key), placed by its first [`Cursor::seek`].
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_>;
+}
+
+/// A forward position among a view's keys, for reads that jump over runs
+/// of keys they do not want (the older versions of a key) instead of
+/// stepping through them as a scan does.
+pub trait Cursor: Send {
+    /// Moves to the first key at or after `target` (at or after the
+    /// cursor's start, if `target` is below it).
+    fn seek(&mut self, target: &[u8]) -> Result<()>;
+
+    /// Moves to the next key. Past the end it stays there.
+    fn next(&mut self) -> Result<()>;
+
+    /// The key and value the cursor is at: `None` before the first seek
+    /// and past the end.
+    fn current(&self) -> Option<(&[u8], &[u8])>;
 }
 
 /// An ordered, durable key-value store.

@@ -12,6 +12,8 @@ pub mod keycode;
 mod memory;
 mod rocks;
 
-pub use engine::{prefix_end, BatchOp, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch};
+pub use engine::{
+    prefix_end, BatchOp, Cursor, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch,
+};
 pub use memory::Memory;
 pub use rocks::{KeyRange, Rocks, RocksOptions};

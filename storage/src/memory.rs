@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
-use crate::engine::{BatchOp, Direction, Durability, Engine, ReadView, Result, ScanIter, WriteBatch};
+use crate::engine::{BatchOp, Cursor, Direction, Durability, Engine, ReadView, Result, ScanIter, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -40,6 +40,49 @@ fn scan_map(map: Arc<Map>, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction
     }
 }
 
+/// A cursor over a map as it was when the cursor was made.
+struct MapCursor {
+    map: Arc<Map>,
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+    at: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl MapCursor {
+    fn first_from(&mut self, from: Bound<&[u8]>) {
+        let end = self.end.as_deref();
+        self.at = self
+            .map
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .next()
+            .filter(|(k, _)| end.is_none_or(|end| k.as_slice() < end))
+            .map(|(k, v)| (k.clone(), v.clone()));
+    }
+}
+
+impl Cursor for MapCursor {
+    fn seek(&mut self, target: &[u8]) -> Result<()> {
+        let from = if target < self.start.as_slice() { self.start.clone() } else { target.to_vec() };
+        self.first_from(Bound::Included(&from));
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<()> {
+        if let Some((key, _)) = self.at.take() {
+            self.first_from(Bound::Excluded(&key));
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Option<(&[u8], &[u8])> {
+        self.at.as_ref().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+}
+
+fn map_cursor(map: Arc<Map>, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor> {
+    Box::new(MapCursor { map, start, end, at: None })
+}
+
 impl ReadView for Memory {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.current().get(key).cloned())
@@ -47,6 +90,10 @@ impl ReadView for Memory {
 
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
         scan_map(self.current(), start, end, direction)
+    }
+
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
+        map_cursor(self.current(), start, end)
     }
 }
 
@@ -105,6 +152,10 @@ impl ReadView for MemorySnapshot {
 
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
         scan_map(self.0.clone(), start, end, direction)
+    }
+
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
+        map_cursor(self.0.clone(), start, end)
     }
 }
 

@@ -10,10 +10,11 @@ use std::ops::Bound;
 use std::path::Path;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBIterator, IteratorMode, Options, ReadOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBIterator, DBRawIterator, IteratorMode, Options,
+    ReadOptions, DB,
 };
 
-use crate::engine::{BatchOp, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch};
+use crate::engine::{BatchOp, Cursor, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch};
 
 /// Tunables of the RocksDB engine. Defaults suit a small node.
 #[derive(Clone, Debug)]
@@ -247,6 +248,21 @@ impl Rocks {
         }))
     }
 
+    /// A cursor over `start..end`, reading each family with `open` (the
+    /// database or a snapshot of it).
+    fn cursor_with<'a>(
+        &'a self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        open: impl Fn(&'a ColumnFamily, ReadOptions) -> DBRawIterator<'a> + Send + 'a,
+    ) -> Box<dyn Cursor + 'a> {
+        let pieces = match &end {
+            Some(end) if *end <= start => Vec::new(),
+            _ => self.layout.pieces(start, end),
+        };
+        Box::new(RocksCursor { rocks: self, pieces, at: 0, iter: None, open: Box::new(open) })
+    }
+
     /// Whether flushes and compactions write with `O_DIRECT`: asked for in
     /// [`RocksOptions::direct_background_writes`] and allowed by the file
     /// system.
@@ -465,6 +481,10 @@ impl ReadView for Rocks {
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
         self.scan_with(start, end, direction, |family, ro, mode| self.db.iterator_cf_opt(family, ro, mode))
     }
+
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
+        self.cursor_with(start, end, |family, ro| self.db.raw_iterator_cf_opt(family, ro))
+    }
 }
 
 impl Engine for Rocks {
@@ -547,6 +567,80 @@ impl Engine for Rocks {
     }
 }
 
+/// A [`Cursor`] reading one family's piece of its range at a time.
+struct RocksCursor<'a> {
+    rocks: &'a Rocks,
+    /// `start..end` cut where the family changes, in key order.
+    pieces: Vec<Piece<'a>>,
+    /// The piece `iter` reads.
+    at: usize,
+    iter: Option<DBRawIterator<'a>>,
+    open: Box<dyn Fn(&'a ColumnFamily, ReadOptions) -> DBRawIterator<'a> + Send + 'a>,
+}
+
+impl<'a> RocksCursor<'a> {
+    /// An iterator bounded to piece `i`.
+    fn open_piece(&self, i: usize) -> DBRawIterator<'a> {
+        let piece = &self.pieces[i];
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(piece.lo.clone());
+        if let Some(hi) = &piece.hi {
+            ro.set_iterate_upper_bound(hi.clone());
+        }
+        (self.open)(self.rocks.family(piece.family), ro)
+    }
+
+    /// From an iterator past its piece's end, on to the first key of the
+    /// next non-empty piece (or past the last one).
+    fn settle(&mut self) -> Result<()> {
+        loop {
+            let Some(iter) = &self.iter else { return Ok(()) };
+            if iter.valid() {
+                return Ok(());
+            }
+            iter.status().map_err(map_err)?;
+            self.at += 1;
+            if self.at == self.pieces.len() {
+                self.iter = None;
+                return Ok(());
+            }
+            let mut next = self.open_piece(self.at);
+            next.seek_to_first();
+            self.iter = Some(next);
+        }
+    }
+}
+
+impl Cursor for RocksCursor<'_> {
+    fn seek(&mut self, target: &[u8]) -> Result<()> {
+        let Some(i) = self.pieces.iter().position(|p| p.hi.as_deref().is_none_or(|hi| target < hi)) else {
+            self.at = self.pieces.len();
+            self.iter = None;
+            return Ok(());
+        };
+        if self.iter.is_none() || self.at != i {
+            self.iter = Some(self.open_piece(i));
+            self.at = i;
+        }
+        let lo = self.pieces[i].lo.as_slice();
+        let iter = self.iter.as_mut().expect("opened above");
+        iter.seek(if target < lo { lo } else { target });
+        self.settle()
+    }
+
+    fn next(&mut self) -> Result<()> {
+        if let Some(iter) = self.iter.as_mut().filter(|iter| iter.valid()) {
+            iter.next();
+        }
+        self.settle()
+    }
+
+    fn current(&self) -> Option<(&[u8], &[u8])> {
+        let iter = self.iter.as_ref().filter(|iter| iter.valid())?;
+        Some((iter.key()?, iter.value()?))
+    }
+}
+
 struct RocksSnapshot<'a> {
     rocks: &'a Rocks,
     snap: rocksdb::Snapshot<'a>,
@@ -559,6 +653,10 @@ impl ReadView for RocksSnapshot<'_> {
 
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
         self.rocks.scan_with(start, end, direction, |family, ro, mode| self.snap.iterator_cf_opt(family, ro, mode))
+    }
+
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
+        self.rocks.cursor_with(start, end, |family, ro| self.snap.raw_iterator_cf_opt(family, ro))
     }
 }
 
