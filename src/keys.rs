@@ -19,15 +19,17 @@
 //! | 0x15 | `VersionGc(group, stamp, b"")`   | the keys given versions at `stamp` (a   |
 //! |      |                                  | list): GC index; older data dirs also   |
 //! |      |                                  | hold one entry per key, with no value   |
-//! | 0x20 | `Data(user_key)`                 | a state tree record (the latest)        |
+//! | 0x20 | `Data(user_key)`                 | no longer written: older data dirs and  |
+//! |      |                                  | images held each key's latest record    |
+//! |      |                                  | here (converted: `tree::legacy`)        |
 //! | 0x21 | `Version(user_key, stamp, pos)`  | the record (or tombstone) written by    |
-//! |      |                                  | txn `pos` of the epoch stamped `stamp`  |
+//! |      |                                  | txn `pos` of the epoch stamped `stamp`: |
+//! |      |                                  | a key's newest one is its record        |
 //!
-//! `Data` keys carry the user key raw (last component), so a prefix or range
-//! of user keys is a prefix or range of the keyspace, whatever group owns it.
-//! `Version` keys carry it escaped (so the stamp can follow) and the stamp
-//! and position inverted, so a key's versions sort newest first and every
-//! version of a range of user keys is one range of the keyspace.
+//! `Version` keys carry the user key escaped (so the stamp can follow) and
+//! the stamp and position inverted, so a key's versions sort newest first
+//! and every version of a range of user keys is one range of the keyspace,
+//! whatever group owns it.
 
 use arbor_storage::keycode::{DecodeError, Decoder, Encoder};
 
@@ -152,6 +154,13 @@ pub fn version_bounds(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
+/// The encoded prefix of every version of `key` (and of no other key's:
+/// the user key is escaped and terminated), so `prefix_end` of it is where
+/// the next user key's versions start.
+pub fn version_prefix(key: &[u8]) -> Vec<u8> {
+    Encoder::new().u8(VERSION).bytes(key).finish()
+}
+
 /// `[start, end)` of the versions of `key` at or below `stamp`, newest first.
 pub fn versions_at_or_below(key: &[u8], stamp: u64) -> (Vec<u8>, Vec<u8>) {
     let lo = Key::Version(key, stamp, u64::MAX).encode();
@@ -248,6 +257,11 @@ mod tests {
             assert!((lo.clone()..hi.clone()).contains(&k.encode()));
         }
         assert!(keys[4].encode() >= hi);
+        for (k, prefixed) in [(&keys[0], true), (&keys[2], true), (&keys[3], false), (&keys[4], false)] {
+            assert_eq!(k.encode().starts_with(&version_prefix(b"/a")), prefixed, "{k:?}");
+        }
+        let next = arbor_storage::prefix_end(&version_prefix(b"/a")).unwrap();
+        assert!(keys[2].encode() < next && next <= keys[3].encode(), "the next user key's versions start after");
         let (lo, hi) = versions_at_or_below(b"/a", 8);
         let inside: Vec<_> = keys.iter().filter(|k| (lo.clone()..hi.clone()).contains(&k.encode())).collect();
         assert_eq!(inside, [&Key::Version(b"/a", 5, 0)]);

@@ -29,7 +29,7 @@ use crate::scheduler::VshardProgress;
 use crate::sequencer::batcher::BatcherConfig;
 use crate::sequencer::driver::{self, Committed, DriverConfig, SequencerHandle};
 use crate::sequencer::{snapshot, GroupShared, GroupStateMachine};
-use crate::tree::{StoredTree, TreeRead, Txn, VersionedTree};
+use crate::tree::{TreeRead, Txn, VersionedTree};
 
 /// How a read is served; see [`Node::read`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +197,15 @@ impl Node {
                 (meta, true)
             }
         };
+        if !fresh {
+            let engine = engine.clone();
+            let moved = tokio::task::spawn_blocking(move || crate::tree::legacy::move_records_into_versions(&*engine))
+                .await
+                .map_err(|e| Error::Fatal(e.to_string()))??;
+            if moved > 0 {
+                tracing::info!(records = moved, "stored each key's current record as its newest version only");
+            }
+        }
         let unsafe_switches = &config.unsafe_test_only;
         if unsafe_switches.any() {
             tracing::warn!(?unsafe_switches, "TEST-ONLY UNSAFE SWITCHES ARE ON: this node breaks Arbor's guarantees");
@@ -429,7 +438,7 @@ impl Node {
                     }
                     Ok((f(&VersionedTree::new(view.as_ref(), t))?, t))
                 }
-                _ => Ok((f(&StoredTree::new(view.as_ref()))?, applied.stamp)),
+                _ => Ok((f(&VersionedTree::latest(view.as_ref()))?, applied.stamp)),
             }
         })
         .await

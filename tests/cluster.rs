@@ -48,7 +48,7 @@ fn applied_at_start(log: &str) -> (u64, u64) {
 
 /// Stops every node, asserts that they hold byte-identical data and
 /// returns it.
-fn stop_identical_replicas(c: &mut Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn stop_identical_replicas(c: &mut Cluster) -> BTreeMap<Vec<u8>, arbor::tree::Record> {
     for i in 0..c.nodes.len() {
         c.stop(i);
     }
@@ -159,19 +159,58 @@ fn move_log_to_default_family(dir: &std::path::Path) {
     db.drop_cf(LOG_FAMILY).unwrap();
 }
 
+/// Lays a stopped node's records out as versions before the versions-only
+/// layout kept them: each key's current record also under its `Data` key,
+/// plus `legacy`, a record written before versions existed (a `Data` key
+/// alone).
+fn write_data_keys(dir: &std::path::Path, legacy: (&[u8], &arbor::tree::Record)) {
+    use arbor::keys::{self, Key};
+    let db = rocksdb::DB::open(&rocksdb::Options::default(), dir.join("db")).unwrap();
+    let mut batch = rocksdb::WriteBatch::default();
+    let (start, end) = keys::version_bounds(b"", b"");
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_lower_bound(start);
+    ro.set_iterate_upper_bound(end);
+    let mut last_user = None;
+    for item in db.iterator_opt(rocksdb::IteratorMode::Start, ro) {
+        let (k, v) = item.unwrap();
+        let (user, _, _) = keys::decode_version(&k).unwrap();
+        // Versions sort newest first: the first one of a key is its record.
+        if last_user.as_ref() != Some(&user) {
+            if let Some(record) = arbor::tree::decode_version(&v).unwrap() {
+                batch.put(Key::Data(&user).encode(), arbor::tree::encode_record(&record));
+            }
+            last_user = Some(user);
+        }
+    }
+    batch.put(Key::Data(legacy.0).encode(), arbor::tree::encode_record(legacy.1));
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).unwrap();
+}
+
+/// How many `Data` keys a stopped node's RocksDB holds.
+fn data_keys(dir: &std::path::Path) -> usize {
+    let path = dir.join("db");
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &names).unwrap();
+    db.prefix_iterator(arbor::keys::data_prefix()).take_while(|kv| kv.as_ref().unwrap().0[0] == 0x20).count()
+}
+
 /// An upgrade: nodes whose data directories hold the Raft log in the
-/// default column family, as versions before its own family wrote them,
-/// killed with applied state only in their memtables, so that the restart
-/// must re-apply the log it moved.
+/// default column family and each key's current record under a `Data` key,
+/// as earlier versions wrote them, killed with applied state only in their
+/// memtables, so that the restart must re-apply the log it moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_written_before_its_column_family_is_moved_into_it_at_start() {
+async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
     let mut c = Cluster::start(3, &[]);
     c.wait_for_leader(1).await;
     let client = c.client();
     let last_index = put_numbered(&client, 40, |i| format!("/up/k{i:02}")).await;
     c.wait_applied(1, last_index).await;
+    let legacy = arbor::tree::Record { value: b"old".to_vec(), version: 3, create_stamp: 7, mod_stamp: 9 };
 
-    phase("kill -9 every node and lay their logs out as before the log's family");
+    phase("kill -9 every node and lay their logs and records out as before");
     for i in 0..3 {
         c.kill(i);
         let before = log_keys_per_family(&c.nodes[i].dir);
@@ -179,21 +218,26 @@ async fn a_log_written_before_its_column_family_is_moved_into_it_at_start() {
         assert!(in_family as u64 >= last_index, "node {}: {before:?}", c.nodes[i].id);
         move_log_to_default_family(&c.nodes[i].dir);
         assert_eq!(log_keys_per_family(&c.nodes[i].dir), [("default".to_string(), in_family)]);
+        write_data_keys(&c.nodes[i].dir, (b"/up/legacy", &legacy));
+        assert!(data_keys(&c.nodes[i].dir) >= 1);
     }
 
     phase("restarted, the nodes re-apply the moved log and keep every write");
     let client = restart_all(&mut c).await;
-    let scan = client.scan("/up/", 0).await.unwrap();
+    let scan = client.scan("/up/k", 0).await.unwrap();
     assert_eq!(scan.kvs.len(), 40);
     for (i, kv) in scan.kvs.iter().enumerate() {
         assert_eq!(kv.value, format!("v{i}").into_bytes());
     }
+    let kv = client.get("/up/legacy").await.unwrap().expect("the record written before versions");
+    assert_eq!((kv.value, kv.version), (legacy.value.clone(), legacy.version));
     let r = client.put("/up/after", "x").await.unwrap();
     c.wait_applied(1, r.header.unwrap().log_index).await;
 
-    phase("the log is in its own family again, and the replicas agree");
-    assert_eq!(stop_identical_replicas(&mut c).len(), 41);
+    phase("the log is in its own family again, records are versions only, and the replicas agree");
+    assert_eq!(stop_identical_replicas(&mut c).len(), 42);
     for node in &c.nodes {
+        assert_eq!(data_keys(&node.dir), 0, "node {}", node.id);
         let families = log_keys_per_family(&node.dir);
         let default = families.iter().find(|(name, _)| name == "default").unwrap().1;
         let log = families.iter().find(|(name, _)| name == LOG_FAMILY).expect("the log's family").1;
@@ -350,15 +394,14 @@ async fn crash_in_a_write_load_loses_nothing_and_applies_nothing_twice() {
     c.wait_for_leader(1).await;
     let r = client.put("/ctr/fence", "").await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     c.wait_applied(1, r.header.unwrap().log_index).await;
-    let data: BTreeMap<Vec<u8>, Vec<u8>> = stop_identical_replicas(&mut c).into_iter().collect();
+    let data = stop_identical_replicas(&mut c);
     let total_acked: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
     eprintln!("acknowledged {total_acked} increments, {unknown} with unknown outcome");
     assert!(total_acked > 50, "the load made progress ({total_acked} increments)");
     let mut total_applied = 0;
     for (k, a) in acked.iter().enumerate() {
-        let key = arbor::keys::Key::Data(format!("/ctr/{k}").as_bytes()).encode();
-        let record = arbor::tree::decode_record(&data[&key]).unwrap();
-        let value: u64 = String::from_utf8(record.value).unwrap().parse().unwrap();
+        let record = &data[format!("/ctr/{k}").as_bytes()];
+        let value: u64 = String::from_utf8(record.value.clone()).unwrap().parse().unwrap();
         let acked = a.load(Ordering::Relaxed);
         assert!(value >= acked, "counter {k}: {value} < {acked} acknowledged increments (lost write)");
         assert_eq!(record.version, value, "counter {k}: one version per applied increment");

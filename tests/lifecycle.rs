@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor::client::{op, Client, Txn};
-use common::{assert_identical_groups, data_of, phase, Cluster};
+use common::{assert_identical_groups, data_of, phase, values, Cluster};
 
 /// Full sizes (slow) instead of the CI ones.
 fn long_tests() -> bool {
@@ -125,14 +125,19 @@ impl Load {
 /// The user keys and values in groups' states (as read by
 /// [`assert_identical_groups`]).
 fn user_values(states: &[BTreeMap<Vec<u8>, Vec<u8>>]) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    states
-        .iter()
-        .flatten()
-        .filter_map(|(k, v)| {
-            let user = arbor::keys::decode_data(k).ok()?;
-            Some((user.to_vec(), arbor::tree::decode_record(v).unwrap().value))
-        })
-        .collect()
+    // Versions sort per key, newest first: the first one is the current
+    // record (a tombstone: none).
+    let mut values = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, v) in states.iter().flatten() {
+        let Ok((user, _, _)) = arbor::keys::decode_version(k) else { continue };
+        if seen.insert(user.clone()) {
+            if let Some(record) = arbor::tree::decode_version(v).unwrap() {
+                values.insert(user, record.value);
+            }
+        }
+    }
+    values
 }
 
 /// No acknowledged write is lost, nothing that was never written appears:
@@ -288,11 +293,10 @@ async fn grow_to_five_and_shrink_to_three_under_a_write_load() {
     let total_counted: u64 = counted.iter().map(|a| a.load(Ordering::Relaxed)).sum();
     assert!(total_counted > 20, "the counters made progress ({total_counted})");
     let mut total = 0;
-    let replica = data_of(&c.nodes[remaining[0]].dir).into_iter().collect::<BTreeMap<_, _>>();
+    let replica = data_of(&c.nodes[remaining[0]].dir);
     for (k, a) in counted.iter().enumerate() {
-        let key = arbor::keys::Key::Data(format!("/c/{k}").as_bytes()).encode();
-        let record = arbor::tree::decode_record(&replica[&key]).unwrap();
-        let value: u64 = String::from_utf8(record.value).unwrap().parse().unwrap();
+        let record = &replica[format!("/c/{k}").as_bytes()];
+        let value: u64 = String::from_utf8(record.value.clone()).unwrap().parse().unwrap();
         assert!(value >= a.load(Ordering::Relaxed), "counter {k} lost increments");
         assert_eq!(record.version, value, "counter {k}: one version per increment");
         total += value;
@@ -626,7 +630,7 @@ async fn a_leader_with_a_corrupted_entry_stops_its_group_instead_of_sending_it()
     let key = b"/c/precious".as_slice();
     assert_eq!(user_values(&states)[key], b"precious-ok");
     for i in 0..c.nodes.len() {
-        let values = user_values(&[data_of(&c.nodes[i].dir).into_iter().collect()]);
+        let values = values(&data_of(&c.nodes[i].dir));
         assert_eq!(values[key], b"precious-ok", "node {}", c.nodes[i].id);
     }
 }
@@ -681,7 +685,7 @@ async fn a_node_with_a_corrupted_uncommitted_entry_refuses_to_start() {
         c.stop(f);
     }
     assert_identical_groups(&c, &followers, &groups);
-    let values = user_values(&[data_of(&c.nodes[li].dir).into_iter().collect()]);
+    let values = values(&data_of(&c.nodes[li].dir));
     assert!(!values.contains_key(b"/u/unacked".as_slice()), "{values:?}");
     assert_eq!(values[b"/u/before".as_slice()], b"1");
 }
@@ -810,7 +814,7 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
     c.stop(0);
     let log = c.log_of(0);
     assert!(!log.contains("corrupt"), "no corruption after the full disk:\n{log}");
-    let values = user_values(&[data_of(&dir).into_iter().collect()]);
+    let values = values(&data_of(&dir));
     for i in &acked {
         assert_eq!(values.get(format!("/full/{i:05}").as_bytes()), Some(&value), "acknowledged write {i} lost");
     }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use arbor::client::pb;
@@ -38,12 +39,18 @@ fn membership_entry(index: u64, voters: &[u64]) -> Entry {
     }
 }
 
-/// An engine holding one raw `Data` key, and a state machine on it that
+/// An engine holding one version of `key`, and a state machine on it that
 /// applied `entries` membership entries.
 fn replica(key: &str, entries: u64) -> (Arc<dyn Engine>, GroupStateMachine) {
     let engine: Arc<dyn Engine> = Arc::new(Memory::new());
     let mut b = WriteBatch::new();
-    b.put(Key::Data(key.as_bytes()).encode(), format!("value of {key}").into_bytes());
+    let record = arbor::tree::Record {
+        value: format!("value of {key}").into_bytes(),
+        version: 1,
+        create_stamp: 1,
+        mod_stamp: 1,
+    };
+    b.put(Key::Version(key.as_bytes(), 1, 0).encode(), arbor::tree::encode_version(Some(&record)));
     engine.write(b, Durability::Sync).unwrap();
     let mut sm = open(engine.clone());
     for i in 1..=entries {
@@ -52,8 +59,10 @@ fn replica(key: &str, entries: u64) -> (Arc<dyn Engine>, GroupStateMachine) {
     (engine, sm)
 }
 
-fn data_keys(engine: &Arc<dyn Engine>) -> Vec<Vec<u8>> {
-    engine.scan_prefix(&arbor::keys::data_prefix()).map(|kv| kv.unwrap().0).collect()
+fn version_keys(engine: &Arc<dyn Engine>) -> Vec<Vec<u8>> {
+    let (start, end) = arbor::keys::version_bounds(b"", b"");
+    let scan = engine.scan(Bound::Included(start), Bound::Excluded(end), arbor_storage::Direction::Forward);
+    scan.map(|kv| kv.unwrap().0).collect()
 }
 
 #[test]
@@ -64,7 +73,7 @@ fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
     let data = data.into_bytes().unwrap();
     let (b_engine, mut b) = replica("/b", 2);
     let before = b.applied().clone();
-    let keys_before = data_keys(&b_engine);
+    let keys_before = version_keys(&b_engine);
 
     let mut flipped_image = data.clone();
     let mid = flipped_image.len() / 2;
@@ -89,14 +98,14 @@ fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
             assert!(msg.contains(part), "{what}: {msg:?} does not mention {part:?}");
         }
         assert_eq!(b.applied(), &before, "{what}: the applied state did not move");
-        assert_eq!(data_keys(&b_engine), keys_before, "{what}: the data did not change");
+        assert_eq!(version_keys(&b_engine), keys_before, "{what}: the data did not change");
         assert!(b.current_snapshot().unwrap().is_none(), "{what}: no snapshot was stored");
     }
 
     phase("the intact snapshot installs: B now holds A's state");
     b.install_snapshot(&meta, data.clone().into()).unwrap();
     assert_eq!(b.applied().last_applied, meta.last_log_id);
-    assert_eq!(data_keys(&b_engine), vec![Key::Data(b"/a").encode()]);
+    assert_eq!(version_keys(&b_engine), vec![Key::Version(b"/a", 1, 0).encode()]);
     assert_eq!(b.current_snapshot().unwrap().map(|(_, d)| d.into_bytes().unwrap()), Some(data));
 }
 
@@ -215,5 +224,5 @@ fn a_damaged_stored_snapshot_is_replaced_by_an_image_rather_than_sent() {
     assert_eq!(meta.last_log_id.unwrap().index, 3);
     let (fresh_engine, mut fresh) = replica("/other", 0);
     fresh.install_snapshot(&meta, data).expect("the image verifies and installs");
-    assert_eq!(data_keys(&fresh_engine), vec![Key::Data(b"/a").encode()]);
+    assert_eq!(version_keys(&fresh_engine), vec![Key::Version(b"/a", 1, 0).encode()]);
 }

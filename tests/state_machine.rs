@@ -10,9 +10,7 @@ use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
 use arbor::sequencer::driver::{epoch_number, Waiting};
 use arbor::sequencer::{EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
-use arbor::tree::{
-    CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, StoredTree, TreeRead, Txn, VersionedTree,
-};
+use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, TreeRead, Txn, VersionedTree};
 use arbor_storage::{Durability, Engine, Memory, ReadView};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -150,7 +148,10 @@ fn a_snapshot_install_leaves_no_cached_record_of_the_replaced_state() {
         let index = i as u64 + 1;
         assert_eq!(a.apply(entry(1, index, batch)).unwrap(), b.apply(entry(1, index, batch)).unwrap(), "epoch {i}");
     }
-    assert_eq!(tree_of(&StoredTree::new(a_engine.as_ref())), tree_of(&StoredTree::new(b_engine.as_ref())));
+    assert_eq!(tree_of(&VersionedTree::latest(a_engine.as_ref())), tree_of(&VersionedTree::latest(b_engine.as_ref())));
+    for engine in [&a_engine, &b_engine] {
+        assert_eq!(engine.scan_prefix(&arbor::keys::data_prefix()).count(), 0, "records are stored as versions only");
+    }
 }
 
 /// Every key and record of a tree view.
@@ -167,7 +168,7 @@ fn snapshot_reads_see_exactly_the_state_after_each_epoch_within_retention() {
         let mut states = Vec::new();
         for (i, batch) in log.iter().enumerate() {
             let r = sm.apply(entry(1, i as u64 + 1, batch)).unwrap();
-            states.push((r.stamp, tree_of(&StoredTree::new(engine.as_ref()))));
+            states.push((r.stamp, tree_of(&VersionedTree::latest(engine.as_ref()))));
         }
         let horizon = sm.applied().gc_horizon;
         assert_eq!(horizon, states.last().unwrap().0 - 20, "the horizon follows the batches' gc_before");
@@ -246,7 +247,6 @@ fn per_key_index_entries_of_older_data_dirs_are_still_collected() {
     b.put(Key::Version(b"/old", 200, 0).encode(), encode_version(Some(&record("b"))));
     b.put(Key::VersionGc(1, 100, b"/old").encode(), Vec::new());
     b.put(Key::VersionGc(1, 200, b"/old").encode(), Vec::new());
-    b.put(Key::Data(b"/old").encode(), arbor::tree::encode_record(&record("b")));
     b.put(Key::Dedup(1, "req-old").encode(), b"(its first result; only deleted here)".to_vec());
     b.put(Key::DedupExpiry(1, 100, "req-old").encode(), Vec::new());
     engine.write(b, Durability::Sync).unwrap();
@@ -407,6 +407,10 @@ impl ReadView for ScanLog {
             }
         }
         self.inner.scan(start, end, direction)
+    }
+
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn arbor_storage::Cursor + '_> {
+        self.inner.cursor(start, end)
     }
 }
 

@@ -17,7 +17,7 @@
 //! - an epoch's writes enter the cache only after its batch is written
 //!   ([`RecordCache::absorb`]); until then they live in the epoch's
 //!   overlays, which are read first;
-//! - nothing else writes a group's `Data` keys except a snapshot install,
+//! - nothing else writes a group's versions except a snapshot install,
 //!   which empties the cache ([`RecordCache::clear`]).
 //!
 //! Each vshard has its own shard: only transactions holding a vshard touch

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use arbor_storage::Engine;
 
 use crate::error::{Error, Result};
-use crate::tree::{self, Footprint, KeyRange, Overlay, Record, RecordIter, StoredTree, TreeRead, Txn, TxnOutcome};
+use crate::tree::{self, Footprint, KeyRange, Overlay, Record, RecordIter, TreeRead, Txn, TxnOutcome, VersionedTree};
 pub use cache::RecordCache;
 use sync::{Arrival, BoundedQueue, Latch, Rendezvous, Watermark};
 
@@ -92,7 +92,7 @@ struct Task {
 /// The view of a transaction: the stored tree under the epoch's overlays.
 struct EpochView<'a> {
     epoch: &'a Epoch,
-    stored: StoredTree<'a>,
+    stored: VersionedTree<'a>,
 }
 
 impl TreeRead for EpochView<'_> {
@@ -125,7 +125,7 @@ impl TreeRead for EpochView<'_> {
 impl Epoch {
     fn execute(&self, pos: usize, txn: &Txn) {
         let run = || {
-            let stored = StoredTree::new(self.engine.as_ref());
+            let stored = VersionedTree::latest(self.engine.as_ref());
             let view = EpochView { epoch: self, stored };
             tree::execute(txn, &view, self.stamp).map(|(outcome, writes)| {
                 for (key, record) in writes {
@@ -398,7 +398,7 @@ mod tests {
         let mut serial = Overlay::new();
         for (txn, got) in txns.iter().zip(&out.outcomes) {
             let mem = Memory::new();
-            let stored = StoredTree::new(&mem);
+            let stored = VersionedTree::latest(&mem);
             let (want, writes) = tree::execute(txn, &tree::Layered { base: &stored, overlay: &serial }, 100).unwrap();
             assert_eq!(got, &want);
             serial.extend(writes);
@@ -431,7 +431,7 @@ mod tests {
             let index = index as u64 + 1;
             let out = s.run_epoch(engine.clone(), index, 100, txns.clone()).unwrap();
             for (txn, got) in txns.iter().zip(&out.outcomes) {
-                let stored = StoredTree::new(engine.as_ref());
+                let stored = VersionedTree::latest(engine.as_ref());
                 let layered = tree::Layered { base: &stored, overlay: &serial };
                 let (want, writes) = tree::execute(txn, &layered, 100).unwrap();
                 assert_eq!(got, &want, "epoch {index} of {size}");
@@ -441,10 +441,7 @@ mod tests {
             // after the apply's batch.
             let mut wb = arbor_storage::WriteBatch::new();
             for (key, record) in out.writes.iter().flatten() {
-                match record {
-                    Some(r) => wb.put(crate::keys::Key::Data(key).encode(), tree::encode_record(r)),
-                    None => wb.delete(crate::keys::Key::Data(key).encode()),
-                }
+                wb.put(crate::keys::Key::Version(key, index, 0).encode(), tree::encode_version(record.as_ref()));
             }
             engine.write(wb, arbor_storage::Durability::Sync).unwrap();
             s.record_cache().absorb(&out.writes);

@@ -10,8 +10,8 @@
 //! 3. **Dedup**: a transaction whose request id already has a result gets
 //!    that first result and is not executed again.
 //! 4. **Fan-out and execution** on the vshard executors ([`Scheduler`]).
-//! 5. **One WriteBatch** with the epoch's data (the latest record of each
-//!    key, and one `Version` per write for snapshot reads and watchers),
+//! 5. **One WriteBatch** with the epoch's data (one `Version` per write:
+//!    a key's newest version is its current record, for every read),
 //!    every vshard's watermark, the dedup entries, the version GC and the
 //!    applied state, written before the entry counts as applied (and before
 //!    any client hears of it). See "Durability" below for why this write
@@ -92,7 +92,7 @@ use crate::scheduler::Scheduler;
 use crate::sequencer::driver::{epoch_term, Waiting};
 use crate::sequencer::snapshot::{self, SnapshotContent, SnapshotFiles, SnapshotStore};
 use crate::sequencer::EpochBatch;
-use crate::tree::{decode_version, encode_record, encode_version, Footprint, Record, Txn, TxnOutcome};
+use crate::tree::{decode_version, encode_version, Footprint, Record, Txn, TxnOutcome};
 
 /// How long (in HLC physical time) a request id's first result is kept for
 /// retries. A constant, not a setting: every replica must expire the same
@@ -516,15 +516,7 @@ impl GroupStateMachine {
             to_run.push(Arc::new(txn.clone()));
         }
         let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
-        for overlay in &output.writes {
-            for (key, record) in overlay {
-                let k = Key::Data(key).encode();
-                match record {
-                    Some(r) => wb.put(k, encode_record(r)),
-                    None => wb.delete(k),
-                }
-            }
-        }
+        // Each write is one version; a key's newest is its current record.
         let mut written = BTreeSet::new();
         for (pos, key, record) in &output.changes {
             wb.put(Key::Version(key, stamp, *pos as u64).encode(), encode_version(record.as_ref()));

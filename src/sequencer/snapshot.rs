@@ -35,18 +35,22 @@
 //! ```
 //!
 //! The image is a MessagePack stream of every key of the group's range and
-//! state. Image format 3, written in one pass over the state:
+//! state. Image format 4, written in one pass over the state:
 //!
 //! ```text
-//! 3                               the format, then chunks of entries:
+//! 4                               the format, then chunks of entries:
 //! [[key, value], ...]             at most IMAGE_CHUNK_ENTRIES each
 //! ...
 //! nil                             the end (a stream cut short has none)
 //! ```
 //!
-//! Keys and values are `bin`. Formats 1 and 2 were one value,
-//! `[format, [[key, value], ...]]` (format 1 with arrays of integers
-//! instead of `bin`); they still install.
+//! Keys and values are `bin`. Format 3 was the same stream, from nodes
+//! that also stored each key's current record under a `Data` key; format
+//! 4 has none, so that nodes of those versions refuse it rather than
+//! install a state without current records. Formats 1 and 2 were one
+//! value, `[format, [[key, value], ...]]` (format 1 with arrays of
+//! integers instead of `bin`). All of them still install, their `Data`
+//! keys converted ([`crate::tree::legacy`]).
 //!
 //! On a server node the data is a file in `<data_dir>/snapshots`, and it is
 //! never whole in memory: an image is streamed through zstd into a file
@@ -74,6 +78,7 @@ use crate::raft::SnapshotMeta;
 use crate::routing::RangeDesc;
 use crate::sequencer::apply::{decode, encode, AppliedState};
 use crate::sequencer::image::{Building, Images, Started, Written};
+use crate::tree::legacy::ImageRecords;
 
 /// The current data format (see the module docs).
 pub(super) const SNAPSHOT_DATA_V1: u8 = 1;
@@ -81,8 +86,8 @@ pub(super) const SNAPSHOT_DATA_V1: u8 = 1;
 /// checksum header existed.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The image format builds write (see the module docs).
-const IMAGE_FORMAT: u8 = 3;
-/// Entries per chunk of a format 3 image...
+const IMAGE_FORMAT: u8 = 4;
+/// Entries per chunk of a format 3 or 4 image...
 const IMAGE_CHUNK_ENTRIES: u32 = 1024;
 /// ...or fewer, once a chunk holds this many bytes.
 const IMAGE_CHUNK_BYTES: usize = 1 << 20;
@@ -388,6 +393,7 @@ fn read_image(
     verified: &Verified,
     applied_key: &[u8],
     wb: &mut WriteBatch,
+    records: &mut ImageRecords,
 ) -> std::result::Result<Option<Vec<u8>>, String> {
     let reader = content.reader_at(verified.body_at).map_err(|e| format!("reading: {e}"))?;
     let z = zstd::stream::read::Decoder::new(reader).map_err(|e| format!("zstd: {e}"))?;
@@ -397,13 +403,13 @@ fn read_image(
     let undecodable = |e: rmp_serde::decode::Error| format!("undecodable image: {e}");
     // Formats 1 and 2: one array `[format, entries]` (0x92).
     if first == Some(0x92) {
-        return ImageSink(EntrySink { applied_key, wb }).deserialize(&mut de).map_err(undecodable);
+        return ImageSink(EntrySink { applied_key, wb, records }).deserialize(&mut de).map_err(undecodable);
     }
     let format = u8::deserialize(&mut de).map_err(undecodable)?;
-    if format != IMAGE_FORMAT {
+    if !(3..=IMAGE_FORMAT).contains(&format) {
         return Err(format!("unknown image format {format}"));
     }
-    let mut sink = EntrySink { applied_key, wb };
+    let mut sink = EntrySink { applied_key, wb, records };
     let mut applied = None;
     while let Some(chunk) = Option::<Vec<ImageEntry>>::deserialize(&mut de).map_err(undecodable)? {
         for entry in chunk {
@@ -448,16 +454,21 @@ type ImageEntry = (serde_bytes::ByteBuf, serde_bytes::ByteBuf);
 struct EntrySink<'a> {
     applied_key: &'a [u8],
     wb: &'a mut WriteBatch,
+    /// Records of images from before format 4, stored as this version no
+    /// longer stores them.
+    records: &'a mut ImageRecords,
 }
 
 impl EntrySink<'_> {
     /// Puts `entry` into the batch, except the applied state's, whose
-    /// value it returns.
+    /// value it returns, and the records `records` converts.
     fn take(&mut self, (k, v): ImageEntry) -> Option<Vec<u8>> {
         if *k == *self.applied_key {
             return Some(v.into_vec());
         }
-        self.wb.put(k.into_vec(), v.into_vec());
+        if !self.records.take(&k, &v) {
+            self.wb.put(k.into_vec(), v.into_vec());
+        }
         None
     }
 }
@@ -508,7 +519,9 @@ pub(super) fn install_batch(
     for (start, end) in group_ranges(group, range) {
         wb.delete_range(start, end);
     }
-    let applied = read_image(content, &verified, &applied_key, &mut wb).map_err(corrupt)?;
+    let mut records = ImageRecords::default();
+    let applied = read_image(content, &verified, &applied_key, &mut wb, &mut records).map_err(corrupt)?;
+    records.finish(&mut wb).map_err(|e| corrupt(e.to_string()))?;
     let mut state: AppliedState = match applied {
         Some(bytes) => decode(&bytes, "applied state")?,
         None => AppliedState::default(),
@@ -949,12 +962,6 @@ fn discard(content: &SnapshotContent) {
 /// Every key range holding `group`'s state and its range's data.
 pub(super) fn group_ranges(group: u64, range: &RangeDesc) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut ranges = keys::group_state_ranges(group);
-    let end = if range.end.is_empty() {
-        arbor_storage::prefix_end(&keys::data_prefix()).expect("data tag < 0xff")
-    } else {
-        Key::Data(&range.end).encode()
-    };
-    ranges.push((Key::Data(&range.start).encode(), end));
     ranges.push(keys::version_bounds(&range.start, &range.end));
     ranges
 }
@@ -975,10 +982,27 @@ mod tests {
         (engine, sm)
     }
 
+    fn record(value: Vec<u8>) -> crate::tree::Record {
+        crate::tree::Record { value, version: 1, create_stamp: 1, mod_stamp: 1 }
+    }
+
     fn put(engine: &arbor_storage::Memory, key: &[u8], value: Vec<u8>) {
         let mut wb = WriteBatch::new();
-        wb.put(Key::Data(key).encode(), value);
+        wb.put(Key::Version(key, 1, 0).encode(), crate::tree::encode_version(Some(&record(value))));
         engine.write(wb, Durability::Sync).unwrap();
+    }
+
+    /// The current value of `key` in `engine`.
+    fn value_of(engine: &arbor_storage::Memory, key: &[u8]) -> Option<Vec<u8>> {
+        use crate::tree::TreeRead;
+        crate::tree::VersionedTree::latest(engine).get(key).unwrap().map(|r| r.value)
+    }
+
+    /// How many keys `engine` has current records of.
+    fn count_records(engine: &arbor_storage::Memory) -> usize {
+        use crate::tree::TreeRead;
+        let all = crate::tree::KeyRange { start: Vec::new(), end: Vec::new() };
+        crate::tree::VersionedTree::latest(engine).scan(&all).count()
     }
 
     /// Snapshot data as built before images were streamed with `bin` keys
@@ -1066,8 +1090,8 @@ mod tests {
         let data = bytes(image);
         let (target, mut other) = open_memory();
         other.install_snapshot(&image_meta, data.clone().into()).unwrap();
-        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(vec![7; 1000]));
-        assert_eq!(target.get(&Key::Data(b"/b").encode()).unwrap(), Some(vec![8; 10]));
+        assert_eq!(value_of(&target, b"/a"), Some(vec![7; 1000]));
+        assert_eq!(value_of(&target, b"/b"), Some(vec![8; 10]));
         assert_eq!(other.applied().last_applied, image_meta.last_log_id);
         assert_eq!(other.applied().stamp, 5, "the applied state travels in the image");
 
@@ -1149,7 +1173,7 @@ mod tests {
         let (meta, image) = sm.snapshot_image().unwrap();
         let (other, mut other_sm) = open_memory();
         other_sm.install_snapshot(&meta, bytes(image).into()).unwrap();
-        assert_eq!(other.scan_prefix(&crate::keys::data_prefix()).count(), 100);
+        assert_eq!(count_records(&other), 100);
     }
 
     #[test]
@@ -1228,7 +1252,7 @@ mod tests {
         assert_eq!(read.len() as u64, end);
         let (target, mut other) = open_memory();
         other.install_snapshot(&meta, read.into()).unwrap();
-        let keys = |e: &arbor_storage::Memory| e.scan_prefix(&keys::data_prefix()).count();
+        let keys = count_records;
         assert_eq!(keys(&target), 3000);
     }
 
@@ -1252,7 +1276,7 @@ mod tests {
         drop(abandoned);
         file.write_all(&data).unwrap();
         other.install_snapshot(&meta, received).unwrap();
-        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(b"record-a".to_vec()));
+        assert_eq!(value_of(&target, b"/a"), Some(b"record-a".to_vec()));
         let files = files_in(&dir);
         assert!(files.len() == 1 && files[0].ends_with(".snap"), "renamed into place: {files:?}");
         assert_eq!(current_bytes(&mut other), Some((meta, data)));
@@ -1283,19 +1307,73 @@ mod tests {
 
         let (target, mut other) = open_memory();
         other.install_snapshot(&meta, data.into()).unwrap();
-        assert_eq!(target.get(&Key::Data(b"/b").encode()).unwrap(), Some(vec![0xff; 300]));
-        assert_eq!(target.get(&Key::Data(b"/a").encode()).unwrap(), Some(b"record-a".to_vec()));
+        assert_eq!(value_of(&target, b"/b"), Some(vec![0xff; 300]));
+        assert_eq!(value_of(&target, b"/a"), Some(b"record-a".to_vec()));
 
         let (old_target, mut third) = open_memory();
-        let old = format_1_data(vec![(Key::Data(b"/c").encode(), b"record-c".to_vec())]);
+        let old_record = |v: &[u8]| crate::tree::encode_record(&record(v.to_vec()));
+        let old = format_1_data(vec![(Key::Data(b"/c").encode(), old_record(b"record-c"))]);
         third.install_snapshot(&meta, old.into()).unwrap();
-        assert_eq!(old_target.get(&Key::Data(b"/c").encode()).unwrap(), Some(b"record-c".to_vec()));
+        assert_eq!(value_of(&old_target, b"/c"), Some(b"record-c".to_vec()));
         assert_eq!(current_bytes(&mut third).map(|(m, _)| m), Some(meta.clone()));
 
         let (old_target, mut fourth) = open_memory();
-        let old = format_2_data(vec![(Key::Data(b"/d").encode(), b"record-d".to_vec())]);
+        let old = format_2_data(vec![(Key::Data(b"/d").encode(), old_record(b"record-d"))]);
         fourth.install_snapshot(&meta, old.into()).unwrap();
-        assert_eq!(old_target.get(&Key::Data(b"/d").encode()).unwrap(), Some(b"record-d".to_vec()));
+        assert_eq!(value_of(&old_target, b"/d"), Some(b"record-d".to_vec()));
+    }
+
+    /// Format 3, as nodes that also stored `Data` keys wrote it.
+    fn format_3_data(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
+        let mut image = Vec::new();
+        rmp::encode::write_uint(&mut image, 3).unwrap();
+        rmp::encode::write_array_len(&mut image, entries.len() as u32).unwrap();
+        for (k, v) in entries {
+            rmp::encode::write_array_len(&mut image, 2).unwrap();
+            rmp::encode::write_bin(&mut image, &k).unwrap();
+            rmp::encode::write_bin(&mut image, &v).unwrap();
+        }
+        rmp::encode::write_nil(&mut image).unwrap();
+        data_of_image(&image)
+    }
+
+    #[test]
+    fn the_data_keys_of_older_images_install_as_versions() {
+        use crate::tree::{encode_record, encode_version, TreeRead, VersionedTree};
+        let (source, sm) = open_memory();
+        let (meta, _) = sm.snapshot_image().unwrap();
+        let at = |v: &str, stamp: u64| crate::tree::Record {
+            value: v.into(),
+            version: 1,
+            create_stamp: stamp,
+            mod_stamp: stamp,
+        };
+        // In key order, as images are written: `Data` keys before versions.
+        // `/x` has versions (its `Data` key is its newest one), `/y` none
+        // (written before versions existed).
+        let entries = vec![
+            (Key::Data(b"/x").encode(), encode_record(&at("x-now", 5))),
+            (Key::Data(b"/y").encode(), encode_record(&at("y", 0))),
+            (Key::Version(b"/x", 5, 0).encode(), encode_version(Some(&at("x-now", 5)))),
+            (Key::Version(b"/x", 3, 0).encode(), encode_version(Some(&at("x-old", 3)))),
+        ];
+        let (target, mut other) = open_memory();
+        other.install_snapshot(&meta, format_3_data(entries).into()).unwrap();
+        assert_eq!(value_of(&target, b"/x"), Some(b"x-now".to_vec()));
+        assert_eq!(VersionedTree::new(target.as_ref(), 4).get(b"/x").unwrap().unwrap().value, b"x-old");
+        assert_eq!(
+            target.get(&Key::Version(b"/x", 0, 0).encode()).unwrap(),
+            None,
+            "no version for a key that had some"
+        );
+        assert_eq!(value_of(&target, b"/y"), Some(b"y".to_vec()));
+        assert_eq!(VersionedTree::new(target.as_ref(), 1).get(b"/y").unwrap().unwrap().value, b"y", "at stamp 0");
+        assert_eq!(target.scan_prefix(&keys::data_prefix()).count(), 0, "no `Data` key is stored");
+        drop(source);
+
+        let broken = vec![(Key::Data(b"/z").encode(), b"not a record".to_vec())];
+        let err = open_memory().1.install_snapshot(&meta, format_3_data(broken).into()).unwrap_err().to_string();
+        assert!(err.contains("bad record encoding") && err.contains("nothing installed"), "{err}");
     }
 
     #[test]
@@ -1315,12 +1393,12 @@ mod tests {
         let (target, mut other) = open_memory();
         other.install_snapshot(&meta, data.clone().into()).unwrap();
         for i in [0, IMAGE_CHUNK_ENTRIES as usize - 1, IMAGE_CHUNK_ENTRIES as usize, n - 1] {
-            let got = target.get(&Key::Data(format!("/k{i:05}").as_bytes()).encode()).unwrap();
+            let got = value_of(&target, format!("/k{i:05}").as_bytes());
             assert_eq!(got, Some(format!("v{i}").into_bytes()), "key {i}");
         }
-        let big = target.get(&Key::Data(b"/big2").encode()).unwrap().unwrap();
+        let big = value_of(&target, b"/big2").unwrap();
         assert_eq!(big.len(), IMAGE_CHUNK_BYTES / 2 + 1);
-        let keys = |e: &arbor_storage::Memory| e.scan_prefix(&keys::data_prefix()).count();
+        let keys = count_records;
         assert_eq!(keys(&target), keys(&source), "every key of the source");
         assert_eq!(other.applied(), sm.applied(), "the applied state travels in the image");
 

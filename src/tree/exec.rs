@@ -193,12 +193,12 @@ impl KeyRange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::{Overlay, StoredTree};
+    use crate::tree::{Overlay, VersionedTree};
     use arbor_storage::Memory;
 
     fn run(view: &Overlay, txn: Txn) -> (TxnOutcome, WriteSet) {
         let mem = Memory::new();
-        let stored = StoredTree::new(&mem);
+        let stored = VersionedTree::latest(&mem);
         let layered = Layered { base: &stored, overlay: view };
         execute(&txn, &layered, 100).unwrap()
     }

@@ -333,28 +333,33 @@ impl Drop for Cluster {
     }
 }
 
-/// Every `Data` key/value of a stopped node's RocksDB, read directly.
-pub fn data_of(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    use arbor_storage::{ReadView, Rocks, RocksOptions};
+/// Every key's current record on a stopped node, read from its RocksDB.
+pub fn data_of(dir: &Path) -> BTreeMap<Vec<u8>, arbor::tree::Record> {
+    use arbor::tree::{KeyRange, TreeRead, VersionedTree};
+    use arbor_storage::{Rocks, RocksOptions};
     let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
-    db.scan_prefix(&arbor::keys::data_prefix()).collect::<Result<Vec<_>, _>>().unwrap()
+    let all = KeyRange { start: Vec::new(), end: Vec::new() };
+    VersionedTree::latest(&db).scan(&all).collect::<Result<_, _>>().unwrap()
+}
+
+/// The values of `records`.
+pub fn values(records: &BTreeMap<Vec<u8>, arbor::tree::Record>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    records.iter().map(|(k, r)| (k.clone(), r.value.clone())).collect()
 }
 
 /// One group's replicated state on a stopped node, read from its RocksDB:
-/// the `Data` keys of its range `[start, end)` (empty `end` = to the end of
-/// the key space) plus the executor state that moves with it (vshard
-/// watermarks, dedup table). The applied state is left out: its last log id
-/// may differ by trailing blank or membership entries.
+/// every version of the keys of its range `[start, end)` (empty `end` = to
+/// the end of the key space) plus the executor state that moves with it
+/// (vshard watermarks, dedup table, GC indexes). The applied state is left
+/// out: its last log id may differ by trailing blank or membership entries.
 pub fn group_state(dir: &Path, group: u64, start: &[u8], end: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     use arbor::keys::{self, Key};
     use arbor_storage::{Direction, ReadView, Rocks, RocksOptions};
     use std::ops::Bound;
     let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
     let applied = Key::Applied(group).encode();
-    let data_end =
-        if end.is_empty() { arbor_storage::prefix_end(&keys::data_prefix()).unwrap() } else { Key::Data(end).encode() };
     let mut ranges = keys::group_state_ranges(group);
-    ranges.push((Key::Data(start).encode(), data_end));
+    ranges.push(keys::version_bounds(start, end));
     let mut out = BTreeMap::new();
     for (s, e) in ranges {
         for item in db.scan(Bound::Included(s), Bound::Excluded(e), Direction::Forward) {
