@@ -38,8 +38,12 @@ use crate::tree::{self, Footprint, KeyRange, Overlay, Record, RecordIter, TreeRe
 pub use cache::RecordCache;
 use sync::{Arrival, BoundedQueue, Latch, Rendezvous, Watermark};
 
-/// The default budget of a group's [`RecordCache`], in bytes.
-pub const DEFAULT_RECORD_CACHE_BYTES: usize = 32 << 20;
+/// The default budget of a group's [`RecordCache`], in bytes. A miss
+/// reads the key's newest version with an iterator seek, which costs more
+/// for a key with many large versions (a growing value appended to), so
+/// the cache is sized to hold a working set of tens of thousands of
+/// records of a few kB (docs/BENCHMARKS.md, item 32).
+pub const DEFAULT_RECORD_CACHE_BYTES: usize = 128 << 20;
 /// Capacity of each vshard's queue, in transactions.
 pub const VSHARD_QUEUE_CAPACITY: usize = 256;
 /// The default of `epoch.inline_max_txns`: an epoch of at most this many
