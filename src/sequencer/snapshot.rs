@@ -1016,17 +1016,22 @@ mod tests {
         data_of_image(&rmp_serde::to_vec(&OldImage { format: 1, entries }).unwrap())
     }
 
+    /// `[[key, value], ...]`, keys and values `bin`.
+    fn write_entries(image: &mut Vec<u8>, entries: Vec<(Vec<u8>, Vec<u8>)>) {
+        rmp::encode::write_array_len(image, entries.len() as u32).unwrap();
+        for (k, v) in entries {
+            rmp::encode::write_array_len(image, 2).unwrap();
+            rmp::encode::write_bin(image, &k).unwrap();
+            rmp::encode::write_bin(image, &v).unwrap();
+        }
+    }
+
     /// Format 2: one array `[2, [[key, value], ...]]`, keys and values `bin`.
     fn format_2_data(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
         let mut image = Vec::new();
         rmp::encode::write_array_len(&mut image, 2).unwrap();
         rmp::encode::write_uint(&mut image, 2).unwrap();
-        rmp::encode::write_array_len(&mut image, entries.len() as u32).unwrap();
-        for (k, v) in entries {
-            rmp::encode::write_array_len(&mut image, 2).unwrap();
-            rmp::encode::write_bin(&mut image, &k).unwrap();
-            rmp::encode::write_bin(&mut image, &v).unwrap();
-        }
+        write_entries(&mut image, entries);
         data_of_image(&image)
     }
 
@@ -1327,12 +1332,7 @@ mod tests {
     fn format_3_data(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<u8> {
         let mut image = Vec::new();
         rmp::encode::write_uint(&mut image, 3).unwrap();
-        rmp::encode::write_array_len(&mut image, entries.len() as u32).unwrap();
-        for (k, v) in entries {
-            rmp::encode::write_array_len(&mut image, 2).unwrap();
-            rmp::encode::write_bin(&mut image, &k).unwrap();
-            rmp::encode::write_bin(&mut image, &v).unwrap();
-        }
+        write_entries(&mut image, entries);
         rmp::encode::write_nil(&mut image).unwrap();
         data_of_image(&image)
     }

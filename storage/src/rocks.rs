@@ -740,15 +740,20 @@ mod tests {
         assert!(options.contains("bottommost_compression=kLZ4Compression"), "{options}");
     }
 
-    #[test]
-    fn conformance() {
+    /// The conformance suite on databases opened with `options`.
+    fn conformance_with(options: RocksOptions) {
         let dirs = std::sync::Mutex::new(Vec::new());
         crate::conformance::run(|| {
             let dir = tempfile::tempdir().expect("tempdir");
-            let engine = Rocks::open(dir.path(), &RocksOptions::default()).expect("open");
+            let engine = Rocks::open(dir.path(), &options).expect("open");
             dirs.lock().unwrap().push(dir);
             engine
         });
+    }
+
+    #[test]
+    fn conformance() {
+        conformance_with(RocksOptions::default());
     }
 
     fn range(start: &[u8], end: &[u8]) -> KeyRange {
@@ -776,13 +781,7 @@ mod tests {
 
     #[test]
     fn conformance_with_a_key_prefix() {
-        let dirs = std::sync::Mutex::new(Vec::new());
-        crate::conformance::run(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let engine = Rocks::open(dir.path(), &two_byte_prefixes()).expect("open");
-            dirs.lock().unwrap().push(dir);
-            engine
-        });
+        conformance_with(two_byte_prefixes());
     }
 
     /// A scan or cursor that starts in one prefix and spans others must not
@@ -827,13 +826,7 @@ mod tests {
 
     #[test]
     fn conformance_with_own_column_families() {
-        let dirs = std::sync::Mutex::new(Vec::new());
-        crate::conformance::run(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let engine = Rocks::open(dir.path(), &split_options()).expect("open");
-            dirs.lock().unwrap().push(dir);
-            engine
-        });
+        conformance_with(split_options());
     }
 
     #[test]
