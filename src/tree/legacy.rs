@@ -8,8 +8,9 @@
 //!   newest of them (both were written in the same batch, and the GC never
 //!   collects a live key's newest version);
 //! - one whose user key has none (written before versions existed) becomes
-//!   its version at stamp 0, so it is the current record and is visible to
-//!   reads at every stamp, as it was to the reads of that time.
+//!   its version at stamp 0: the current record, as it was, and now also
+//!   what snapshot reads at any stamp see (before, they did not see the
+//!   key at all).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,7 @@ use arbor_storage::{Durability, Engine, WriteBatch};
 
 use crate::error::{Error, Result};
 use crate::keys::{self, Key};
-use crate::tree::decode_record;
+use crate::tree::{decode_record, encode_version};
 
 /// How many bytes of records one synced batch of [`move_records_into_versions`]
 /// converts.
@@ -29,11 +30,8 @@ fn corrupt(e: arbor_storage::keycode::DecodeError) -> Error {
 
 /// The version, at stamp 0, of the record `value` of `user`'s `Data` key.
 fn version_at_zero(user: &[u8], value: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-    decode_record(value)?;
-    let mut version = Vec::with_capacity(1 + value.len());
-    version.push(1);
-    version.extend_from_slice(value);
-    Ok((Key::Version(user, 0, 0).encode(), version))
+    let record = decode_record(value)?;
+    Ok((Key::Version(user, 0, 0).encode(), encode_version(Some(&record))))
 }
 
 /// Whether `view` holds a version of `user`.
