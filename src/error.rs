@@ -87,6 +87,13 @@ fn leader_hint(leader: &Option<NodeId>, addr: &Option<String>) -> String {
     }
 }
 
+/// A stored key that does not decode is corrupt data.
+impl From<arbor_storage::keycode::DecodeError> for Error {
+    fn from(e: arbor_storage::keycode::DecodeError) -> Self {
+        Error::Corruption(e.to_string())
+    }
+}
+
 impl Error {
     /// True for errors that say the node itself is broken (the replica must
     /// stop), false for errors about a request.

@@ -563,7 +563,6 @@ impl GroupStateMachine {
         if horizon == 0 {
             return Ok(());
         }
-        let corrupt = |e: arbor_storage::keycode::DecodeError| Error::Corruption(e.to_string());
         let view: &dyn ReadView = self.engine.as_ref();
         let start = GcCursor::start(cursor, keys::version_gc_prefix(self.group));
         let end = Key::VersionGc(self.group, horizon.saturating_add(1), b"").encode();
@@ -573,7 +572,7 @@ impl GroupStateMachine {
                 break;
             }
             let (index_key, value) = item?;
-            let (s, key) = keys::decode_version_gc(&index_key).map_err(corrupt)?;
+            let (s, key) = keys::decode_version_gc(&index_key)?;
             // An empty value is the older format: one entry per key.
             let keys: Vec<serde_bytes::ByteBuf> =
                 if value.is_empty() { vec![serde_bytes::ByteBuf::from(key)] } else { decode(&value, "GC index")? };

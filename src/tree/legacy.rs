@@ -16,17 +16,13 @@ use std::collections::BTreeMap;
 
 use arbor_storage::{Durability, Engine, WriteBatch};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys::{self, Key};
 use crate::tree::{decode_record, encode_version};
 
 /// How many bytes of records one synced batch of [`move_records_into_versions`]
 /// converts.
 const CHUNK_BYTES: usize = 16 << 20;
-
-fn corrupt(e: arbor_storage::keycode::DecodeError) -> Error {
-    Error::Corruption(e.to_string())
-}
 
 /// The version, at stamp 0, of the record `value` of `user`'s `Data` key.
 fn version_at_zero(user: &[u8], value: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
@@ -56,7 +52,7 @@ fn move_in_chunks(engine: &dyn Engine, chunk_bytes: usize) -> Result<u64> {
         let (mut bytes, mut last) = (0, None);
         for item in engine.scan_prefix(&keys::data_prefix()) {
             let (k, v) = item?;
-            let user = keys::decode_data(&k).map_err(corrupt)?;
+            let user = keys::decode_data(&k)?;
             if !has_versions(engine, user)? {
                 let (key, version) = version_at_zero(user, &v)?;
                 wb.put(key, version);

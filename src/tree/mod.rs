@@ -67,10 +67,6 @@ impl<'a> VersionedTree<'a> {
     }
 }
 
-fn corrupt(e: arbor_storage::keycode::DecodeError) -> crate::Error {
-    crate::Error::Corruption(e.to_string())
-}
-
 /// Moves `cursor` past the versions of the user key whose version prefix
 /// is `prefix`.
 fn skip_versions(cursor: &mut dyn Cursor, prefix: &[u8]) -> Result<()> {
@@ -92,7 +88,7 @@ impl VersionedTree<'_> {
     fn next_record(&self, cursor: &mut dyn Cursor) -> Result<Option<(Vec<u8>, Record)>> {
         loop {
             let Some((k, v)) = cursor.current() else { return Ok(None) };
-            let (user, stamp, _) = keys::decode_version(k).map_err(corrupt)?;
+            let (user, stamp, _) = keys::decode_version(k)?;
             if stamp > self.at {
                 // Newer than the read: on to the key's newest version at or
                 // below it (or to the next key's, if it has none).
