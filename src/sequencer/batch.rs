@@ -12,7 +12,9 @@
 //! The payload is compressed when its uncompressed size reaches the
 //! configured threshold and zstd saves at least an eighth of it (random
 //! values do not compress: then the leader sends them as they are and no
-//! replica pays for decompressing). Each thread keeps its zstd contexts.
+//! replica pays for decompressing). A batch that did not compress makes the
+//! leader skip the attempt for the next [`SKIP_AFTER_MISS`] batches
+//! ([`Compression`]). Each thread keeps its zstd contexts.
 //! Decoding checks the version and flags and fails on anything it does not
 //! know (a replica never guesses).
 
@@ -30,6 +32,43 @@ const ZSTD_LEVEL: i32 = 1;
 /// allocated (an epoch is bounded by `epoch.max_bytes_per_epoch`, at most a
 /// few MiB).
 const MAX_DECOMPRESSED: u64 = 1 << 30;
+/// Batches sent without trying zstd after one it could not shrink: trying
+/// cost a put workload's leader ~2% of its CPU (docs/BENCHMARKS.md).
+pub const SKIP_AFTER_MISS: u32 = 15;
+
+/// The leader's choice of whether to try zstd on its next batch: batches of
+/// at least `threshold` bytes, except for the [`SKIP_AFTER_MISS`] after one
+/// that did not compress. Only the sender's cost depends on it: replicas
+/// decode what the flags say.
+#[derive(Clone, Debug)]
+pub struct Compression {
+    threshold: usize,
+    skip: u32,
+}
+
+impl Compression {
+    pub fn new(threshold: usize) -> Self {
+        Self { threshold, skip: 0 }
+    }
+
+    /// Compresses `body` if worth trying and worth it.
+    fn apply(&mut self, body: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+        if body.len() < self.threshold {
+            return Ok(None);
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(None);
+        }
+        let packed = compress(body)?;
+        if packed.len() <= body.len() - body.len() / 8 {
+            Ok(Some(packed))
+        } else {
+            self.skip = SKIP_AFTER_MISS;
+            Ok(None)
+        }
+    }
+}
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
@@ -95,14 +134,9 @@ impl std::fmt::Display for EpochPayload {
 }
 
 impl EpochBatch {
-    pub fn encode(&self, compress_threshold: usize) -> Result<EpochPayload> {
+    pub fn encode(&self, compression: &mut Compression) -> Result<EpochPayload> {
         let body = rmp_serde::to_vec(self).map_err(|e| Error::Fatal(format!("encode epoch batch: {e}")))?;
-        let packed = if body.len() >= compress_threshold {
-            let packed = compress(&body).map_err(|e| Error::Fatal(format!("zstd: {e}")))?;
-            (packed.len() <= body.len() - body.len() / 8).then_some(packed)
-        } else {
-            None
-        };
+        let packed = compression.apply(&body).map_err(|e| Error::Fatal(format!("zstd: {e}")))?;
         let (flags, body) = match packed {
             Some(packed) => (FLAG_ZSTD, packed),
             None => (0, body),
@@ -151,11 +185,11 @@ mod tests {
     #[test]
     fn round_trips_plain_and_compressed() {
         let small = batch(1);
-        let enc = small.encode(4096).unwrap();
+        let enc = small.encode(&mut Compression::new(4096)).unwrap();
         assert_eq!(enc.0[..2], [FORMAT_V1, 0]);
         assert_eq!(EpochBatch::decode(&enc).unwrap(), small);
         let big = batch(100);
-        let enc = big.encode(4096).unwrap();
+        let enc = big.encode(&mut Compression::new(4096)).unwrap();
         assert_eq!(enc.0[..2], [FORMAT_V1, FLAG_ZSTD]);
         assert!(enc.0.len() < 4096, "repetitive batches compress");
         assert_eq!(EpochBatch::decode(&enc).unwrap(), big);
@@ -176,9 +210,23 @@ mod tests {
                 }
             }
         }
-        let enc = b.encode(4096).unwrap();
+        let mut compression = Compression::new(4096);
+        let enc = b.encode(&mut compression).unwrap();
         assert_eq!(enc.0[..2], [FORMAT_V1, 0], "sent uncompressed");
         assert_eq!(EpochBatch::decode(&enc).unwrap(), b);
+
+        // After the miss, the next batches are not even tried...
+        let big = batch(100);
+        for _ in 0..SKIP_AFTER_MISS {
+            let enc = big.encode(&mut compression).unwrap();
+            assert_eq!(enc.0[..2], [FORMAT_V1, 0], "not tried");
+            assert_eq!(EpochBatch::decode(&enc).unwrap(), big);
+        }
+        // ...and then one is, and compresses.
+        let enc = big.encode(&mut compression).unwrap();
+        assert_eq!(enc.0[..2], [FORMAT_V1, FLAG_ZSTD]);
+        let enc = big.encode(&mut compression).unwrap();
+        assert_eq!(enc.0[..2], [FORMAT_V1, FLAG_ZSTD], "a batch that compressed does not stop the next try");
     }
 
     #[test]
@@ -199,7 +247,7 @@ mod tests {
         assert!(EpochBatch::decode(&EpochPayload(vec![])).is_err());
         assert!(EpochBatch::decode(&EpochPayload(vec![2, 0])).is_err());
         assert!(EpochBatch::decode(&EpochPayload(vec![1, 4, 0])).is_err());
-        let mut enc = batch(3).encode(1 << 20).unwrap();
+        let mut enc = batch(3).encode(&mut Compression::new(1 << 20)).unwrap();
         enc.0.truncate(enc.0.len() - 5);
         assert!(matches!(EpochBatch::decode(&enc), Err(Error::Corruption(_))));
     }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::raft::{client_write_error, NodeId, Raft};
 use crate::sequencer::batcher::{Batcher, BatcherConfig};
-use crate::sequencer::{EpochBatch, EpochResponse, GroupShared};
+use crate::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared};
 use crate::tree::{Txn, TxnOutcome};
 
 /// Capacity of a group's submission queue, in transactions.
@@ -142,7 +142,9 @@ pub fn spawn(
     cfg: DriverConfig,
 ) -> SequencerHandle {
     let (tx, rx) = mpsc::channel(SUBMIT_QUEUE_CAPACITY);
-    let driver = Driver { group, node, raft, shared, hlc, cfg, rx, term: 0, seq: 0, started: Instant::now() };
+    let compression = Compression::new(cfg.compress_threshold);
+    let driver =
+        Driver { group, node, raft, shared, hlc, cfg, rx, term: 0, seq: 0, compression, started: Instant::now() };
     tokio::spawn(driver.run());
     SequencerHandle { tx }
 }
@@ -158,6 +160,7 @@ struct Driver {
     /// The term `seq` counts in.
     term: u64,
     seq: u64,
+    compression: Compression,
     started: Instant,
 }
 
@@ -265,7 +268,7 @@ impl Driver {
         // Hand the proposal to openraft here, in the driver's own order:
         // epochs must reach the log in the order they were numbered.
         // Only the wait for the outcome runs in its own task.
-        let submitted = match batch.encode(self.cfg.compress_threshold) {
+        let submitted = match batch.encode(&mut self.compression) {
             Ok(payload) => self
                 .raft
                 .client_write_ff(payload)

@@ -20,5 +20,5 @@ pub mod image;
 pub mod snapshot;
 
 pub use apply::{EpochChanges, EpochResponse, Feed, GroupShared, GroupStateMachine};
-pub use batch::{EpochBatch, EpochPayload};
+pub use batch::{Compression, EpochBatch, EpochPayload};
 pub use snapshot::SnapshotContent;
