@@ -9,7 +9,7 @@ use arbor::hlc::{Hlc, ManualClock};
 use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
 use arbor::sequencer::driver::{epoch_number, Waiting};
-use arbor::sequencer::{EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
+use arbor::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
 use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, TreeRead, Txn, VersionedTree};
 use arbor_storage::{Durability, Engine, Memory, ReadView};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
@@ -32,7 +32,7 @@ fn open_with_cache(engine: Arc<dyn Engine>, vshards: u32, bytes: usize) -> Group
 fn entry(term: u64, index: u64, batch: &EpochBatch) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(batch.encode(512).unwrap()),
+        payload: EntryPayload::Normal(batch.encode(&mut Compression::new(512)).unwrap()),
     }
 }
 
@@ -477,4 +477,47 @@ fn gc_scans_resume_after_the_last_collected_entry_with_the_same_result() {
     assert!(dedup_ids < 4 * 80, "expired request ids were forgotten: {dedup_ids} left");
     let gc_entries = keys.iter().filter(|k| k.starts_with(&arbor::keys::version_gc_prefix(1))).count();
     assert!(gc_entries <= 3, "collected GC index entries are gone: {gc_entries} left");
+}
+
+/// An index scan that would find nothing to collect is skipped: the
+/// replica knows the stamp of the first entry past its last scan and of
+/// every entry written since. Skipping must not lose anything: once the
+/// horizons pass the entries, they are all collected.
+#[test]
+fn gc_scans_are_skipped_while_nothing_can_be_collected() {
+    let (second, hour) = (arbor::hlc::pack(1_000, 0), arbor::hlc::pack(3_600_000, 0));
+    // An epoch a second, from an hour on: versions are kept 60 s, request
+    // ids 10 minutes (so none expires in these 200 s).
+    let log: Vec<EpochBatch> = (1..=200u64)
+        .map(|e| {
+            let stamp = hour + e * second;
+            let txns =
+                (0..4).map(|k| Txn { request_id: format!("req-{e}-{k}"), ..put_txn(format!("/hot/{k}"), e) }).collect();
+            EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp - 60 * second }
+        })
+        .collect();
+    let engine = Arc::new(ScanLog { inner: Memory::new(), gc_scan_starts: Default::default() });
+    let mut sm = open(engine.clone(), 2);
+    let scans = || engine.gc_scan_starts.lock().unwrap().len();
+    for (i, batch) in log.iter().enumerate().take(60) {
+        sm.apply(entry(1, i as u64 + 1, batch)).unwrap();
+    }
+    // The first epoch scans both (empty) indexes; then nothing is old enough.
+    assert_eq!(scans(), 2, "scans in the first 60 epochs");
+    for (i, batch) in log.iter().enumerate().skip(60) {
+        sm.apply(entry(1, i as u64 + 1, batch)).unwrap();
+    }
+    // From then on each epoch's horizon reaches one more index entry.
+    let scanned = scans();
+    assert!((140..=145).contains(&scanned), "{scanned} scans in all");
+
+    let keys: Vec<Vec<u8>> = dump(&engine.inner).into_iter().map(|(k, _)| k).collect();
+    let gc_entries = keys.iter().filter(|k| k.starts_with(&arbor::keys::version_gc_prefix(1))).count();
+    assert!(gc_entries <= 62, "the GC index entries past the horizon are collected: {gc_entries} left");
+    let versions = keys.iter().filter(|k| k[0] == 0x21).count();
+    assert!(versions <= 4 * 62, "superseded versions are collected: {versions} left");
+    let dedup_ids = keys.iter().filter(|k| k.starts_with(&[0x12])).count();
+    assert_eq!(dedup_ids, 4 * 200, "no request id is old enough to expire");
+    let horizon = VersionedTree::new(&engine.inner, hour + 140 * second);
+    assert_eq!(horizon.get(b"/hot/2").unwrap().unwrap().value, b"140");
 }

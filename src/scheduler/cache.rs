@@ -118,11 +118,11 @@ impl RecordCache {
 
     /// Takes in an epoch's final writes, per vshard, once its batch is
     /// written.
-    pub fn absorb(&self, writes: &[Overlay]) {
-        for (vshard, overlay) in writes.iter().enumerate() {
+    pub fn absorb(&self, writes: Vec<Overlay>) {
+        for (vshard, overlay) in writes.into_iter().enumerate() {
             if let Some(mut shard) = self.shard(vshard as u32) {
                 for (key, record) in overlay {
-                    shard.insert(key.clone(), record.clone());
+                    shard.insert(key, record);
                 }
             }
         }
@@ -169,7 +169,7 @@ mod tests {
         let mut writes = vec![Overlay::new(), Overlay::new()];
         writes[0].insert(b"/a".to_vec(), None);
         writes[1].insert(b"/gone".to_vec(), record(b"back", 2));
-        cache.absorb(&writes);
+        cache.absorb(writes);
         assert_eq!(cache.get(0, b"/a"), Some(None), "deleted");
         assert_eq!(cache.get(1, b"/gone"), Some(record(b"back", 2)));
         cache.clear();
@@ -198,7 +198,7 @@ mod tests {
         cache.fill(0, b"/a", &record(b"old", 1));
         cache.fill(0, b"/b", &record(b"b", 1));
         cache.fill(0, b"/c", &record(b"c", 1)); // the young generation turns old
-        cache.absorb(&[Overlay::from([(b"/a".to_vec(), record(b"new", 2))])]);
+        cache.absorb(vec![Overlay::from([(b"/a".to_vec(), record(b"new", 2))])]);
         for i in 0..10u8 {
             assert_eq!(cache.get(0, b"/a"), Some(record(b"new", 2)));
             cache.fill(0, &[b'/', b'x', i], &None);

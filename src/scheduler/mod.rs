@@ -448,7 +448,7 @@ mod tests {
                 wb.put(crate::keys::Key::Version(key, index, 0).encode(), tree::encode_version(record.as_ref()));
             }
             engine.write(wb, arbor_storage::Durability::Sync).unwrap();
-            s.record_cache().absorb(&out.writes);
+            s.record_cache().absorb(out.writes);
             serial.clear();
         }
         // Waiting vshards of the last fanned-out epoch finish on their own.

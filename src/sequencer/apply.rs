@@ -254,16 +254,61 @@ pub struct GroupStateMachine {
 /// install the scans start at the prefix again.
 #[derive(Clone, Debug, Default)]
 struct GcCursor {
-    versions: Option<Vec<u8>>,
-    dedup: Option<Vec<u8>>,
+    versions: IndexCursor,
+    dedup: IndexCursor,
 }
 
-impl GcCursor {
-    fn start(at: &Option<Vec<u8>>, prefix: Vec<u8>) -> std::ops::Bound<Vec<u8>> {
-        match at {
+/// One GC index's cursor, and the lowest stamp of the entries after it
+/// when known: a scan that reached the end of its range learns the stamp of
+/// the first entry beyond (or that there is none), and every entry written
+/// since lowers it. A scan whose range ends at or below that stamp would
+/// find nothing, so it is skipped: most epochs have nothing to collect, and
+/// the two empty scans (a RocksDB iterator each) cost a put ~2% of every
+/// replica's CPU (docs/BENCHMARKS.md). Skipping changes no write, so
+/// replicas that know more or less agree.
+#[derive(Clone, Debug, Default)]
+struct IndexCursor {
+    /// The last entry deleted.
+    after: Option<Vec<u8>>,
+    /// Every entry after `after` has a stamp at or above this (`u64::MAX`:
+    /// there is none); `None` when unknown.
+    lowest: Option<u64>,
+}
+
+/// Where an index scan stopped.
+enum ScanEnd {
+    /// At the per-epoch limit, possibly before its range's end.
+    Limit,
+    /// At the first entry past its range, of this stamp.
+    Beyond(u64),
+    /// At the end of the index.
+    Exhausted,
+}
+
+impl IndexCursor {
+    fn start(&self, prefix: Vec<u8>) -> std::ops::Bound<Vec<u8>> {
+        match &self.after {
             Some(last_deleted) => std::ops::Bound::Excluded(last_deleted.clone()),
             None => std::ops::Bound::Included(prefix),
         }
+    }
+
+    /// Whether entries of stamps below `bound` may remain.
+    fn may_hold_below(&self, bound: u64) -> bool {
+        self.lowest.is_none_or(|lowest| lowest < bound)
+    }
+
+    fn scanned(&mut self, end: ScanEnd) {
+        self.lowest = match end {
+            ScanEnd::Limit => None,
+            ScanEnd::Beyond(stamp) => Some(stamp),
+            ScanEnd::Exhausted => Some(u64::MAX),
+        };
+    }
+
+    /// An entry of `stamp` was written.
+    fn added(&mut self, stamp: u64) {
+        self.lowest = self.lowest.map(|lowest| lowest.min(stamp));
     }
 }
 
@@ -272,6 +317,14 @@ pub fn read_applied(view: &dyn ReadView, group: u64) -> Result<AppliedState> {
     match view.get(&Key::Applied(group).encode())? {
         Some(bytes) => decode(&bytes, "applied state"),
         None => Ok(AppliedState::default()),
+    }
+}
+
+/// The end of the keys under `prefix` (exclusive).
+fn prefix_end_bound(prefix: &[u8]) -> std::ops::Bound<Vec<u8>> {
+    match arbor_storage::prefix_end(prefix) {
+        Some(end) => std::ops::Bound::Excluded(end),
+        None => std::ops::Bound::Unbounded,
     }
 }
 
@@ -406,10 +459,11 @@ impl GroupStateMachine {
                         outcomes: batch.txns.iter().map(|_| TxnOutcome::Retry { reason: reason.clone() }).collect(),
                     },
                     EpochCheck::Apply { stamp } => {
-                        let written = self.execute(index, &batch, stamp, next.gc_horizon, &mut wb, &mut gc_cursor)?;
+                        let epoch = batch.epoch;
+                        let written = self.execute(index, batch, stamp, next.gc_horizon, &mut wb, &mut gc_cursor)?;
                         changes = Some(EpochChanges { stamp, changes: written.changes });
                         records = written.records;
-                        EpochResponse { index, epoch: batch.epoch, stamp, outcomes: written.outcomes }
+                        EpochResponse { index, epoch, stamp, outcomes: written.outcomes }
                     }
                 }
             }
@@ -418,7 +472,7 @@ impl GroupStateMachine {
         // Unlogged: see "Durability" in the module docs.
         self.engine.write(wb, Durability::Unlogged)?;
         // Only now: the cache must never hold what the engine does not.
-        self.scheduler.record_cache().absorb(&records);
+        self.scheduler.record_cache().absorb(records);
         self.state = next;
         self.gc_cursor = gc_cursor;
         self.publish();
@@ -477,7 +531,7 @@ impl GroupStateMachine {
     fn execute(
         &self,
         index: u64,
-        batch: &EpochBatch,
+        batch: EpochBatch,
         stamp: u64,
         gc_horizon: u64,
         wb: &mut WriteBatch,
@@ -488,12 +542,14 @@ impl GroupStateMachine {
             Known(TxnOutcome),
             SameAs(usize),
         }
-        let mut plans = Vec::with_capacity(batch.txns.len());
+        // Moved, not copied, to the executors.
+        let txns: Vec<Arc<Txn>> = batch.txns.into_iter().map(Arc::new).collect();
+        let mut plans = Vec::with_capacity(txns.len());
         let mut to_run = Vec::new();
         let mut first_pos: HashMap<&str, usize> = HashMap::new();
         // Positions whose request id has no result yet: recorded below.
         let mut new_ids = Vec::new();
-        for (pos, txn) in batch.txns.iter().enumerate() {
+        for (pos, txn) in txns.iter().enumerate() {
             let id = txn.request_id.as_str();
             if !id.is_empty() {
                 if let Some(&earlier) = first_pos.get(id) {
@@ -513,7 +569,7 @@ impl GroupStateMachine {
                 continue;
             }
             plans.push(Plan::Run(to_run.len()));
-            to_run.push(Arc::new(txn.clone()));
+            to_run.push(txn.clone());
         }
         let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
         // Each write is one version; a key's newest is its current record.
@@ -541,7 +597,7 @@ impl GroupStateMachine {
         }
         let mut recorded = Vec::with_capacity(new_ids.len());
         for pos in new_ids {
-            let id = batch.txns[pos].request_id.as_str();
+            let id = txns[pos].request_id.as_str();
             let record = DedupRecord { stamp, outcome: outcomes[pos].clone() };
             wb.put(Key::Dedup(self.group, id).encode(), encode(&record));
             recorded.push(id);
@@ -552,6 +608,13 @@ impl GroupStateMachine {
         }
         self.expire_dedup(stamp, wb, &mut gc_cursor.dedup)?;
         self.collect_versions(gc_horizon, wb, &mut gc_cursor.versions)?;
+        // After the scans, which read the engine without this batch.
+        if !written.is_empty() {
+            gc_cursor.versions.added(stamp);
+        }
+        if !recorded.is_empty() {
+            gc_cursor.dedup.added(stamp);
+        }
         let changes = output.changes.into_iter().map(|(_, key, record)| (key, record)).collect();
         Ok(EpochWrites { outcomes, changes, records: output.writes })
     }
@@ -559,20 +622,27 @@ impl GroupStateMachine {
     /// Deletes the versions that no read at or above `horizon` can see (see
     /// the module docs), for the index entries up to the one in which
     /// [`VERSION_GC_PER_EPOCH`] keys have been processed.
-    fn collect_versions(&self, horizon: u64, wb: &mut WriteBatch, cursor: &mut Option<Vec<u8>>) -> Result<()> {
-        if horizon == 0 {
+    fn collect_versions(&self, horizon: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
+        let bound = horizon.saturating_add(1);
+        if horizon == 0 || !cursor.may_hold_below(bound) {
             return Ok(());
         }
         let view: &dyn ReadView = self.engine.as_ref();
-        let start = GcCursor::start(cursor, keys::version_gc_prefix(self.group));
-        let end = Key::VersionGc(self.group, horizon.saturating_add(1), b"").encode();
+        let prefix = keys::version_gc_prefix(self.group);
+        let (start, index_end) = (cursor.start(prefix.clone()), prefix_end_bound(&prefix));
         let mut processed = 0;
-        for item in view.scan(start, std::ops::Bound::Excluded(end), Direction::Forward) {
-            if processed >= VERSION_GC_PER_EPOCH {
-                break;
-            }
+        let mut end = ScanEnd::Exhausted;
+        for item in view.scan(start, index_end, Direction::Forward) {
             let (index_key, value) = item?;
             let (s, key) = keys::decode_version_gc(&index_key)?;
+            if s >= bound {
+                end = ScanEnd::Beyond(s);
+                break;
+            }
+            if processed >= VERSION_GC_PER_EPOCH {
+                end = ScanEnd::Limit;
+                break;
+            }
             // An empty value is the older format: one entry per key.
             let keys: Vec<serde_bytes::ByteBuf> =
                 if value.is_empty() { vec![serde_bytes::ByteBuf::from(key)] } else { decode(&value, "GC index")? };
@@ -581,8 +651,9 @@ impl GroupStateMachine {
             }
             processed += keys.len().max(1);
             wb.delete(index_key.clone());
-            *cursor = Some(index_key);
+            cursor.after = Some(index_key);
         }
+        cursor.scanned(end);
         Ok(())
     }
 
@@ -621,18 +692,27 @@ impl GroupStateMachine {
     /// Forgets the request ids recorded more than [`DEDUP_RETENTION_MS`]
     /// before `stamp`, for the expiry entries up to the one in which
     /// [`DEDUP_GC_PER_EPOCH`] ids have been removed.
-    fn expire_dedup(&self, stamp: u64, wb: &mut WriteBatch, cursor: &mut Option<Vec<u8>>) -> Result<()> {
+    fn expire_dedup(&self, stamp: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
         let cutoff = stamp.saturating_sub(hlc::pack(DEDUP_RETENTION_MS, 0));
-        let start = GcCursor::start(cursor, keys::dedup_expiry_prefix(self.group));
-        let end = Key::DedupExpiry(self.group, cutoff, "").encode();
+        if !cursor.may_hold_below(cutoff) {
+            return Ok(());
+        }
+        let prefix = keys::dedup_expiry_prefix(self.group);
+        let (start, index_end) = (cursor.start(prefix.clone()), prefix_end_bound(&prefix));
         let view: &dyn ReadView = self.engine.as_ref();
         let mut removed = 0;
-        for item in view.scan(start, std::ops::Bound::Excluded(end), Direction::Forward) {
-            if removed >= DEDUP_GC_PER_EPOCH {
+        let mut end = ScanEnd::Exhausted;
+        for item in view.scan(start, index_end, Direction::Forward) {
+            let (k, value) = item?;
+            let (s, id) = keys::decode_dedup_expiry(&k).map_err(|e| Error::Corruption(e.to_string()))?;
+            if s >= cutoff {
+                end = ScanEnd::Beyond(s);
                 break;
             }
-            let (k, value) = item?;
-            let (_, id) = keys::decode_dedup_expiry(&k).map_err(|e| Error::Corruption(e.to_string()))?;
+            if removed >= DEDUP_GC_PER_EPOCH {
+                end = ScanEnd::Limit;
+                break;
+            }
             // An empty value is the older format: one entry per id.
             let ids: Vec<String> = if value.is_empty() { vec![id] } else { decode(&value, "dedup expiry")? };
             for id in &ids {
@@ -640,8 +720,9 @@ impl GroupStateMachine {
             }
             removed += ids.len().max(1);
             wb.delete(k.clone());
-            *cursor = Some(k);
+            cursor.after = Some(k);
         }
+        cursor.scanned(end);
         Ok(())
     }
 
