@@ -275,6 +275,9 @@ struct IndexCursor {
     lowest: Option<u64>,
 }
 
+/// Decodes a GC index key into its stamp and what it names.
+type IndexKeyDecoder<T> = fn(&[u8]) -> std::result::Result<(u64, T), arbor_storage::keycode::DecodeError>;
+
 /// Where an index scan stopped.
 enum ScanEnd {
     /// At the per-epoch limit, possibly before its range's end.
@@ -623,33 +626,64 @@ impl GroupStateMachine {
     /// the module docs), for the index entries up to the one in which
     /// [`VERSION_GC_PER_EPOCH`] keys have been processed.
     fn collect_versions(&self, horizon: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
-        let bound = horizon.saturating_add(1);
-        if horizon == 0 || !cursor.may_hold_below(bound) {
+        if horizon == 0 {
             return Ok(());
         }
         let view: &dyn ReadView = self.engine.as_ref();
         let prefix = keys::version_gc_prefix(self.group);
+        let bound = horizon.saturating_add(1);
+        self.walk_index(
+            prefix,
+            bound,
+            VERSION_GC_PER_EPOCH,
+            cursor,
+            wb,
+            keys::decode_version_gc,
+            |s, key, value, wb| {
+                // An empty value is the older format: one entry per key.
+                let keys: Vec<serde_bytes::ByteBuf> =
+                    if value.is_empty() { vec![serde_bytes::ByteBuf::from(key)] } else { decode(&value, "GC index")? };
+                for key in &keys {
+                    self.collect_key(view, key, s, wb)?;
+                }
+                Ok(keys.len())
+            },
+        )
+    }
+
+    /// Hands the entries of a GC index (`prefix`) with stamps below `bound`
+    /// to `collect`, from `cursor` on, until `limit` of what `collect`
+    /// counts; deletes each entry handed over and moves the cursor past it.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_index<T>(
+        &self,
+        prefix: Vec<u8>,
+        bound: u64,
+        limit: usize,
+        cursor: &mut IndexCursor,
+        wb: &mut WriteBatch,
+        decode_key: IndexKeyDecoder<T>,
+        mut collect: impl FnMut(u64, T, Vec<u8>, &mut WriteBatch) -> Result<usize>,
+    ) -> Result<()> {
+        if !cursor.may_hold_below(bound) {
+            return Ok(());
+        }
+        let view: &dyn ReadView = self.engine.as_ref();
         let (start, index_end) = (cursor.start(prefix.clone()), prefix_end_bound(&prefix));
-        let mut processed = 0;
+        let mut done = 0;
         let mut end = ScanEnd::Exhausted;
         for item in view.scan(start, index_end, Direction::Forward) {
             let (index_key, value) = item?;
-            let (s, key) = keys::decode_version_gc(&index_key)?;
+            let (s, what) = decode_key(&index_key)?;
             if s >= bound {
                 end = ScanEnd::Beyond(s);
                 break;
             }
-            if processed >= VERSION_GC_PER_EPOCH {
+            if done >= limit {
                 end = ScanEnd::Limit;
                 break;
             }
-            // An empty value is the older format: one entry per key.
-            let keys: Vec<serde_bytes::ByteBuf> =
-                if value.is_empty() { vec![serde_bytes::ByteBuf::from(key)] } else { decode(&value, "GC index")? };
-            for key in &keys {
-                self.collect_key(view, key, s, wb)?;
-            }
-            processed += keys.len().max(1);
+            done += collect(s, what, value, wb)?.max(1);
             wb.delete(index_key.clone());
             cursor.after = Some(index_key);
         }
@@ -694,36 +728,23 @@ impl GroupStateMachine {
     /// [`DEDUP_GC_PER_EPOCH`] ids have been removed.
     fn expire_dedup(&self, stamp: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
         let cutoff = stamp.saturating_sub(hlc::pack(DEDUP_RETENTION_MS, 0));
-        if !cursor.may_hold_below(cutoff) {
-            return Ok(());
-        }
         let prefix = keys::dedup_expiry_prefix(self.group);
-        let (start, index_end) = (cursor.start(prefix.clone()), prefix_end_bound(&prefix));
-        let view: &dyn ReadView = self.engine.as_ref();
-        let mut removed = 0;
-        let mut end = ScanEnd::Exhausted;
-        for item in view.scan(start, index_end, Direction::Forward) {
-            let (k, value) = item?;
-            let (s, id) = keys::decode_dedup_expiry(&k).map_err(|e| Error::Corruption(e.to_string()))?;
-            if s >= cutoff {
-                end = ScanEnd::Beyond(s);
-                break;
-            }
-            if removed >= DEDUP_GC_PER_EPOCH {
-                end = ScanEnd::Limit;
-                break;
-            }
-            // An empty value is the older format: one entry per id.
-            let ids: Vec<String> = if value.is_empty() { vec![id] } else { decode(&value, "dedup expiry")? };
-            for id in &ids {
-                wb.delete(Key::Dedup(self.group, id).encode());
-            }
-            removed += ids.len().max(1);
-            wb.delete(k.clone());
-            cursor.after = Some(k);
-        }
-        cursor.scanned(end);
-        Ok(())
+        self.walk_index(
+            prefix,
+            cutoff,
+            DEDUP_GC_PER_EPOCH,
+            cursor,
+            wb,
+            keys::decode_dedup_expiry,
+            |_, id, value, wb| {
+                // An empty value is the older format: one entry per id.
+                let ids: Vec<String> = if value.is_empty() { vec![id] } else { decode(&value, "dedup expiry")? };
+                for id in &ids {
+                    wb.delete(Key::Dedup(self.group, id).encode());
+                }
+                Ok(ids.len())
+            },
+        )
     }
 
     /// Records the applied position as the group's snapshot, after a
