@@ -17,6 +17,9 @@
 # Settings (environment):
 #   BENCH_WORKLOADS    "put get txn mixed append"
 #   BENCH_CLIENTS      "1 16 64 256"
+#   BENCH_ROUNDS       1     runs of each point per system (alternating which
+#                      goes first); the report takes each system's median
+#                      run and lists every round's ratio
 #   BENCH_DURATION     10    measured seconds per point
 #   BENCH_WARMUP       2     seconds of load before each measurement
 #   BENCH_CONNECTIONS  8     connections per run (at most one per client)
@@ -34,6 +37,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WORKLOADS="${BENCH_WORKLOADS:-put get txn mixed append}"
 CLIENTS="${BENCH_CLIENTS:-1 16 64 256}"
+ROUNDS="${BENCH_ROUNDS:-1}"
+case "$ROUNDS" in
+    [1-9]) ;;
+    *) echo "BENCH_ROUNDS must be 1 to 9, not '$ROUNDS'" >&2; exit 1 ;;
+esac
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-2}"
 CONNECTIONS="${BENCH_CONNECTIONS:-8}"
@@ -176,7 +184,8 @@ keep_arbor_logs() {
 
 # Runs one point against one system.
 run_point() {
-    local system="$1" workload="$2" clients="$3" eps pids extra=()
+    local system="$1" workload="$2" clients="$3" round="$4" eps pids extra=() suffix=""
+    [ "$ROUNDS" = 1 ] || suffix="-r$round"
     if [ "$system" = etcd ]; then
         eps="$ETCD_EPS"; pids="$(IFS=,; echo "${ETCD_PIDS[*]}")"
     else
@@ -193,7 +202,7 @@ run_point() {
     "$BENCH_BIN" "$workload" "--$system" "$eps" --clients "$clients" --connections "$conns" \
         --duration "$DURATION" --warmup "$WARMUP" --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" \
         --read-ratio "$READ_RATIO" --pids "$pids" "${extra[@]}" \
-        --json-out "$OUT/runs/$workload-c$(printf %03d "$clients")-$system.json" \
+        --json-out "$OUT/runs/$workload-c$(printf %03d "$clients")-$system$suffix.json" \
         || { echo "FAILED: $system $workload $clients clients" >&2; FAILED=$((FAILED + 1)); }
     if [ "$system" = arbor ] && grep -qh "stopping the replica" "$ARBOR_DIR"/n*/arbor.log 2>/dev/null; then
         # A replica that stopped does not come back: record why, keep the
@@ -251,7 +260,7 @@ fi
     echo "  \"etcd\": $(json_str "$(etcd --version 2>/dev/null | head -1)"),"
     echo "  \"disk\": $(json_str "$(df -h "$TMP" | awk 'NR==2 {print $1 " (" $2 ")"}')"),"
     echo "  \"build\": $(json_str "$BUILD"),"
-    echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; fresh clusters per workload")"
+    echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; rounds: $ROUNDS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; fresh clusters per workload")"
     echo "}"
 } >"$OUT/machine.json"
 
@@ -271,12 +280,14 @@ for workload in $WORKLOADS; do
     start_arbor "$workload"
     PRELOADED_etcd=0 PRELOADED_arbor=0
     for clients in $CLIENTS; do
-        log "$workload, $clients clients"
-        # Alternate which system goes first, so that neither always runs on
-        # a warmer (or more fragmented) machine.
-        if [ $((point % 2)) = 0 ]; then order="etcd arbor"; else order="arbor etcd"; fi
-        for system in $order; do run_point "$system" "$workload" "$clients"; done
-        point=$((point + 1))
+        for round in $(seq 1 "$ROUNDS"); do
+            log "$workload, $clients clients$([ "$ROUNDS" = 1 ] || echo ", round $round of $ROUNDS")"
+            # Alternate which system goes first, so that neither always runs
+            # on a warmer (or more fragmented) machine.
+            if [ $((point % 2)) = 0 ]; then order="etcd arbor"; else order="arbor etcd"; fi
+            for system in $order; do run_point "$system" "$workload" "$clients" "$round"; done
+            point=$((point + 1))
+        done
     done
     stop_etcd
     stop_arbor

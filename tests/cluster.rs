@@ -493,6 +493,34 @@ async fn a_retried_request_id_executes_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replaced_record_comes_back_only_when_asked_for() {
+    use arbor_proto::op_result::Result as R;
+    let c = Cluster::start(1, &[]);
+    c.wait_for_leader(1).await;
+    let client = c.client();
+    let first = client.put_prev("/p", "a").await.unwrap();
+    assert_eq!((first.prev, first.version), (None, 1), "nothing to replace yet");
+    let plain = client.put("/p", "b").await.unwrap();
+    assert_eq!((plain.prev, plain.version), (None, 2), "a plain put returns no previous record");
+    let asked = client.put_prev("/p", "c").await.unwrap();
+    let prev = asked.prev.expect("the replaced record");
+    assert_eq!((prev.key.as_slice(), prev.value.as_slice(), prev.version), (&b"/p"[..], &b"b"[..], 2));
+    assert_eq!(asked.version, 3);
+
+    let txn = Txn::new().then(op::put("/p", "d")).then(op::put_prev("/p", "e")).then(op::append("/p", "f"));
+    let results = client.txn(txn).await.unwrap().results;
+    let puts: Vec<_> = results
+        .iter()
+        .map(|r| match &r.result {
+            Some(R::Put(p)) | Some(R::Append(p)) => (p.prev.as_ref().map(|kv| kv.value.clone()), p.version),
+            other => panic!("unexpected result {other:?}"),
+        })
+        .collect();
+    assert_eq!(puts, [(None, 4), (Some(b"d".to_vec()), 5), (None, 6)]);
+    assert_eq!(client.get("/p").await.unwrap().unwrap().value, b"ef");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_restarted_at_once_keeps_epochs_moving_forward() {
     let mut c = Cluster::start(3, &[]);
     let leader = c.wait_for_leader(1).await;
@@ -571,7 +599,7 @@ async fn the_kv_batch_stream_answers_each_call_as_its_unary_form_would() {
     let mut kv = KvBatchClient::new(channel);
     let call = |id, call| pb::KvCall { id, call: Some(call) };
     let put = |key: &str, value: Vec<u8>, id: &str| {
-        Call::Put(pb::PutRequest { key: key.into(), value, request_id: id.into() })
+        Call::Put(pb::PutRequest { key: key.into(), value, request_id: id.into(), prev_kv: false })
     };
     let get = |key: &str| Call::Get(pb::GetRequest { key: key.into(), read: None });
     let error = |r: &Reply| match r {

@@ -40,13 +40,17 @@ fn random_txn(rng: &mut StdRng, id: usize) -> Txn {
     let key = |rng: &mut StdRng| format!("/k/{}", rng.gen_range(0..12)).into_bytes();
     let op = |rng: &mut StdRng| match rng.gen_range(0..8) {
         0 => Op::Get { key: key(rng) },
-        1 => Op::Put { key: key(rng), value: vec![b'a' + rng.gen_range(0..26u8); rng.gen_range(0..20)] },
+        1 => Op::Put {
+            key: key(rng),
+            value: vec![b'a' + rng.gen_range(0..26u8); rng.gen_range(0..20)],
+            prev_kv: rng.gen_bool(0.5),
+        },
         2 => Op::Delete { key: key(rng) },
         3 => Op::Increment { key: key(rng), delta: rng.gen_range(-5..5) },
-        4 => Op::Append { key: key(rng), value: b"x".to_vec() },
+        4 => Op::Append { key: key(rng), value: b"x".to_vec(), prev_kv: rng.gen_bool(0.5) },
         5 => Op::Range(RangeSpec { range: KeyRange::prefix(b"/k/"), limit: 5, delimiter: None, keys_only: false }),
         6 => Op::DeleteRange(KeyRange { start: key(rng), end: b"/k/5".to_vec() }),
-        _ => Op::Put { key: key(rng), value: rng.gen_range(0..100).to_string().into_bytes() },
+        _ => Op::Put { key: key(rng), value: rng.gen_range(0..100).to_string().into_bytes(), prev_kv: false },
     };
     let compares = (0..rng.gen_range(0..3))
         .map(|_| Compare {
@@ -190,7 +194,7 @@ fn put_txn(key: String, value: u64) -> Txn {
     Txn {
         request_id: String::new(),
         compares: vec![],
-        success: vec![Op::Put { key: key.into_bytes(), value: value.to_string().into_bytes() }],
+        success: vec![Op::Put { key: key.into_bytes(), value: value.to_string().into_bytes(), prev_kv: false }],
         failure: vec![],
     }
 }

@@ -164,7 +164,7 @@ fn op(o: &pb::Op, limits: &Limits) -> Result<Op> {
         Some(P::Put(p)) => {
             check_key(&p.key, limits, "key")?;
             check_value(&p.value, limits)?;
-            Op::Put { key: p.key.clone(), value: p.value.clone() }
+            Op::Put { key: p.key.clone(), value: p.value.clone(), prev_kv: p.prev_kv }
         }
         Some(P::Delete(d)) => {
             check_key(&d.key, limits, "key")?;
@@ -178,7 +178,7 @@ fn op(o: &pb::Op, limits: &Limits) -> Result<Op> {
         Some(P::Append(a)) => {
             check_key(&a.key, limits, "key")?;
             check_value(&a.value, limits)?;
-            Op::Append { key: a.key.clone(), value: a.value.clone() }
+            Op::Append { key: a.key.clone(), value: a.value.clone(), prev_kv: a.prev_kv }
         }
     })
 }
@@ -287,7 +287,7 @@ mod tests {
     }
 
     fn put(key: &[u8], value: &[u8]) -> pb::Op {
-        pb::Op { op: Some(pb::op::Op::Put(pb::PutOp { key: key.to_vec(), value: value.to_vec() })) }
+        pb::Op { op: Some(pb::op::Op::Put(pb::PutOp { key: key.to_vec(), value: value.to_vec(), prev_kv: false })) }
     }
 
     fn txn_of(ops: Vec<pb::Op>) -> pb::TxnRequest {

@@ -144,7 +144,8 @@ impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Reply<pb::PutResponse> {
         check_cluster(&self.node, &req)?;
         let r = req.into_inner();
-        match self.write_op(r.request_id, pb::op::Op::Put(pb::PutOp { key: r.key, value: r.value })).await? {
+        let put = pb::PutOp { key: r.key, value: r.value, prev_kv: r.prev_kv };
+        match self.write_op(r.request_id, pb::op::Op::Put(put)).await? {
             (group, c, OpResult::Put { prev, version }) => {
                 Ok(Response::new(pb::PutResponse { header: header(group, &c), prev: prev.map(convert::kv), version }))
             }

@@ -67,8 +67,42 @@ fn ratio(arbor: f64, etcd: f64) -> String {
     }
 }
 
+/// Every run of one point, in file order (a point has several when the
+/// script ran with `BENCH_ROUNDS` above 1).
+fn runs_of<'a>(runs: &'a [RunRecord], system: &str, workload: &str, clients: usize) -> Vec<&'a RunRecord> {
+    runs.iter().filter(|r| r.system == system && r.workload == workload && r.clients == clients).collect()
+}
+
+/// The run that stands for a point: its median by throughput (the lower
+/// middle one of an even count), so one lucky or unlucky round does not
+/// decide a ratio.
 fn find<'a>(runs: &'a [RunRecord], system: &str, workload: &str, clients: usize) -> Option<&'a RunRecord> {
-    runs.iter().rev().find(|r| r.system == system && r.workload == workload && r.clients == clients)
+    let mut all = runs_of(runs, system, workload, clients);
+    all.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    all.get(all.len().saturating_sub(1) / 2).copied()
+}
+
+/// The median run of every point, in first-appearance order.
+fn medians(runs: &[RunRecord]) -> Vec<RunRecord> {
+    let mut seen = BTreeSet::new();
+    runs.iter()
+        .filter(|r| seen.insert((r.system.as_str(), r.workload.as_str(), r.clients)))
+        .filter_map(|r| find(runs, &r.system, &r.workload, r.clients).cloned())
+        .collect()
+}
+
+/// Arbor/etcd throughput of each round of a point, the i-th run of one
+/// system against the i-th of the other, ascending.
+fn round_ratios(runs: &[RunRecord], workload: &str, clients: usize) -> Vec<f64> {
+    let (e, a) = (runs_of(runs, "etcd", workload, clients), runs_of(runs, "arbor", workload, clients));
+    let mut ratios: Vec<f64> = e
+        .iter()
+        .zip(&a)
+        .filter(|(e, a)| e.ops_per_sec > 0.0 && a.ops_per_sec > 0.0)
+        .map(|(e, a)| a.ops_per_sec / e.ops_per_sec)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
 }
 
 /// The workloads present in `runs`, in [`Workload::ALL`] order.
@@ -107,9 +141,19 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
             r.duration_s, r.warmup_s, r.key_size, r.value_size, r.key_space
         );
     }
+    let rounds = runs.iter().map(|r| runs_of(runs, &r.system, &r.workload, r.clients).len()).max().unwrap_or(1);
+    if rounds > 1 {
+        let _ = writeln!(
+            md,
+            "Each point ran up to {rounds} times (rounds alternating which system goes first); the columns \
+             show each system's median run by throughput, and the last column every round's throughput ratio.\n"
+        );
+    }
     md += "| workload | clients | etcd ops/s | Arbor ops/s | Arbor/etcd | etcd p50 | Arbor p50 | Arbor/etcd p50 \
-           | etcd p99 | Arbor p99 | Arbor/etcd p99 | errors etcd/Arbor |\n";
-    md += "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+           | etcd p99 | Arbor p99 | Arbor/etcd p99 | errors etcd/Arbor |";
+    md += if rounds > 1 { " Arbor/etcd by round |\n" } else { "\n" };
+    md += "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|";
+    md += if rounds > 1 { "--:|\n" } else { "\n" };
     for w in workloads(runs) {
         for c in client_counts(runs, w) {
             let (e, a) = (find(runs, "etcd", w, c), find(runs, "arbor", w, c));
@@ -117,9 +161,16 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
             let lat = |r: Option<&RunRecord>, f: fn(&RunRecord) -> u64| r.map_or("–".into(), |r| ms(f(r)));
             let num = |r: Option<&RunRecord>, f: fn(&RunRecord) -> f64| r.map_or(0.0, f);
             let errs = |r: Option<&RunRecord>| r.map_or("–".into(), |r| r.errors.to_string());
+            let by_round = match rounds {
+                1 => String::new(),
+                _ => {
+                    let all = round_ratios(runs, w, c).iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>();
+                    format!(" {} |", all.join(" / "))
+                }
+            };
             let _ = writeln!(
                 md,
-                "| {w} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
+                "| {w} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |{by_round}",
                 ops(e),
                 ops(a),
                 ratio(num(a, |r| r.ops_per_sec), num(e, |r| r.ops_per_sec)),
@@ -420,6 +471,9 @@ impl Panel<'_> {
 /// against client count for etcd and Arbor; the put row's latency panel
 /// also shows the storage reference.
 pub fn svg(runs: &[RunRecord]) -> String {
+    // One point per system and client count: the median run.
+    let medians = medians(runs);
+    let runs = &medians[..];
     let rows: Vec<&str> = workloads(runs);
     let width = 2.0 * PANEL_W;
     let height = HEADER_H + rows.len().max(1) as f64 * PANEL_H;
@@ -592,6 +646,32 @@ mod tests {
         // the latencies; get: etcd in both.
         assert_eq!(svg.matches("<polyline").count(), 2 + 3 + 2);
         assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+    }
+
+    #[test]
+    fn rounds_are_summed_up_by_their_median_and_listed_by_ratio() {
+        let runs = vec![
+            record("etcd", "put", 64, 4000.0, 20000),
+            record("arbor", "put", 64, 9000.0, 9000),
+            record("etcd", "put", 64, 5000.0, 16000),
+            record("arbor", "put", 64, 8000.0, 10000),
+            record("etcd", "put", 64, 4500.0, 18000),
+            record("arbor", "put", 64, 12000.0, 7000),
+        ];
+        let md = markdown(&runs, &serde_json::json!({}));
+        // Medians: etcd 4500 (p99 18 ms), Arbor 9000 (9 ms); the rounds'
+        // ratios 9000/4000, 8000/5000 and 12000/4500, ascending.
+        assert!(md.contains("ran up to 3 times"), "{md}");
+        assert!(
+            md.contains("| put | 64 | 4500 | 9000 | 2.00× | 9.00 | 4.50 | 0.50× | 18.0 | 9.00 | 0.50× | 0/0 | 1.60 / 2.25 / 2.67 |"),
+            "{md}"
+        );
+        // Every run is still listed, and the plot draws one point per
+        // system and client count.
+        assert_eq!(md.matches("| put | 64 | ").count(), 1 + 6, "{md}");
+        assert_eq!(svg(&runs).matches("<circle").count(), svg(&runs[..2]).matches("<circle").count());
+        // Two rounds: the lower of the two middle runs.
+        assert_eq!(find(&runs[..4], "arbor", "put", 64).unwrap().ops_per_sec, 8000.0);
     }
 
     #[test]

@@ -49,7 +49,13 @@ enum Command {
     /// Run a node.
     Server(ServerArgs),
     /// Write a key.
-    Put { key: String, value: String },
+    Put {
+        key: String,
+        value: String,
+        /// Also print the value the put replaced.
+        #[arg(long)]
+        prev: bool,
+    },
     /// Read a key.
     Get {
         key: String,
@@ -590,12 +596,20 @@ async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Server(_) => unreachable!("handled above"),
-        Command::Put { key, value } => {
-            let r = client.put(&key, &value).await?;
-            if json {
-                println!("{}", serde_json::json!({"key": key, "version": r.version}));
-            } else {
-                println!("OK (version {})", r.version);
+        Command::Put { key, value, prev } => {
+            let r = if prev { client.put_prev(&key, &value).await? } else { client.put(&key, &value).await? };
+            let replaced = r.prev.as_ref().map(|kv| (String::from_utf8_lossy(&kv.value), kv.version));
+            match (json, replaced) {
+                (true, None) => println!("{}", serde_json::json!({"key": key, "version": r.version})),
+                (true, Some((old, old_version))) => println!(
+                    "{}",
+                    serde_json::json!({"key": key, "version": r.version, "prev": {"value": old, "version": old_version}})
+                ),
+                (false, None) if prev => println!("OK (version {}; the key did not exist)", r.version),
+                (false, None) => println!("OK (version {})", r.version),
+                (false, Some((old, old_version))) => {
+                    println!("OK (version {}; replaced {old:?} at version {old_version})", r.version)
+                }
             }
         }
         Command::Get { key, read } => match read.options()? {

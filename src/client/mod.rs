@@ -349,11 +349,34 @@ impl Client {
         self.range(pb::RangeRequest { prefix, delimiter: "/".into(), keys_only: true, ..Default::default() }).await
     }
 
+    /// Writes `value` at `key`; the response's `prev` is empty (see
+    /// [`Client::put_prev`]).
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<pb::PutResponse, ClientError> {
+        self.put_with(key, value, false).await
+    }
+
+    /// Like [`Client::put`], and the response's `prev` holds the record the
+    /// put replaced (none if the key did not exist). Asking costs the old
+    /// value's bytes in the reply and in the request's dedup record.
+    pub async fn put_prev(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<pb::PutResponse, ClientError> {
+        self.put_with(key, value, true).await
+    }
+
+    async fn put_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        prev_kv: bool,
+    ) -> Result<pb::PutResponse, ClientError> {
         let req = pb::PutRequest {
             key: key.as_ref().to_vec(),
             value: value.as_ref().to_vec(),
             request_id: self.request_id(),
+            prev_kv,
         };
         kv_call!(self, Put, req)
     }
@@ -573,7 +596,11 @@ pub mod op {
         wrap(Op::Get(pb::GetRequest { key: key.as_ref().to_vec(), read: None }))
     }
     pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
-        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec() }))
+        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), prev_kv: false }))
+    }
+    /// A put whose result carries the record it replaced (`prev`).
+    pub fn put_prev(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
+        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), prev_kv: true }))
     }
     pub fn delete(key: impl AsRef<[u8]>) -> pb::Op {
         wrap(Op::Delete(pb::DeleteOp { key: key.as_ref().to_vec() }))
@@ -588,7 +615,7 @@ pub mod op {
         wrap(Op::Increment(pb::IncrementOp { key: key.as_ref().to_vec(), delta }))
     }
     pub fn append(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
-        wrap(Op::Append(pb::AppendOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec() }))
+        wrap(Op::Append(pb::AppendOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), prev_kv: false }))
     }
 }
 

@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     fn put(key: &str) -> Call {
-        Call::Put(pb::PutRequest { key: key.into(), value: b"v".to_vec(), request_id: key.into() })
+        Call::Put(pb::PutRequest { key: key.into(), value: b"v".to_vec(), request_id: key.into(), prev_kv: false })
     }
 
     fn pending(call: Call) -> (Pending, oneshot::Receiver<Result<Answer, Status>>) {

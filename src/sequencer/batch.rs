@@ -175,7 +175,7 @@ mod tests {
             .map(|i| Txn {
                 request_id: format!("r{i}"),
                 compares: vec![],
-                success: vec![Op::Put { key: format!("/k/{i}").into_bytes(), value: vec![b'v'; 100] }],
+                success: vec![Op::Put { key: format!("/k/{i}").into_bytes(), value: vec![b'v'; 100], prev_kv: false }],
                 failure: vec![],
             })
             .collect();
@@ -197,11 +197,13 @@ mod tests {
 
     #[test]
     fn incompressible_batches_go_plain() {
-        // Pseudo-random values (xorshift): zstd cannot save an eighth.
+        // Pseudo-random values (xorshift), large enough next to each op's
+        // framing that zstd cannot save an eighth.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut b = batch(40);
         for t in &mut b.txns {
             if let Op::Put { value, .. } = &mut t.success[0] {
+                value.resize(400, 0);
                 for byte in value.iter_mut() {
                     x ^= x << 13;
                     x ^= x >> 7;

@@ -103,11 +103,12 @@ fn apply_op(op: &Op, view: &dyn TreeRead, stamp: u64) -> Result<Result<OpOutput,
     Ok(Ok(match op {
         Op::Get { key } => (OpResult::Get(view.get(key)?.map(|r| kv(key, r))), vec![]),
         Op::Range(spec) => (range(view, spec)?, vec![]),
-        Op::Put { key, value } => {
+        Op::Put { key, value, prev_kv } => {
             let prev = view.get(key)?;
             let next = next_record(prev.as_ref(), value.clone(), stamp);
             let version = next.version;
-            (OpResult::Put { prev: prev.map(|r| kv(key, r)), version }, vec![(key.clone(), Some(next))])
+            let prev = prev.filter(|_| *prev_kv).map(|r| kv(key, r));
+            (OpResult::Put { prev, version }, vec![(key.clone(), Some(next))])
         }
         Op::Delete { key } => match view.get(key)? {
             Some(_) => (OpResult::Delete { deleted: 1 }, vec![(key.clone(), None)]),
@@ -133,13 +134,19 @@ fn apply_op(op: &Op, view: &dyn TreeRead, stamp: u64) -> Result<Result<OpOutput,
             let version = next.version;
             (OpResult::Increment { value, version }, vec![(key.clone(), Some(next))])
         }
-        Op::Append { key, value } => {
-            let prev = view.get(key)?;
-            let mut joined = prev.as_ref().map(|r| r.value.clone()).unwrap_or_default();
+        Op::Append { key, value, prev_kv } => {
+            let mut prev = view.get(key)?;
+            // The old value is moved into the new one unless it is returned.
+            let mut joined = match &mut prev {
+                Some(r) if *prev_kv => r.value.clone(),
+                Some(r) => std::mem::take(&mut r.value),
+                None => Vec::new(),
+            };
             joined.extend_from_slice(value);
             let next = next_record(prev.as_ref(), joined, stamp);
             let version = next.version;
-            (OpResult::Append { prev: prev.map(|r| kv(key, r)), version }, vec![(key.clone(), Some(next))])
+            let prev = prev.filter(|_| *prev_kv).map(|r| kv(key, r));
+            (OpResult::Append { prev, version }, vec![(key.clone(), Some(next))])
         }
     }))
 }
@@ -208,7 +215,7 @@ mod tests {
     }
 
     fn put(k: &str, v: &str) -> Op {
-        Op::Put { key: k.into(), value: v.into() }
+        Op::Put { key: k.into(), value: v.into(), prev_kv: false }
     }
 
     fn state(pairs: &[(&str, &str)]) -> Overlay {
@@ -251,7 +258,7 @@ mod tests {
         let s = state(&[("/c", "5")]);
         let ops = vec![
             put("/a", "x"),
-            Op::Append { key: b"/a".to_vec(), value: b"y".to_vec() },
+            Op::Append { key: b"/a".to_vec(), value: b"y".to_vec(), prev_kv: true },
             Op::Get { key: b"/a".to_vec() },
             Op::Increment { key: b"/c".to_vec(), delta: -7 },
             Op::Delete { key: b"/c".to_vec() },
@@ -275,6 +282,28 @@ mod tests {
         assert_eq!(results[4], OpResult::Delete { deleted: 1 });
         assert_eq!(results[5], OpResult::Get(None));
         assert_eq!(ws[&b"/c".to_vec()], None);
+    }
+
+    #[test]
+    fn the_replaced_record_is_returned_only_when_asked_for() {
+        let s = state(&[("/a", "x"), ("/b", "y")]);
+        for prev_kv in [false, true] {
+            let ops = vec![
+                Op::Put { key: b"/a".to_vec(), value: b"x2".to_vec(), prev_kv },
+                Op::Append { key: b"/b".to_vec(), value: b"z".to_vec(), prev_kv },
+            ];
+            let (out, ws) = run(&s, txn(vec![], ops, vec![]));
+            let TxnOutcome::Done { results, .. } = out else { panic!("aborted") };
+            let old = |key: &[u8], value: &[u8]| {
+                let record = Record { value: value.to_vec(), version: 1, create_stamp: 1, mod_stamp: 1 };
+                Some(KeyValue { key: key.to_vec(), record }).filter(|_| prev_kv)
+            };
+            assert_eq!(results[0], OpResult::Put { prev: old(b"/a", b"x"), version: 2 });
+            assert_eq!(results[1], OpResult::Append { prev: old(b"/b", b"y"), version: 2 });
+            // The writes are the same either way.
+            assert_eq!(ws[&b"/a".to_vec()].as_ref().unwrap().value, b"x2");
+            assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, b"yz");
+        }
     }
 
     #[test]

@@ -94,11 +94,15 @@ pub enum Op {
         key: Vec<u8>,
     },
     Range(RangeSpec),
+    /// `prev_kv`: the result carries the replaced record (an entry logged
+    /// before the flag existed reads as `true`).
     Put {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        #[serde(default = "returned_prev_before_the_flag")]
+        prev_kv: bool,
     },
     Delete {
         #[serde(with = "serde_bytes")]
@@ -117,7 +121,16 @@ pub enum Op {
         key: Vec<u8>,
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
+        #[serde(default = "returned_prev_before_the_flag")]
+        prev_kv: bool,
     },
+}
+
+/// Puts and appends logged before `prev_kv` existed always returned the
+/// replaced record; replaying such an entry must give the same outcome
+/// (it is stored in the dedup record), so a missing flag reads as `true`.
+fn returned_prev_before_the_flag() -> bool {
+    true
 }
 
 /// A transaction: if every compare holds, `success` runs, else `failure`.
@@ -198,7 +211,7 @@ impl Txn {
         fn op_bytes(op: &Op) -> usize {
             match op {
                 Op::Get { key } | Op::Delete { key } | Op::Increment { key, .. } => key.len() + 16,
-                Op::Put { key, value } | Op::Append { key, value } => key.len() + value.len() + 16,
+                Op::Put { key, value, .. } | Op::Append { key, value, .. } => key.len() + value.len() + 16,
                 Op::Range(s) => s.range.start.len() + s.range.end.len() + 16,
                 Op::DeleteRange(r) => r.start.len() + r.end.len() + 16,
             }
@@ -234,7 +247,8 @@ mod tests {
     #[test]
     fn keys_and_values_are_bin_and_old_arrays_still_decode() {
         let value: Vec<u8> = (0..=255).collect();
-        let put = Op::Put { key: b"/k".to_vec(), value: value.clone() };
+        // Entries older than `prev_kv` decode with it set, as they behaved.
+        let put = Op::Put { key: b"/k".to_vec(), value: value.clone(), prev_kv: true };
         let new = rmp_serde::to_vec(&put).unwrap();
         assert!(new.len() < value.len() + 16, "bin encoding: {} bytes for a 256-byte value", new.len());
         let old = rmp_serde::to_vec(&OldOp::Put { key: b"/k".to_vec(), value: value.clone() }).unwrap();
@@ -244,5 +258,47 @@ mod tests {
         let record = Record { value, version: 2, create_stamp: 3, mod_stamp: 4 };
         let old = rmp_serde::to_vec(&(record.value.clone(), 2u64, 3u64, 4u64)).unwrap();
         assert_eq!(rmp_serde::from_slice::<Record>(&old).unwrap(), record);
+    }
+
+    /// The encoding before `prev_kv`: keys and values as `bin`, no flag.
+    #[derive(Serialize)]
+    enum BeforePrevKv {
+        #[allow(dead_code)]
+        Get(()),
+        #[allow(dead_code)]
+        Range(()),
+        Put {
+            #[serde(with = "serde_bytes")]
+            key: Vec<u8>,
+            #[serde(with = "serde_bytes")]
+            value: Vec<u8>,
+        },
+        #[allow(dead_code)]
+        Delete(()),
+        #[allow(dead_code)]
+        DeleteRange(()),
+        #[allow(dead_code)]
+        Increment(()),
+        Append {
+            #[serde(with = "serde_bytes")]
+            key: Vec<u8>,
+            #[serde(with = "serde_bytes")]
+            value: Vec<u8>,
+        },
+    }
+
+    #[test]
+    fn puts_and_appends_logged_before_prev_kv_still_return_prev() {
+        let (key, value) = (b"/k".to_vec(), b"v".to_vec());
+        let old = rmp_serde::to_vec(&BeforePrevKv::Put { key: key.clone(), value: value.clone() }).unwrap();
+        let put = Op::Put { key: key.clone(), value: value.clone(), prev_kv: true };
+        assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), put);
+        let old = rmp_serde::to_vec(&BeforePrevKv::Append { key: key.clone(), value: value.clone() }).unwrap();
+        let append = Op::Append { key: key.clone(), value: value.clone(), prev_kv: true };
+        assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), append);
+        for prev_kv in [false, true] {
+            let put = Op::Put { key: key.clone(), value: value.clone(), prev_kv };
+            assert_eq!(rmp_serde::from_slice::<Op>(&rmp_serde::to_vec(&put).unwrap()).unwrap(), put);
+        }
     }
 }
