@@ -595,12 +595,15 @@ pub mod op {
     pub fn get(key: impl AsRef<[u8]>) -> pb::Op {
         wrap(Op::Get(pb::GetRequest { key: key.as_ref().to_vec(), read: None }))
     }
+    fn put_op(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, prev_kv: bool) -> pb::Op {
+        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), prev_kv }))
+    }
     pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
-        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), prev_kv: false }))
+        put_op(key, value, false)
     }
     /// A put whose result carries the record it replaced (`prev`).
     pub fn put_prev(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::Op {
-        wrap(Op::Put(pb::PutOp { key: key.as_ref().to_vec(), value: value.as_ref().to_vec(), prev_kv: true }))
+        put_op(key, value, true)
     }
     pub fn delete(key: impl AsRef<[u8]>) -> pb::Op {
         wrap(Op::Delete(pb::DeleteOp { key: key.as_ref().to_vec() }))
