@@ -13,7 +13,8 @@
 //!   an HDR histogram.
 //! - [`rss`] samples the servers' resident memory from `/proc`, and [`cpu`]
 //!   the CPU they and the load generator used in the measured window;
-//!   [`storage`] measures synced RocksDB write batches;
+//!   [`storage`] measures synced RocksDB write batches, [`apply`] one
+//!   replica's state machine applying epochs;
 //!   [`report`] turns a directory of run records into JSON, a markdown
 //!   table and an SVG plot.
 //!
@@ -26,6 +27,7 @@
 //! Not here yet: `get-follower` (snapshot / bounded-staleness reads need
 //! issue #4).
 
+pub mod apply;
 pub mod cpu;
 #[cfg(feature = "etcd-client")]
 pub mod etcd;
@@ -50,7 +52,11 @@ pub use target::ArborTarget;
 /// Keys of the put / get / mixed / txn workloads: `/k/000000042`.
 pub const KEY_PREFIX: &str = "/k/";
 /// Keys of the append workload, kept apart so that growing values do not
-/// change what the get workload reads.
+/// change what the get workload reads. Each run appends under a tag of its
+/// own (`/a/3f9c/00000042`, see [`LoadConfig::new`]): its values start
+/// empty whatever earlier runs on the same cluster appended, so every
+/// round and client count of a comparison appends to values of the same
+/// sizes on both systems.
 pub const APPEND_PREFIX: &str = "/a/";
 /// Keys per transaction of the `txn` workload (each compared, then put).
 pub const TXN_KEYS: usize = 4;
@@ -156,10 +162,11 @@ impl Workload {
         matches!(self, Workload::Get | Workload::Mixed)
     }
 
-    fn prefix(self) -> &'static str {
+    /// The key prefix of a run of this workload.
+    fn run_prefix(self) -> String {
         match self {
-            Workload::Append => APPEND_PREFIX,
-            _ => KEY_PREFIX,
+            Workload::Append => format!("{APPEND_PREFIX}{:04x}/", rand::random::<u16>()),
+            _ => KEY_PREFIX.to_string(),
         }
     }
 }
@@ -178,6 +185,9 @@ pub struct LoadConfig {
     pub key_space: u64,
     /// Bytes per key (prefix and zero-padded index).
     pub key_size: usize,
+    /// What every key starts with ([`KEY_PREFIX`]; the append workload's
+    /// carries a random tag of the run, see [`APPEND_PREFIX`]).
+    pub key_prefix: String,
     /// Bytes per value (random, so that nothing compresses them).
     pub value_size: usize,
     /// `mixed`: the fraction of operations that are gets.
@@ -205,6 +215,7 @@ impl LoadConfig {
             warmup: Duration::from_secs(2),
             key_space: 10_000,
             key_size: 16,
+            key_prefix: workload.run_prefix(),
             value_size: 256,
             read_ratio: 0.8,
             txn_vshards: 8,
@@ -230,20 +241,20 @@ impl LoadConfig {
         if self.workload == Workload::Txn && self.key_space < TXN_KEYS as u64 {
             return bad(format!("the txn workload needs a key space of at least {TXN_KEYS} keys"));
         }
-        KeyGen::new(self.workload.prefix(), self.key_size, self.key_space).map(|_| ())
+        KeyGen::new(&self.key_prefix, self.key_size, self.key_space).map(|_| ())
     }
 }
 
 /// Fixed-size keys: a prefix and a zero-padded index below `space`.
 #[derive(Clone, Debug)]
 pub struct KeyGen {
-    prefix: &'static str,
+    prefix: String,
     width: usize,
     space: u64,
 }
 
 impl KeyGen {
-    pub fn new(prefix: &'static str, key_size: usize, space: u64) -> Result<Self, BenchError> {
+    pub fn new(prefix: &str, key_size: usize, space: u64) -> Result<Self, BenchError> {
         if space == 0 {
             return Err(BenchError::Config("the key space must hold at least 1 key".into()));
         }
@@ -254,7 +265,7 @@ impl KeyGen {
                 prefix.len() + digits
             )));
         }
-        Ok(KeyGen { prefix, width: key_size - prefix.len(), space })
+        Ok(KeyGen { prefix: prefix.to_string(), width: key_size - prefix.len(), space })
     }
 
     pub fn key(&self, i: u64) -> Vec<u8> {
@@ -670,7 +681,7 @@ impl CpuWindow {
 /// Runs `cfg.workload` against `target` and returns its record.
 pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecord, BenchError> {
     cfg.validate()?;
-    let keys = KeyGen::new(cfg.workload.prefix(), cfg.key_size, cfg.key_space)?;
+    let keys = KeyGen::new(&cfg.key_prefix, cfg.key_size, cfg.key_space)?;
     let started_at = unix_now();
     let sampler = rss::RssSampler::start(cfg.pids.clone());
     let label = format!("{} {} {} clients", target.system(), cfg.workload.name(), cfg.clients);
@@ -778,6 +789,22 @@ mod tests {
         assert_eq!(g.key(42), b"/k/0000000000042".to_vec());
         assert_eq!(g.key(42).len(), 16);
         assert!(KeyGen::new(KEY_PREFIX, 5, 10_000).is_err(), "3 + 4 digits do not fit in 5 bytes");
+    }
+
+    #[test]
+    fn every_append_run_starts_on_keys_of_its_own() {
+        let runs: Vec<LoadConfig> = (0..20).map(|_| LoadConfig::new(Workload::Append)).collect();
+        for c in &runs {
+            assert!(c.validate().is_ok());
+            assert!(c.key_prefix.starts_with(APPEND_PREFIX) && c.key_prefix.ends_with('/'), "{}", c.key_prefix);
+            let key = KeyGen::new(&c.key_prefix, c.key_size, c.key_space).unwrap().key(42);
+            assert_eq!(key.len(), 16, "{}", String::from_utf8_lossy(&key));
+        }
+        let mut tags: Vec<&str> = runs.iter().map(|c| c.key_prefix.as_str()).collect();
+        tags.sort();
+        tags.dedup();
+        assert!(tags.len() > 1, "20 runs drew one tag: {tags:?}");
+        assert_eq!(LoadConfig::new(Workload::Put).key_prefix, KEY_PREFIX);
     }
 
     #[test]
