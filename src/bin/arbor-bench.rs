@@ -6,6 +6,7 @@
 //! arbor-bench put --arbor 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 --clients 64 --duration 10
 //! arbor-bench get --etcd 127.0.0.1:2379 --clients 16 --json-out get-etcd.json
 //! arbor-bench storage --writers 16 --duration 10
+//! arbor-bench apply --workload txn --per-epoch 25
 //! arbor-bench report bench-results/20250101-120000
 //! ```
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use arbor::bench::apply::{run_apply, ApplyConfig, ApplyRecord};
 use arbor::bench::storage::{run_storage, StorageConfig};
 use arbor::bench::{self, rss, ArborTarget, LoadConfig, RunRecord, Workload};
 use clap::{ArgGroup, Args, Parser, Subcommand};
@@ -39,6 +41,9 @@ enum Command {
     Append(LoadArgs),
     /// The storage reference: synced RocksDB write batches in a temp dir.
     Storage(StorageArgs),
+    /// The apply reference: one replica's state machine applying epochs of
+    /// put or txn transactions to RocksDB in a temp dir, in one process.
+    Apply(ApplyArgs),
     /// Collects DIR/runs/*.json into results.json, results.md and plot.svg.
     Report {
         /// A results directory of scripts/bench-vs-etcd.sh.
@@ -129,6 +134,56 @@ struct StorageArgs {
     json_out: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// put or txn.
+    #[arg(long, default_value = "put")]
+    workload: String,
+    /// Transactions per epoch.
+    #[arg(long, default_value_t = 25)]
+    per_epoch: usize,
+    /// Epochs applied per round.
+    #[arg(long, default_value_t = 4000)]
+    epochs: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 10_000)]
+    key_space: u64,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Vshards of the state machine (default: the server's, one per core).
+    #[arg(long)]
+    vshards: Option<u32>,
+    /// Memtable size in MiB (default: the server's).
+    #[arg(long)]
+    write_buffer_mib: Option<u64>,
+    /// Parent of the temporary database (default: the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+fn apply(args: ApplyArgs) -> Result<ApplyRecord> {
+    let workload = Workload::parse(&args.workload).with_context(|| format!("unknown workload {:?}", args.workload))?;
+    let mut cfg = ApplyConfig {
+        workload,
+        per_epoch: args.per_epoch,
+        epochs: args.epochs,
+        rounds: args.rounds,
+        key_space: args.key_space,
+        value_size: args.value_size,
+        ..Default::default()
+    };
+    if let Some(v) = args.vshards {
+        cfg.vshards = v;
+    }
+    if let Some(mib) = args.write_buffer_mib {
+        cfg.storage.write_buffer_bytes = mib << 20;
+    }
+    Ok(run_apply(&cfg, args.dir.as_deref())?)
 }
 
 fn seconds(v: f64, what: &str) -> Result<Duration> {
@@ -224,7 +279,7 @@ fn storage(args: StorageArgs) -> Result<RunRecord> {
     Ok(run_storage(&cfg)?)
 }
 
-fn write_json(record: &RunRecord, path: &Option<PathBuf>) -> Result<()> {
+fn write_json(record: &impl serde::Serialize, path: &Option<PathBuf>) -> Result<()> {
     if let Some(path) = path {
         std::fs::write(path, serde_json::to_vec_pretty(record)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -251,6 +306,25 @@ async fn run(cli: Cli) -> Result<()> {
             let out = a.json_out.clone();
             let record = tokio::task::spawn_blocking(move || storage(a)).await??;
             print!("{}", record.summary());
+            return write_json(&record, &out);
+        }
+        Command::Apply(a) => {
+            let out = a.json_out.clone();
+            let record = tokio::task::spawn_blocking(move || apply(a)).await??;
+            for (i, r) in record.rounds.iter().enumerate() {
+                println!(
+                    "apply {} round {}: {} transactions in {:.2} s ({:.2} s of CPU), {:.1} µs of CPU per transaction, {:.0} per epoch of {}",
+                    record.workload,
+                    i + 1,
+                    r.txns,
+                    r.seconds,
+                    r.cpu_seconds,
+                    r.us_per_txn,
+                    r.us_per_epoch,
+                    record.per_epoch
+                );
+            }
+            println!("best: {:.1} µs per transaction", record.best_us_per_txn);
             return write_json(&record, &out);
         }
         Command::Report { dir } => {
