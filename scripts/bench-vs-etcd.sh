@@ -4,7 +4,9 @@
 #   1. installs etcd (Debian's etcd-server, etcd-client) and protoc when missing,
 #      and builds arbor and arbor-bench (with the etcd-client feature, release
 #      profile unless BENCH_PROFILE=dev);
-#   2. measures the storage reference: synced RocksDB write batches;
+#   2. measures the storage reference (synced RocksDB write batches) and the
+#      apply reference (one replica's state machine applying put and txn
+#      epochs in-process, apply.txt and apply-*.json);
 #   3. for each workload starts a fresh 3-member etcd cluster and a fresh
 #      3-node Arbor cluster on loopback (data in a temp dir, both fsyncing:
 #      etcd's default, Arbor's only mode), runs every client count against
@@ -26,7 +28,7 @@
 #   BENCH_KEY_SPACE    10000
 #   BENCH_VALUE_SIZE   256   (keys are 16 bytes)
 #   BENCH_READ_RATIO   0.8   the mixed workload's share of gets
-#   BENCH_STORAGE      1     0 skips the storage reference
+#   BENCH_STORAGE      1     0 skips the storage and apply references
 #   BENCH_PROFILE      release  or dev (the tests' build: opt-level 1 for
 #                      Arbor's code, debug assertions in every crate)
 #   BENCH_ARBOR_PORT   7201  Arbor nodes on 7201..7203
@@ -270,6 +272,11 @@ if [ "$STORAGE" != 0 ]; then
         "$BENCH_BIN" storage --writers "$c" --duration "$DURATION" --warmup 1 --key-space "$KEY_SPACE" \
             --value-size "$VALUE_SIZE" --dir "$TMP" --json-out "$OUT/runs/storage-c$(printf %03d "$c")-rocksdb.json" \
             || FAILED=$((FAILED + 1))
+    done
+    for workload in put txn; do
+        log "apply reference: $workload"
+        "$BENCH_BIN" apply --workload "$workload" --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" --dir "$TMP" \
+            --json-out "$OUT/apply-$workload.json" | tee -a "$OUT/apply.txt" || FAILED=$((FAILED + 1))
     done
 fi
 
