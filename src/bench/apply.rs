@@ -32,6 +32,7 @@ use crate::bench::{BenchError, KeyGen, Workload, KEY_PREFIX, TXN_KEYS, VERSION_B
 use crate::hlc::{self, Clock, Hlc, SystemClock};
 use crate::raft::Entry;
 use crate::routing::RangeDesc;
+use crate::scheduler::DEFAULT_INLINE_MAX_TXNS;
 use crate::sequencer::driver::epoch_number;
 use crate::sequencer::{Compression, EpochBatch, GroupShared, GroupStateMachine};
 use crate::tree::{CmpOp, CmpTarget, Compare, Op, Txn, TxnOutcome};
@@ -146,6 +147,15 @@ pub fn run_apply(cfg: &ApplyConfig, dir: Option<&std::path::Path>) -> Result<App
     if cfg.per_epoch == 0 || cfg.epochs == 0 || cfg.rounds == 0 || cfg.vshards == 0 {
         return Err(BenchError::Config("per-epoch, epochs, rounds and vshards must be positive".into()));
     }
+    if cfg.per_epoch > DEFAULT_INLINE_MAX_TXNS {
+        // Larger epochs go to the vshard executors' threads, whose CPU the
+        // applying thread's clock does not count.
+        return Err(BenchError::Config(format!(
+            "per-epoch {} is above {DEFAULT_INLINE_MAX_TXNS}: such epochs run on the vshard executors, \
+             which this reference does not time",
+            cfg.per_epoch
+        )));
+    }
     let keys = KeyGen::new(KEY_PREFIX, cfg.key_size, cfg.key_space)?;
     let parent = dir.map(std::path::Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new().prefix("arbor-bench-apply.").tempdir_in(&parent)?;
@@ -153,7 +163,7 @@ pub fn run_apply(cfg: &ApplyConfig, dir: Option<&std::path::Path>) -> Result<App
     let engine: Arc<dyn Engine> = Arc::new(Rocks::open(&tmp.path().join("db"), &storage.rocks_options())?);
     let hlc = Arc::new(Hlc::new(Arc::new(SystemClock), 500));
     let range = RangeDesc { group: 1, start: Vec::new(), end: Vec::new() };
-    let fail = |e: crate::error::Error| BenchError::Config(format!("apply: {e}"));
+    let fail = |e: crate::error::Error| BenchError::Apply(e.to_string());
     let mut sm =
         GroupStateMachine::open(range, engine, cfg.vshards, Arc::new(GroupShared::default()), hlc, Durability::Sync)
             .map_err(fail)?
@@ -184,7 +194,7 @@ pub fn run_apply(cfg: &ApplyConfig, dir: Option<&std::path::Path>) -> Result<App
         // Every compare holds, so every transaction must have written.
         let outcomes = responses.iter().flat_map(|r| &r.outcomes);
         if let Some(o) = outcomes.clone().find(|o| !matches!(o, TxnOutcome::Done { succeeded: true, .. })) {
-            return Err(BenchError::Config(format!("apply: a transaction did not succeed: {o:?}")));
+            return Err(BenchError::Apply(format!("a transaction did not succeed: {o:?}")));
         }
         rounds.push(round(cfg, outcomes.count(), took, cpu));
     }
@@ -236,7 +246,9 @@ mod tests {
             assert_eq!(r.txns, 15);
             assert!(r.us_per_txn > 0.0 && r.us_per_epoch >= r.us_per_txn * 3.0 * 0.999);
         }
-        assert!(run_apply(&ApplyConfig { workload: Workload::Get, ..cfg }, None).is_err());
+        assert!(run_apply(&ApplyConfig { workload: Workload::Get, ..cfg.clone() }, None).is_err());
+        let too_big = ApplyConfig { per_epoch: DEFAULT_INLINE_MAX_TXNS + 1, ..cfg };
+        assert!(run_apply(&too_big, None).unwrap_err().to_string().contains("vshard executors"));
     }
 
     #[test]

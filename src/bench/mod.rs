@@ -86,6 +86,10 @@ pub enum BenchError {
     Preload(String),
     #[error("storage: {0}")]
     Storage(#[from] arbor_storage::Error),
+    /// The state machine failed, or a transaction of the apply reference
+    /// did not succeed.
+    #[error("apply reference: {0}")]
+    Apply(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("json: {0}")]
