@@ -42,7 +42,7 @@ use crate::tree::{CmpOp, CmpTarget, Compare, Op, Txn, TxnOutcome};
 pub struct ApplyConfig {
     /// `put` or `txn`.
     pub workload: Workload,
-    /// Transactions per epoch (a put at 64 clients sees about 25).
+    /// Transactions per epoch (a put epoch holds 25–35 at 64 clients).
     pub per_epoch: usize,
     /// Epochs applied per round.
     pub epochs: usize,
