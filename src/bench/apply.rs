@@ -28,6 +28,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
+use crate::bench::cpu::thread_cpu;
 use crate::bench::{BenchError, KeyGen, Workload, KEY_PREFIX, TXN_KEYS, VERSION_BOUND};
 use crate::hlc::{self, Clock, Hlc, SystemClock};
 use crate::raft::Entry;
@@ -196,7 +197,7 @@ pub fn run_apply(cfg: &ApplyConfig, dir: Option<&std::path::Path>) -> Result<App
         if let Some(o) = outcomes.clone().find(|o| !matches!(o, TxnOutcome::Done { succeeded: true, .. })) {
             return Err(BenchError::Apply(format!("a transaction did not succeed: {o:?}")));
         }
-        rounds.push(round(cfg, outcomes.count(), took, cpu));
+        rounds.push(round(cfg.epochs, outcomes.count(), took, cpu));
     }
     let best_us_per_txn = rounds.iter().map(|r| r.us_per_txn).fold(f64::INFINITY, f64::min);
     Ok(ApplyRecord {
@@ -210,27 +211,15 @@ pub fn run_apply(cfg: &ApplyConfig, dir: Option<&std::path::Path>) -> Result<App
     })
 }
 
-fn round(cfg: &ApplyConfig, txns: usize, took: Duration, cpu: Duration) -> ApplyRound {
+fn round(epochs: usize, txns: usize, took: Duration, cpu: Duration) -> ApplyRound {
     let us = cpu.as_secs_f64() * 1e6;
     ApplyRound {
         txns,
         seconds: took.as_secs_f64(),
         cpu_seconds: cpu.as_secs_f64(),
         us_per_txn: us / txns as f64,
-        us_per_epoch: us / cfg.epochs as f64,
+        us_per_epoch: us / epochs as f64,
     }
-}
-
-/// The CPU time the calling thread has used. The applies run on it (the
-/// epochs are small enough to execute inline), so this is their CPU and
-/// not the flushes' and compactions' on RocksDB's own threads, nor time
-/// the thread spent preempted by them.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is always available on Linux");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]

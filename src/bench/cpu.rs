@@ -1,10 +1,13 @@
 //! CPU time of processes over a run's measured window, from the `utime` and
-//! `stime` fields of `/proc/PID/stat` (every thread of the process).
+//! `stime` fields of `/proc/PID/stat` (every thread of the process), and
+//! the calling thread's own CPU time ([`thread_cpu`]).
 //!
 //! On a machine where the servers and the load generator share a few cores,
 //! throughput is set by the CPU each operation costs; CPU per operation is
 //! the figure that says whether one system does less work than another,
 //! and it is steadier from run to run than throughput.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +45,17 @@ fn clock_ticks_per_second() -> f64 {
     } else {
         100.0
     }
+}
+
+/// The CPU time the calling thread has used (not its process's other
+/// threads', nor time it spent preempted): the apply reference times its
+/// applies with it.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is always available on Linux");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// CPU seconds of each process at one instant (`None` for a process that
