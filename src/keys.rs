@@ -67,7 +67,14 @@ const VERSION: u8 = 0x21;
 
 impl Key<'_> {
     pub fn encode(&self) -> Vec<u8> {
-        let e = Encoder::new();
+        // Tag, at most three u64s, and the variable part (escapes aside).
+        let variable = match *self {
+            Key::Dedup(_, id) | Key::DedupExpiry(_, _, id) => Encoder::bytes_len(id.as_bytes()),
+            Key::VersionGc(_, _, k) | Key::Version(k, _, _) => Encoder::bytes_len(k),
+            Key::Data(k) => k.len(),
+            _ => 0,
+        };
+        let e = Encoder::with_capacity(1 + 3 * 8 + variable);
         match *self {
             Key::NodeMeta => e.u8(NODE_META),
             Key::RaftVote(g) => e.u8(RAFT_VOTE).u64(g),

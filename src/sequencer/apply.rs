@@ -75,7 +75,7 @@
 //! Any storage error or broken invariant is returned as an error, which
 //! stops the group's Raft instance: the replica stops rather than diverge.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -576,11 +576,14 @@ impl GroupStateMachine {
         }
         let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
         // Each write is one version; a key's newest is its current record.
-        let mut written = BTreeSet::new();
+        let mut written = Vec::with_capacity(output.changes.len());
         for (pos, key, record) in &output.changes {
             wb.put(Key::Version(key, stamp, *pos as u64).encode(), encode_version(record.as_ref()));
-            written.insert(serde_bytes::Bytes::new(key));
+            written.push(serde_bytes::Bytes::new(key));
         }
+        // Sorted and without repeats: encoded as a set would be.
+        written.sort_unstable();
+        written.dedup();
         // One GC index entry per epoch, listing its keys (one key per write
         // would double the keys each write costs).
         if !written.is_empty() {

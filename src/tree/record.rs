@@ -9,12 +9,16 @@ const HEADER: usize = 1 + 8 * 3;
 
 pub fn encode_record(r: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + r.value.len());
+    write_record(r, &mut out);
+    out
+}
+
+fn write_record(r: &Record, out: &mut Vec<u8>) {
     out.push(FORMAT_V1);
     out.extend_from_slice(&r.version.to_be_bytes());
     out.extend_from_slice(&r.create_stamp.to_be_bytes());
     out.extend_from_slice(&r.mod_stamp.to_be_bytes());
     out.extend_from_slice(&r.value);
-    out
 }
 
 pub fn decode_record(bytes: &[u8]) -> Result<Record> {
@@ -31,8 +35,10 @@ pub fn encode_version(r: Option<&Record>) -> Vec<u8> {
     match r {
         None => vec![0],
         Some(r) => {
-            let mut out = vec![1];
-            out.extend_from_slice(&encode_record(r));
+            // One allocation: every write of every epoch comes through here.
+            let mut out = Vec::with_capacity(1 + HEADER + r.value.len());
+            out.push(1);
+            write_record(r, &mut out);
             out
         }
     }

@@ -20,6 +20,18 @@ impl Encoder {
         Self::default()
     }
 
+    /// An encoder whose buffer holds `bytes` without growing: a key is
+    /// then one allocation instead of one per doubling.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self { buf: Vec::with_capacity(bytes) }
+    }
+
+    /// The encoded size of `v` as [`Encoder::bytes`] writes it when it holds
+    /// no `0x00` (each one adds a byte).
+    pub const fn bytes_len(v: &[u8]) -> usize {
+        v.len() + 2
+    }
+
     pub fn u8(mut self, v: u8) -> Self {
         self.buf.push(v);
         self
@@ -31,12 +43,14 @@ impl Encoder {
     }
 
     pub fn bytes(mut self, v: &[u8]) -> Self {
-        for &b in v {
-            self.buf.push(b);
-            if b == 0 {
-                self.buf.push(0xff);
-            }
+        // Copied a run at a time: keys rarely hold a 0x00.
+        let mut rest = v;
+        while let Some(zero) = rest.iter().position(|&b| b == 0) {
+            self.buf.extend_from_slice(&rest[..=zero]);
+            self.buf.push(0xff);
+            rest = &rest[zero + 1..];
         }
+        self.buf.extend_from_slice(rest);
         self.buf.extend_from_slice(&[0, 0]);
         self
     }
