@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::raft::{client_write_error, NodeId, Raft};
+
+type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;
 use crate::sequencer::batcher::{Batcher, BatcherConfig};
 use crate::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared};
 use crate::tree::{Txn, TxnOutcome};
@@ -216,7 +218,9 @@ impl Driver {
 
     /// The leader's current term, or who to ask instead.
     fn leader_term(&self) -> Result<u64> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs for every epoch.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         if m.current_leader == Some(self.node) && m.state.is_leader() {
             return Ok(m.current_term);
         }
@@ -276,7 +280,7 @@ impl Driver {
                 .map_err(|e| Error::Unavailable(format!("group {group}: raft stopped: {e}"))),
             Err(e) => Err(e),
         };
-        let (metrics, me, shared) = (self.raft.metrics(), self.node, self.shared.clone());
+        let (raft, me, shared) = (self.raft.clone(), self.node, self.shared.clone());
         tokio::spawn(async move {
             let result = match submitted {
                 Ok(rx) => tokio::select! {
@@ -289,7 +293,7 @@ impl Driver {
                     // openraft 0.9 does not always answer a write pending
                     // when its leader steps down (e.g. removed from the
                     // group): never leave the clients waiting.
-                    why = leadership_lost(metrics, me, term) => Err(Error::Indeterminate(format!(
+                    why = leadership_lost(raft, me, term) => Err(Error::Indeterminate(format!(
                         "group {group}: node {me} stopped leading term {term} before epoch {epoch} was answered \
                          ({why}); its outcome is unknown (a retry with the same request id is safe)"
                     ))),
@@ -313,19 +317,24 @@ impl Driver {
 
 /// Resolves once `me` no longer leads `term` (or its Raft stopped), with
 /// the reason.
-async fn leadership_lost(
-    mut metrics: tokio::sync::watch::Receiver<crate::raft::Metrics>,
-    me: NodeId,
-    term: u64,
-) -> String {
-    let lost =
-        |m: &crate::raft::Metrics| m.current_term != term || m.current_leader != Some(me) || m.running_state.is_err();
-    match metrics.wait_for(lost).await {
-        Ok(m) => match &m.running_state {
+async fn leadership_lost(raft: Raft, me: NodeId, term: u64) -> String {
+    // The server metrics change only with the vote, the role, the leader or
+    // the membership. `Raft::metrics` is sent again on every turn of the
+    // Raft core's loop, several times per entry, and would wake every
+    // epoch's task each time.
+    let mut server = raft.server_metrics();
+    let lost = |m: &ServerMetrics| m.vote.leader_id().get_term() != term || m.current_leader != Some(me);
+    let changed = server
+        .wait_for(lost)
+        .await
+        .map(|m| format!("now term {}, leader {:?}", m.vote.leader_id().get_term(), m.current_leader));
+    match changed {
+        Ok(why) => why,
+        // The core is gone: a fatal error says why.
+        Err(_) => match &raft.metrics().borrow().running_state {
             Err(fatal) => format!("its raft stopped: {fatal}"),
-            Ok(()) => format!("now term {}, leader {:?}", m.current_term, m.current_leader),
+            Ok(()) => "its raft is gone".to_string(),
         },
-        Err(_) => "its raft is gone".to_string(),
     }
 }
 
