@@ -525,3 +525,58 @@ fn gc_scans_are_skipped_while_nothing_can_be_collected() {
     let horizon = VersionedTree::new(&engine.inner, hour + 140 * second);
     assert_eq!(horizon.get(b"/hot/2").unwrap().unwrap().value, b"140");
 }
+
+/// Through openraft's state machine trait, an epoch small enough to apply
+/// on the calling task and one large enough for the blocking pool leave
+/// exactly the state a replica applying them directly has.
+#[tokio::test]
+async fn small_entries_on_the_task_and_large_ones_on_the_pool_apply_alike() {
+    use arbor::raft::state_machine::{StateMachine, INLINE_APPLY_MAX_BYTES};
+    use openraft::storage::RaftStateMachine;
+
+    let mut rng = StdRng::seed_from_u64(11);
+    // Random bytes do not compress: 40 values of 512 bytes stay far above
+    // the inline limit once encoded.
+    let big: Vec<Txn> = (0..40)
+        .map(|i| Txn {
+            request_id: format!("big-{i}"),
+            compares: vec![],
+            success: vec![Op::Put {
+                key: format!("/big/{i}").into_bytes(),
+                value: (0..512).map(|_| rng.gen()).collect(),
+                prev_kv: false,
+            }],
+            failure: vec![],
+        })
+        .collect();
+    let batches = [
+        EpochBatch { epoch: epoch_number(1, 1), stamp: 10_000, txns: vec![put_txn("/small".into(), 1)], gc_before: 0 },
+        EpochBatch { epoch: epoch_number(1, 2), stamp: 10_001, txns: big, gc_before: 0 },
+        EpochBatch { epoch: epoch_number(1, 3), stamp: 10_002, txns: vec![put_txn("/small".into(), 2)], gc_before: 0 },
+    ];
+    let entries: Vec<Entry> = batches.iter().enumerate().map(|(i, b)| entry(1, i as u64 + 1, b)).collect();
+    let size = |e: &Entry| match &e.payload {
+        EntryPayload::Normal(p) => p.0.len(),
+        _ => 0,
+    };
+    assert!(size(&entries[0]) <= INLINE_APPLY_MAX_BYTES && size(&entries[2]) <= INLINE_APPLY_MAX_BYTES);
+    assert!(size(&entries[1]) > INLINE_APPLY_MAX_BYTES, "{} bytes", size(&entries[1]));
+
+    let through_openraft: Arc<dyn Engine> = Arc::new(Memory::new());
+    let mut sm = StateMachine::new(open(through_openraft.clone(), 2));
+    let mut responses = Vec::new();
+    for e in &entries {
+        responses.extend(sm.apply([e.clone()]).await.unwrap());
+    }
+    let direct: Arc<dyn Engine> = Arc::new(Memory::new());
+    let mut replica = open(direct.clone(), 2);
+    for (e, through) in entries.iter().zip(&responses) {
+        let answered = replica.apply(e.clone()).unwrap();
+        assert_eq!(&answered, through);
+        assert!(answered.outcomes.iter().all(|o| matches!(o, arbor::tree::TxnOutcome::Done { succeeded: true, .. })));
+    }
+    assert_eq!(responses.len(), 3);
+    assert_eq!(dump(through_openraft.as_ref()), dump(direct.as_ref()));
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(3));
+}
