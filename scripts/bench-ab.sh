@@ -66,21 +66,18 @@ figures() {
 
 log "$PAIRS pairs of $WORKLOAD with $CLIENTS clients each, ${DURATION} s: A=$A B=$B"
 printf '%-5s %12s %10s %9s %12s %10s %9s %8s\n' pair "A ops/s" "A µs/op" "A p50" "B ops/s" "B µs/op" "B p50" "A/B"
+declare -A DIR=([A]="$A" [B]="$B") PORT_OF
 ratios=()
 for pair in $(seq 1 "$PAIRS"); do
     # Alternate which build gets the first ports and starts first.
-    if [ $((pair % 2)) = 1 ]; then first=A; else first=B; fi
-    for side in A B; do
-        dir="$A"; [ "$side" = B ] && dir="$B"
-        port="$PORT"; [ "$side" != "$first" ] && port=$((PORT + 100))
-        eval "DIR_$side=\$dir PORT_$side=\$port"
-    done
-    for side in $first $([ "$first" = A ] && echo B || echo A); do
-        eval "start \"\$DIR_$side\" \"$TMP/$pair-$side\" \"\$PORT_$side\""
+    if [ $((pair % 2)) = 1 ]; then order=(A B); else order=(B A); fi
+    PORT_OF[${order[0]}]=$PORT PORT_OF[${order[1]}]=$((PORT + 100))
+    for side in "${order[@]}"; do
+        start "${DIR[$side]}" "$TMP/$pair-$side" "${PORT_OF[$side]}"
     done
     pids=()
     for side in A B; do
-        eval "dir=\$DIR_$side port=\$PORT_$side"
+        dir="${DIR[$side]}" port="${PORT_OF[$side]}"
         "$dir/arbor-bench" "$WORKLOAD" --arbor "127.0.0.1:$port,127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))" \
             --clients "$CLIENTS" --duration "$DURATION" --warmup 2 --pid-dir "$TMP/$pair-$side" \
             --json-out "$TMP/$pair-$side.json" --quiet >"$TMP/$pair-$side.out" 2>&1 &

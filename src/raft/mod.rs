@@ -49,6 +49,9 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type Metrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+/// The part of [`Metrics`] sent only when it changes: vote, role, leader,
+/// membership.
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;
 
 /// Wraps a node failure as openraft's storage error (which stops the group).
 pub fn storage_error(e: impl std::fmt::Display, verb: openraft::ErrorVerb) -> StorageError {

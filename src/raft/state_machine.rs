@@ -67,10 +67,7 @@ impl StateMachine {
             // Not run here, so `f` is still there.
             return self.run(verb, f.expect("f not run yet")).await;
         };
-        result.map_err(|e| {
-            tracing::error!(error = %e, "state machine failed; stopping this group's replica");
-            storage_error(e, verb)
-        })
+        result.map_err(|e| failed(e, verb))
     }
 
     async fn run<T: Send + 'static>(
@@ -85,10 +82,7 @@ impl StateMachine {
         })
         .await
         .map_err(|e| storage_error(e, verb))?;
-        result.map_err(|e| {
-            tracing::error!(error = %e, "state machine failed; stopping this group's replica");
-            storage_error(e, verb)
-        })
+        result.map_err(|e| failed(e, verb))
     }
 }
 
@@ -173,6 +167,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await?;
         Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data.into()) }))
     }
+}
+
+/// A state machine error as openraft's, which stops the group's replica.
+fn failed(e: Error, verb: ErrorVerb) -> StorageError {
+    tracing::error!(error = %e, "state machine failed; stopping this group's replica");
+    storage_error(e, verb)
 }
 
 /// The bytes of the epoch payloads among `entries`.

@@ -24,9 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::raft::{client_write_error, NodeId, Raft};
-
-type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;
+use crate::raft::{client_write_error, NodeId, Raft, ServerMetrics};
 use crate::sequencer::batcher::{Batcher, BatcherConfig};
 use crate::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared};
 use crate::tree::{Txn, TxnOutcome};
