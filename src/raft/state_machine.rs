@@ -56,18 +56,18 @@ impl StateMachine {
         verb: ErrorVerb,
         f: impl FnOnce(&mut GroupStateMachine) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let mut f = Some(f);
-        // The guard is dropped at the end of this statement, before any await.
-        let here = match self.inner.try_lock() {
-            Ok(mut sm) => f.take().map(|f| f(&mut sm)),
-            Err(std::sync::TryLockError::Poisoned(e)) => f.take().map(|f| f(&mut e.into_inner())),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
-        let Some(result) = here else {
-            // Not run here, so `f` is still there.
-            return self.run(verb, f.expect("f not run yet")).await;
-        };
-        result.map_err(|e| failed(e, verb))
+        // A block, so the (not `Send`) guard is gone before the await.
+        {
+            let guard = match self.inner.try_lock() {
+                Ok(sm) => Some(sm),
+                Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut sm) = guard {
+                return f(&mut sm).map_err(|e| failed(e, verb));
+            }
+        }
+        self.run(verb, f).await
     }
 
     async fn run<T: Send + 'static>(
