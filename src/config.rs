@@ -142,14 +142,42 @@ pub struct StorageConfig {
     /// snapshot it has no room for, and the transfer is retried later, so
     /// that the Raft log and the memtable flushes keep room (0 = no check).
     pub snapshot_reserve_bytes: u64,
+    /// Each node enlarges its memtables and its snapshot thresholds
+    /// (`raft.snapshot_every_entries`, `raft.snapshot_every_bytes`) by up
+    /// to this percentage, by a fraction its node id picks
+    /// ([`staggered`]); 0 turns it off. Replicas apply the same log, so
+    /// with equal settings they fill their memtables at the same pace and
+    /// flush, compact and snapshot at the same moments: every node of a
+    /// quorum is slow at once, and on shared disks and cores the bursts
+    /// add up (docs/BENCHMARKS.md, item 38).
+    pub stagger_percent: u32,
+}
+
+/// The largest `storage.stagger_percent`.
+pub const MAX_STAGGER_PERCENT: u32 = 100;
+
+/// `value` enlarged by node `node_id`'s share of `percent` (see
+/// [`StorageConfig::stagger_percent`]): `value * (1 + percent/100 * f)`,
+/// with `f` in `[0, 1)` the fractional part of `node_id / φ`. Consecutive
+/// ids get fractions far apart (ids 1, 2, 3: 0.618, 0.236, 0.854), and so
+/// does any set of a few ids, which fixed steps per id would not give.
+pub fn staggered(value: u64, node_id: NodeId, percent: u32) -> u64 {
+    // 2^64 / φ, rounded: the multiplier of Fibonacci hashing.
+    const INV_PHI: u64 = 0x9e37_79b9_7f4a_7c15;
+    // f * 2^32; the product below is at most 2^64 * 2^32 * 100, no
+    // overflow of the u128.
+    let fraction = u128::from(node_id.wrapping_mul(INV_PHI) >> 32);
+    let extra = u128::from(value) * fraction * u128::from(percent) / (100u128 << 32);
+    value.saturating_add(u64::try_from(extra).unwrap_or(u64::MAX))
 }
 
 impl StorageConfig {
-    pub fn rocks_options(&self) -> arbor_storage::RocksOptions {
+    /// The RocksDB options of node `node_id` (its memtables staggered).
+    pub fn rocks_options(&self, node_id: NodeId) -> arbor_storage::RocksOptions {
         let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         arbor_storage::RocksOptions {
             block_cache_bytes: bytes(self.block_cache_bytes),
-            write_buffer_bytes: bytes(self.write_buffer_bytes),
+            write_buffer_bytes: bytes(staggered(self.write_buffer_bytes, node_id, self.stagger_percent)),
             background_write_bytes_per_sec: self.background_write_bytes_per_sec,
             direct_background_writes: self.direct_background_writes,
             own_column_families: vec![crate::keys::raft_log_keys()],
@@ -168,6 +196,7 @@ impl Default for StorageConfig {
             direct_background_writes: rocks.direct_background_writes,
             record_cache_bytes: crate::scheduler::DEFAULT_RECORD_CACHE_BYTES as u64,
             snapshot_reserve_bytes: 512 << 20,
+            stagger_percent: 30,
         }
     }
 }
@@ -312,6 +341,11 @@ impl Config {
     }
 
     /// Checks every field; the error names the field and the rule.
+    /// `value` staggered for this node (see [`StorageConfig::stagger_percent`]).
+    pub fn staggered(&self, value: u64) -> u64 {
+        staggered(value, self.node_id, self.storage.stagger_percent)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(Error::InvalidArgument(m));
         if self.node_id == 0 {
@@ -348,6 +382,12 @@ impl Config {
             return fail(format!(
                 "storage.write_buffer_bytes must be at least 1048576 (1 MiB), got {}",
                 self.storage.write_buffer_bytes
+            ));
+        }
+        if self.storage.stagger_percent > MAX_STAGGER_PERCENT {
+            return fail(format!(
+                "storage.stagger_percent must be at most {MAX_STAGGER_PERCENT}, got {}",
+                self.storage.stagger_percent
             ));
         }
         let reads = &self.reads;
@@ -411,5 +451,34 @@ mod tests {
             Config { storage: StorageConfig { write_buffer_bytes: 4096, ..Default::default() }, ..Config::default() };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("storage.write_buffer_bytes") && err.contains("1048576"), "{err}");
+        let c = Config { storage: StorageConfig { stagger_percent: 101, ..Default::default() }, ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("storage.stagger_percent") && err.contains("100") && err.contains("101"), "{err}");
+    }
+
+    #[test]
+    fn staggering_spreads_nodes_apart_within_the_percentage() {
+        let base = 32 << 20;
+        for id in 1..=64 {
+            assert_eq!(staggered(base, id, 0), base, "0% leaves node {id} alone");
+            let v = staggered(base, id, 30);
+            assert!(base <= v && v < base + base * 3 / 10, "node {id}: {v}");
+            assert_eq!(v, staggered(base, id, 30), "the same on every start");
+        }
+        // ids 1, 2, 3 (a fresh three-node cluster): fractions 0.618, 0.236,
+        // 0.854, so at 30% memtables of +18.5%, +7.1% and +25.6%.
+        let percent = |id| (staggered(1_000_000, id, 30) - 1_000_000) as f64 / 10_000.0;
+        let got: Vec<f64> = (1..=3).map(percent).collect();
+        for (g, want) in got.iter().zip([18.54, 7.08, 25.62]) {
+            assert!((g - want).abs() < 0.01, "{got:?}");
+        }
+        // Any two of the first eight ids differ by at least 2.7 points of
+        // the 30; a step per id modulo a cluster size would collide.
+        for a in 1..=8u64 {
+            for b in a + 1..=8 {
+                assert!((percent(a) - percent(b)).abs() > 2.6, "ids {a} and {b}: {} {}", percent(a), percent(b));
+            }
+        }
+        assert_eq!(staggered(u64::MAX, 3, 100), u64::MAX, "saturates");
     }
 }

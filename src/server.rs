@@ -154,7 +154,7 @@ impl Node {
         })?;
         let path = config.data_dir.join("db");
         let engine = {
-            let (path, rocks_options) = (path.clone(), config.storage.rocks_options());
+            let (path, rocks_options) = (path.clone(), config.storage.rocks_options(config.node_id));
             tokio::task::spawn_blocking(move || Rocks::open(&path, &rocks_options))
                 .await
                 .map_err(|e| Error::Fatal(e.to_string()))??
@@ -163,6 +163,14 @@ impl Node {
             tracing::warn!(
                 path = %path.display(),
                 "the file system refuses O_DIRECT: flushes and compactions write through the page cache"
+            );
+        }
+        if config.storage.stagger_percent > 0 {
+            tracing::info!(
+                memtable_bytes = config.staggered(config.storage.write_buffer_bytes),
+                snapshot_every_entries = config.staggered(config.raft.snapshot_every_entries),
+                snapshot_every_bytes = config.staggered(config.raft.snapshot_every_bytes),
+                "memtables and snapshot thresholds staggered for this node (storage.stagger_percent)"
             );
         }
         let engine = Arc::new(engine);
@@ -280,8 +288,8 @@ impl Node {
                 eager.set_metrics(raft.metrics());
             }
             let policy = SnapshotPolicy {
-                every_entries: config.raft.snapshot_every_entries,
-                every_bytes: config.raft.snapshot_every_bytes,
+                every_entries: config.staggered(config.raft.snapshot_every_entries),
+                every_bytes: config.staggered(config.raft.snapshot_every_bytes),
             };
             if !policy.never() {
                 tokio::spawn(snapshot_when_due(range.group, raft.clone(), appended, policy));

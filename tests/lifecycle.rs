@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor::client::{op, Client, Txn};
+use arbor::config::StorageConfig;
 use common::{assert_identical_groups, data_of, phase, values, Cluster};
 
 /// Full sizes (slow) instead of the CI ones.
@@ -481,11 +482,13 @@ async fn compaction_bounds_the_log_and_a_follower_behind_it_catches_up_by_snapsh
     sampling.store(false, Ordering::Relaxed);
     sampler.await.unwrap();
 
-    phase("at rest every node holds at most snapshot_every_entries + keep_entries_after_snapshot entries per group");
+    phase("at rest every node holds at most its own snapshot_every_entries + keep_entries_after_snapshot per group");
     for i in c.running() {
+        // The node's own threshold: staggered by its id (storage.stagger_percent).
+        let every = arbor::config::staggered(EVERY, c.nodes[i].id, StorageConfig::default().stagger_percent);
         for g in groups {
             let s =
-                c.wait_group(i, g, "compacted at rest", |s| s.log_entries < EVERY + KEEP && s.purged_index > 0).await;
+                c.wait_group(i, g, "compacted at rest", |s| s.log_entries < every + KEEP && s.purged_index > 0).await;
             eprintln!(
                 "node {} group {g}: log ({}, {}], {} entries, ~{} bytes flushed",
                 c.nodes[i].id, s.purged_index, s.last_log_index, s.log_entries, s.log_bytes
@@ -499,7 +502,8 @@ async fn compaction_bounds_the_log_and_a_follower_behind_it_catches_up_by_snapsh
         // A snapshot is built and the log purged asynchronously while
         // entries keep arriving; the bound is a few snapshot periods,
         // whatever the number of writes.
-        assert!(*max <= 4 * EVERY + KEEP, "node {node} group {g} held {max} log entries while writing");
+        let every = arbor::config::staggered(EVERY, *node, StorageConfig::default().stagger_percent);
+        assert!(*max <= 4 * every + KEEP, "node {node} group {g} held {max} log entries while writing");
     }
 
     phase("the three replicas are byte-identical and hold every acknowledged write");
@@ -833,6 +837,54 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
     );
     assert_eq!(values[b"/full/after".as_slice()], b"2");
     assert_eq!(values[b"/full/before".as_slice()], b"1");
+}
+
+/// The value of `field=` in the log line of node `i` that contains `message`.
+fn logged_field(c: &Cluster, i: usize, message: &str, field: &str) -> u64 {
+    let log = c.log_of(i);
+    let line = log.lines().find(|l| l.contains(message)).unwrap_or_else(|| panic!("no {message:?} in\n{log}"));
+    let at = line.find(&format!("{field}=")).unwrap_or_else(|| panic!("no {field} in {line}")) + field.len() + 1;
+    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|e| panic!("{field} in {line}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_staggers_its_memtables_and_snapshot_thresholds_by_its_id() {
+    let c = Cluster::start_with_config(
+        3,
+        &format!("{QUIET}[raft]\nsnapshot_every_entries = 1000\nsnapshot_every_bytes = 1000000\n"),
+        &[],
+    );
+    c.wait_for_leader(1).await;
+    let defaults = StorageConfig::default();
+    let mut memtables = Vec::new();
+    for i in 0..c.nodes.len() {
+        let id = c.nodes[i].id;
+        let stagger = |v| arbor::config::staggered(v, id, defaults.stagger_percent);
+        let message = "memtables and snapshot thresholds staggered";
+        assert_eq!(logged_field(&c, i, message, "snapshot_every_entries"), stagger(1000), "node {id}");
+        assert_eq!(logged_field(&c, i, message, "snapshot_every_bytes"), stagger(1_000_000), "node {id}");
+        // What RocksDB itself was opened with, for every column family.
+        let dir = c.nodes[i].dir.join("db");
+        let options = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+            .max_by_key(|e| e.file_name())
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .expect("an OPTIONS file");
+        let sizes: Vec<u64> = options
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("write_buffer_size="))
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(sizes.len() >= 2, "the default and the Raft log's families: {sizes:?}");
+        assert!(sizes.iter().all(|&s| s == stagger(defaults.write_buffer_bytes)), "node {id}: {sizes:?}");
+        memtables.push(sizes[0]);
+    }
+    memtables.sort_unstable();
+    memtables.dedup();
+    assert_eq!(memtables.len(), 3, "three different memtable sizes: {memtables:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,8 +160,9 @@ pub fn run_apply(cfg: &ApplyConfig, dir: Option<&std::path::Path>) -> Result<App
     let keys = KeyGen::new(KEY_PREFIX, cfg.key_size, cfg.key_space)?;
     let parent = dir.map(std::path::Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new().prefix("arbor-bench-apply.").tempdir_in(&parent)?;
-    let storage = &cfg.storage;
-    let engine: Arc<dyn Engine> = Arc::new(Rocks::open(&tmp.path().join("db"), &storage.rocks_options())?);
+    // One replica, so nothing to stagger: the memtable as configured.
+    let storage = crate::config::StorageConfig { stagger_percent: 0, ..cfg.storage.clone() };
+    let engine: Arc<dyn Engine> = Arc::new(Rocks::open(&tmp.path().join("db"), &storage.rocks_options(0))?);
     let hlc = Arc::new(Hlc::new(Arc::new(SystemClock), 500));
     let range = RangeDesc { group: 1, start: Vec::new(), end: Vec::new() };
     let fail = |e: crate::error::Error| BenchError::Apply(e.to_string());

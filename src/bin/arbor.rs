@@ -583,6 +583,9 @@ async fn run(cli: Cli) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("ARBOR_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log redirected to a file stays
+        // plain text that grep and the tests can read.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Command::Server(args) = cli.command {
         return run_server(args.into_config(cli.cluster_id)?).await;
