@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arbor::client::{op, Txn};
-use common::{data_of, phase, Cluster};
+use common::{data_of, log_field, phase, Cluster};
 use tonic::Code;
 
 /// Puts `v{i}` at `key(i)` for `i` in `0..n`, one after the other; returns
@@ -28,22 +28,7 @@ async fn put_numbered(client: &arbor::client::Client, n: usize, key: impl Fn(usi
 /// openraft re-applied the committed entries after it.
 fn applied_at_start(log: &str) -> (u64, u64) {
     let line = log.lines().rev().find(|l| l.contains("group started")).expect("a group started");
-    // Drop the terminal colour codes, then read `name=value` fields.
-    let mut plain = String::new();
-    let mut chars = line.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            plain.push(ch);
-        }
-    }
-    let field = |name: &str| -> u64 {
-        let prefix = format!("{name}=");
-        let value = plain.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str()));
-        value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name} in {plain:?}"))
-    };
-    (field("applied_on_disk"), field("applied"))
+    (log_field(line, "applied_on_disk"), log_field(line, "applied"))
 }
 
 /// Stops every node, asserts that they hold byte-identical data and

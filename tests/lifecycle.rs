@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use arbor::client::{op, Client, Txn};
 use arbor::config::StorageConfig;
-use common::{assert_identical_groups, data_of, phase, values, Cluster};
+use common::{assert_identical_groups, data_of, log_field, phase, values, Cluster};
 
 /// Full sizes (slow) instead of the CI ones.
 fn long_tests() -> bool {
@@ -839,13 +839,11 @@ async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_fr
     assert_eq!(values[b"/full/before".as_slice()], b"1");
 }
 
-/// The value of `field=` in the log line of node `i` that contains `message`.
+/// Field `field` of the first line of node `i`'s log that contains `message`.
 fn logged_field(c: &Cluster, i: usize, message: &str, field: &str) -> u64 {
     let log = c.log_of(i);
     let line = log.lines().find(|l| l.contains(message)).unwrap_or_else(|| panic!("no {message:?} in\n{log}"));
-    let at = line.find(&format!("{field}=")).unwrap_or_else(|| panic!("no {field} in {line}")) + field.len() + 1;
-    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|e| panic!("{field} in {line}: {e}"))
+    log_field(line, field)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,14 @@ pub fn phase(msg: &str) {
     eprintln!("--- {msg}");
 }
 
+/// The number in field `name=` of a server log line (a node logs plain
+/// text when its stderr is a file).
+pub fn log_field(line: &str, name: &str) -> u64 {
+    let prefix = format!("{name}=");
+    let value = line.split_whitespace().find_map(|w| w.strip_prefix(prefix.as_str()));
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number {name} in {line:?}"))
+}
+
 impl Cluster {
     /// Starts `n` nodes with extra server flags.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
