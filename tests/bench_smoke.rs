@@ -52,9 +52,23 @@ async fn every_workload_runs_against_a_real_cluster_and_reports() {
 
     phase("put, then get of the preloaded key space: every key is found");
     for workload in [Workload::Put, Workload::Get] {
-        let cfg = config(workload, &pids);
+        let mut cfg = config(workload, &pids);
+        cfg.timeline = (workload == Workload::Put).then_some(Duration::from_millis(100));
         let r = bench::run(target.clone(), &cfg).await.unwrap();
         assert_sane(&r, &cfg);
+        if let Some(t) = &r.timeline {
+            // Every measured operation in one slice, the slices ordered.
+            assert_eq!(t.slices.iter().map(|s| s.ops).sum::<u64>(), r.ops, "{t:?}");
+            assert!(t.slices.len() >= 6, "600 ms in 100 ms slices: {t:?}");
+            assert!(t.slices.iter().all(|s| s.p50_us <= s.p99_us && s.p99_us <= s.max_us), "{t:?}");
+            // The run's histogram keeps 3 significant digits.
+            let slowest = t.slices.iter().map(|s| s.max_us).max().unwrap_or(0) as f64;
+            assert!((slowest - r.latency.max_us as f64).abs() <= r.latency.max_us as f64 * 0.002, "{t:?}");
+            let started_ms = r.started_at * 1_000;
+            assert!(t.start_unix_ms >= started_ms && t.start_unix_ms < started_ms + 60_000, "{t:?}");
+        } else {
+            assert!(cfg.timeline.is_none(), "a timeline was asked for");
+        }
         records.push(r);
     }
     let get = &records[1];

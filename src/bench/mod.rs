@@ -35,6 +35,7 @@ pub mod report;
 pub mod rss;
 pub mod storage;
 pub mod target;
+pub mod timeline;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -208,6 +209,9 @@ pub struct LoadConfig {
     pub progress: bool,
     /// Server processes whose RSS is sampled during the run.
     pub pids: Vec<u32>,
+    /// Record the measured window's operations by slices of this length
+    /// ([`RunRecord::timeline`]); `None`: not recorded.
+    pub timeline: Option<Duration>,
 }
 
 impl LoadConfig {
@@ -228,6 +232,7 @@ impl LoadConfig {
             seed: 1,
             progress: false,
             pids: Vec::new(),
+            timeline: None,
         }
     }
 
@@ -410,6 +415,10 @@ pub struct RunRecord {
     pub error_samples: Vec<String>,
     /// Seconds since the Unix epoch when the run started.
     pub started_at: u64,
+    /// The measured window's operations by time slice, if asked for
+    /// ([`LoadConfig::timeline`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<timeline::Timeline>,
 }
 
 impl RunRecord {
@@ -472,7 +481,11 @@ impl RunRecord {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    unix_now_ms() / 1_000
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One operation of a workload, with its keys.
@@ -492,6 +505,8 @@ struct Plan {
     op_timeout: Duration,
     measure_from: Instant,
     end: Instant,
+    /// Keep every measured operation's [`timeline::Sample`].
+    samples: bool,
 }
 
 impl Plan {
@@ -543,14 +558,22 @@ struct ClientStats {
     misses: u64,
     retries: u64,
     error_samples: Vec<String>,
+    samples: Vec<timeline::Sample>,
 }
 
 async fn client_loop<T: Target>(target: Arc<T>, id: usize, plan: Arc<Plan>, live: Arc<Live>, seed: u64) -> ClientStats {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(id as u64));
     let conn = id % target.connections().max(1);
     let mut value = vec![0u8; plan.value_size];
-    let mut stats =
-        ClientStats { hist: new_histogram(), ops: 0, errors: 0, misses: 0, retries: 0, error_samples: Vec::new() };
+    let mut stats = ClientStats {
+        hist: new_histogram(),
+        ops: 0,
+        errors: 0,
+        misses: 0,
+        retries: 0,
+        error_samples: Vec::new(),
+        samples: Vec::new(),
+    };
     loop {
         let start = Instant::now();
         if start >= plan.end {
@@ -566,7 +589,12 @@ async fn client_loop<T: Target>(target: Arc<T>, id: usize, plan: Arc<Plan>, live
             Ok(done) => {
                 live.ops.fetch_add(1, Ordering::Relaxed);
                 if measured {
-                    stats.hist.saturating_record(micros(start.elapsed()));
+                    let latency_us = micros(start.elapsed());
+                    stats.hist.saturating_record(latency_us);
+                    if plan.samples {
+                        let completed_us = micros(plan.measure_from.elapsed());
+                        stats.samples.push(timeline::Sample { completed_us, latency_us });
+                    }
                     stats.ops += 1;
                     stats.misses += done.missed as u64;
                     stats.retries += done.retries as u64;
@@ -700,6 +728,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
 
     let start = Instant::now();
     let measure_from = start + cfg.warmup;
+    let measure_from_unix_ms = unix_now_ms() + cfg.warmup.as_millis() as u64;
     let plan = Arc::new(Plan {
         workload: cfg.workload,
         keys,
@@ -709,6 +738,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         op_timeout: cfg.op_timeout,
         measure_from,
         end: measure_from + cfg.duration,
+        samples: cfg.timeline.is_some(),
     });
     let live = Arc::new(Live::default());
     let cpu_window = CpuWindow::start(cfg.pids.clone(), measure_from, measure_from + cfg.duration);
@@ -719,9 +749,10 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         .collect();
     let mut hist = new_histogram();
     let (mut ops, mut errors, mut misses, mut retries) = (0, 0, 0, 0);
-    let mut error_samples = Vec::new();
+    let (mut error_samples, mut samples) = (Vec::new(), Vec::new());
     for c in clients {
-        let s = c.await.map_err(|e| BenchError::Config(format!("a client task failed: {e}")))?;
+        let mut s = c.await.map_err(|e| BenchError::Config(format!("a client task failed: {e}")))?;
+        samples.append(&mut s.samples);
         hist.add(&s.hist).expect("histograms share their bounds");
         ops += s.ops;
         errors += s.errors;
@@ -763,6 +794,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         bench_cpu_s,
         error_samples,
         started_at,
+        timeline: cfg.timeline.map(|slice| timeline::Timeline::of(samples, slice, measure_from_unix_ms)),
     })
 }
 

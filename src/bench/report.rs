@@ -594,6 +594,7 @@ mod tests {
             bench_cpu_s: None,
             error_samples: vec![],
             started_at: 0,
+            timeline: None,
         }
     }
 

@@ -125,6 +125,7 @@ pub fn run_storage(cfg: &StorageConfig) -> Result<RunRecord, BenchError> {
         bench_cpu_s: None,
         error_samples: Vec::new(),
         started_at,
+        timeline: None,
     })
 }
 

@@ -104,6 +104,11 @@ struct LoadArgs {
     /// Write the run's JSON record here.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Add to the JSON record the measured window's operations by slices of
+    /// this many milliseconds (count, p50, p99, max of each; `timeline`),
+    /// to line a latency tail up with the servers' logs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    timeline_ms: Option<u64>,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -206,6 +211,7 @@ impl LoadArgs {
         c.seed = self.seed;
         c.progress = !self.quiet;
         c.pids = self.pids()?;
+        c.timeline = self.timeline_ms.map(Duration::from_millis);
         c.validate()?;
         Ok(c)
     }
