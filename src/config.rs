@@ -340,12 +340,12 @@ impl Config {
         Ok(peers)
     }
 
-    /// Checks every field; the error names the field and the rule.
     /// `value` staggered for this node (see [`StorageConfig::stagger_percent`]).
     pub fn staggered(&self, value: u64) -> u64 {
         staggered(value, self.node_id, self.storage.stagger_percent)
     }
 
+    /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(Error::InvalidArgument(m));
         if self.node_id == 0 {

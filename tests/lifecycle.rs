@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor::client::{op, Client, Txn};
-use arbor::config::StorageConfig;
+use arbor::config::{staggered, StorageConfig};
 use common::{assert_identical_groups, data_of, log_field, phase, values, Cluster};
 
 /// Full sizes (slow) instead of the CI ones.
@@ -485,7 +485,7 @@ async fn compaction_bounds_the_log_and_a_follower_behind_it_catches_up_by_snapsh
     phase("at rest every node holds at most its own snapshot_every_entries + keep_entries_after_snapshot per group");
     for i in c.running() {
         // The node's own threshold: staggered by its id (storage.stagger_percent).
-        let every = arbor::config::staggered(EVERY, c.nodes[i].id, StorageConfig::default().stagger_percent);
+        let every = staggered(EVERY, c.nodes[i].id, StorageConfig::default().stagger_percent);
         for g in groups {
             let s =
                 c.wait_group(i, g, "compacted at rest", |s| s.log_entries < every + KEEP && s.purged_index > 0).await;
@@ -502,7 +502,7 @@ async fn compaction_bounds_the_log_and_a_follower_behind_it_catches_up_by_snapsh
         // A snapshot is built and the log purged asynchronously while
         // entries keep arriving; the bound is a few snapshot periods,
         // whatever the number of writes.
-        let every = arbor::config::staggered(EVERY, *node, StorageConfig::default().stagger_percent);
+        let every = staggered(EVERY, *node, StorageConfig::default().stagger_percent);
         assert!(*max <= 4 * every + KEEP, "node {node} group {g} held {max} log entries while writing");
     }
 
@@ -858,7 +858,7 @@ async fn each_replica_staggers_its_memtables_and_snapshot_thresholds_by_its_id()
     let mut memtables = Vec::new();
     for i in 0..c.nodes.len() {
         let id = c.nodes[i].id;
-        let stagger = |v| arbor::config::staggered(v, id, defaults.stagger_percent);
+        let stagger = |v| staggered(v, id, defaults.stagger_percent);
         let message = "memtables and snapshot thresholds staggered";
         assert_eq!(logged_field(&c, i, message, "snapshot_every_entries"), stagger(1000), "node {id}");
         assert_eq!(logged_field(&c, i, message, "snapshot_every_bytes"), stagger(1_000_000), "node {id}");
@@ -867,7 +867,7 @@ async fn each_replica_staggers_its_memtables_and_snapshot_thresholds_by_its_id()
         let options = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("OPTIONS-") && !n.ends_with(".dbtmp")))
             .max_by_key(|e| e.file_name())
             .map(|e| std::fs::read_to_string(e.path()).unwrap())
             .expect("an OPTIONS file");
