@@ -153,8 +153,10 @@ impl Node {
             Error::InvalidArgument(format!("cannot create data dir {}: {e}", config.data_dir.display()))
         })?;
         let path = config.data_dir.join("db");
+        let rocks_options = config.storage.rocks_options(config.node_id);
+        let memtable_bytes = rocks_options.write_buffer_bytes;
         let engine = {
-            let (path, rocks_options) = (path.clone(), config.storage.rocks_options(config.node_id));
+            let path = path.clone();
             tokio::task::spawn_blocking(move || Rocks::open(&path, &rocks_options))
                 .await
                 .map_err(|e| Error::Fatal(e.to_string()))??
@@ -165,11 +167,16 @@ impl Node {
                 "the file system refuses O_DIRECT: flushes and compactions write through the page cache"
             );
         }
+        // This node's share of storage.stagger_percent, for every group.
+        let policy = SnapshotPolicy {
+            every_entries: config.staggered(config.raft.snapshot_every_entries),
+            every_bytes: config.staggered(config.raft.snapshot_every_bytes),
+        };
         if config.storage.stagger_percent > 0 {
             tracing::info!(
-                memtable_bytes = config.staggered(config.storage.write_buffer_bytes),
-                snapshot_every_entries = config.staggered(config.raft.snapshot_every_entries),
-                snapshot_every_bytes = config.staggered(config.raft.snapshot_every_bytes),
+                memtable_bytes,
+                snapshot_every_entries = policy.every_entries,
+                snapshot_every_bytes = policy.every_bytes,
                 "memtables and snapshot thresholds staggered for this node (storage.stagger_percent)"
             );
         }
@@ -287,10 +294,6 @@ impl Node {
             if let Some(eager) = &eager {
                 eager.set_metrics(raft.metrics());
             }
-            let policy = SnapshotPolicy {
-                every_entries: config.staggered(config.raft.snapshot_every_entries),
-                every_bytes: config.staggered(config.raft.snapshot_every_bytes),
-            };
             if !policy.never() {
                 tokio::spawn(snapshot_when_due(range.group, raft.clone(), appended, policy));
             }
