@@ -22,6 +22,10 @@
 #   CLIENTS    64 (default) clients per build
 #   BENCH_PORT 7701: the first build's nodes on 7701..7703, the second's on
 #              +100
+#   BENCH_FLAGS_A, BENCH_FLAGS_B
+#              extra `arbor server` flags for A's or B's nodes, e.g.
+#              "--config /tmp/a.toml": one build under two settings
+#              (scripts/bench-ab.sh /tmp/a /tmp/a put 64 4)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -48,9 +52,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a 3-node cluster of build $1 in $2 on ports $3..$3+2.
+# Starts a 3-node cluster of build $1 in $2 on ports $3..$3+2, with the
+# extra server flags $4.
 start() {
-    ARBOR_BIN="$1/arbor" ARBOR_DATA="$2" ARBOR_BASE_PORT="$3" "$ROOT/scripts/cluster.sh" start 3 >/dev/null
+    ARBOR_BIN="$1/arbor" ARBOR_DATA="$2" ARBOR_BASE_PORT="$3" ARBOR_SERVER_FLAGS="$4" \
+        "$ROOT/scripts/cluster.sh" start 3 >/dev/null
     RUNNING+=("$2")
 }
 
@@ -64,16 +70,16 @@ figures() {
     awk -v r="$rate" -v c="$cpu" -v n="$ops" -v p="$p50" 'BEGIN { printf "%.0f %.0f %s\n", r, (n > 0 ? c / n * 1e6 : 0), p }'
 }
 
-log "$PAIRS pairs of $WORKLOAD with $CLIENTS clients each, ${DURATION} s: A=$A B=$B"
+log "$PAIRS pairs of $WORKLOAD with $CLIENTS clients each, ${DURATION} s: A=$A ${BENCH_FLAGS_A:-} B=$B ${BENCH_FLAGS_B:-}"
 printf '%-5s %12s %10s %9s %12s %10s %9s %8s\n' pair "A ops/s" "A µs/op" "A p50" "B ops/s" "B µs/op" "B p50" "A/B"
-declare -A DIR=([A]="$A" [B]="$B") PORT_OF
+declare -A DIR=([A]="$A" [B]="$B") FLAGS=([A]="${BENCH_FLAGS_A:-}" [B]="${BENCH_FLAGS_B:-}") PORT_OF
 ratios=()
 for pair in $(seq 1 "$PAIRS"); do
     # Alternate which build gets the first ports and starts first.
     if [ $((pair % 2)) = 1 ]; then order=(A B); else order=(B A); fi
     PORT_OF[${order[0]}]=$PORT PORT_OF[${order[1]}]=$((PORT + 100))
     for side in "${order[@]}"; do
-        start "${DIR[$side]}" "$TMP/$pair-$side" "${PORT_OF[$side]}"
+        start "${DIR[$side]}" "$TMP/$pair-$side" "${PORT_OF[$side]}" "${FLAGS[$side]}"
     done
     pids=()
     for side in A B; do
