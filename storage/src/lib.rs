@@ -11,6 +11,7 @@ mod engine;
 pub mod keycode;
 mod memory;
 mod rocks;
+pub mod segments;
 
 pub use engine::{
     prefix_end, BatchOp, Cursor, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch,

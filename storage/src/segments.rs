@@ -1,0 +1,584 @@
+//! An append-only log of numbered records in segment files, for a Raft
+//! log kept outside RocksDB (docs/BENCHMARKS.md, item 41: the synced
+//! RocksDB write of each log entry costs ~12% of the write path, half of
+//! it RocksDB's own work, half fsyncs into a file that grows).
+//!
+//! Not used by the server yet: this is the storage half of that change,
+//! with its recovery rules; the log store wires it in next.
+//!
+//! A directory holds segments named by their first index
+//! (`00000000000000000042.seg`): a header (magic, format) and records
+//! `len u32 | crc32 u32 | index u64 | payload`, little-endian, the
+//! checksum over the index and the payload, a `len` of 0 ending the
+//! segment. One [`SegmentLog::append`] writes its records with one
+//! `pwrite` and one `fdatasync`. A segment is either zero-filled ahead of
+//! use ([`fill_spare`], so that appends land in blocks already written
+//! and the sync has no file size to journal) or grows with its appends.
+//!
+//! Recovery reads the segments in order and keeps every record up to the
+//! first that is empty, torn (short or failing its checksum) or out of
+//! sequence. Records after that point can still be valid: a write of
+//! several records may reach the disk out of order, and a truncation
+//! leaves the records behind its cut. None of them may come back, so a
+//! recovered log never appends to the segment it recovered last, and a
+//! cut (a truncation, a torn record) is sealed by zeroing the `len` at
+//! the cut and syncing it before the call returns. A bad record in any
+//! segment but the last, or a gap between segments, is corruption.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"ARBORSEG";
+const FORMAT: u32 = 1;
+/// Magic, format, 4 bytes reserved.
+const HEADER: u64 = 16;
+/// `len`, `crc32`, `index`.
+const RECORD_HEADER: u64 = 16;
+const SUFFIX: &str = ".seg";
+const SPARE: &str = "spare";
+const SPARE_TMP: &str = "spare.tmp";
+
+/// One segment file and where its records are.
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: File,
+    /// Offset of each record's header, in index order from `first`.
+    offsets: Vec<u64>,
+    /// Payload length of each record.
+    lens: Vec<u32>,
+    /// Where the next record would go.
+    end: u64,
+}
+
+impl Segment {
+    fn last(&self) -> Option<u64> {
+        (!self.offsets.is_empty()).then(|| self.first + self.offsets.len() as u64 - 1)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.end
+    }
+}
+
+/// A log of records numbered by consecutive indexes, kept in segment
+/// files in one directory (see the module documentation).
+pub struct SegmentLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// In index order; appends go to the last one unless `sealed`.
+    segments: Vec<Segment>,
+    /// Records below this index were purged (they may still be in the
+    /// first segment's file).
+    live_first: u64,
+    /// The next append starts a new segment: the last one was recovered
+    /// or cut.
+    sealed: bool,
+}
+
+fn corrupt(path: &Path, what: String) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, format!("corrupt log segment {}: {what}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn checksum(index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SUFFIX}")
+}
+
+/// Why a segment's scan stopped.
+enum Stop {
+    /// A `len` of 0, or the end of the file.
+    Clean,
+    /// A record that is short, fails its checksum or is out of sequence.
+    Bad(String),
+}
+
+/// Reads a segment's records from its header on; `first` is its name's index.
+fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let size = file.metadata()?.len();
+    let mut segment =
+        Segment { first, path: path.to_path_buf(), file, offsets: Vec::new(), lens: Vec::new(), end: HEADER };
+    let mut header = [0u8; HEADER as usize];
+    if size < HEADER {
+        return Ok((segment, Stop::Bad(format!("{size} bytes, shorter than its header"))));
+    }
+    segment.file.read_exact_at(&mut header, 0)?;
+    if header == [0u8; HEADER as usize] {
+        // Created (from a zero-filled spare) but its header never written.
+        return Ok((segment, Stop::Clean));
+    }
+    if &header[..8] != MAGIC || u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) != FORMAT {
+        return Err(corrupt(path, "not a segment of this format".to_string()));
+    }
+    let mut at = HEADER;
+    loop {
+        if at + RECORD_HEADER > size {
+            return Ok((segment, Stop::Clean));
+        }
+        let mut head = [0u8; RECORD_HEADER as usize];
+        segment.file.read_exact_at(&mut head, at)?;
+        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+        if len == 0 {
+            return Ok((segment, Stop::Clean));
+        }
+        let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+        let index = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+        let expected = first + segment.offsets.len() as u64;
+        if at + RECORD_HEADER + u64::from(len) > size {
+            return Ok((segment, Stop::Bad(format!("record at offset {at} runs past the end of the file"))));
+        }
+        let mut payload = vec![0u8; len as usize];
+        segment.file.read_exact_at(&mut payload, at + RECORD_HEADER)?;
+        if checksum(index, &payload) != crc {
+            return Ok((segment, Stop::Bad(format!("record at offset {at} fails its checksum"))));
+        }
+        if index != expected {
+            return Ok((segment, Stop::Bad(format!("record at offset {at} has index {index}, expected {expected}"))));
+        }
+        segment.offsets.push(at);
+        segment.lens.push(len);
+        at += RECORD_HEADER + u64::from(len);
+        segment.end = at;
+    }
+}
+
+impl SegmentLog {
+    /// Opens (creating if missing) the log in `dir`, recovering what its
+    /// segments hold. New segments are `segment_bytes` long (a segment
+    /// holds at least one append, whatever its size).
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut firsts = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(first) = name.strip_suffix(SUFFIX) {
+                let first = first
+                    .parse::<u64>()
+                    .map_err(|_| corrupt(&dir.join(name), "a segment name that is not an index".to_string()))?;
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let mut segments: Vec<Segment> = Vec::new();
+        for (i, &first) in firsts.iter().enumerate() {
+            let path = dir.join(segment_name(first));
+            if let Some(prev) = segments.last() {
+                let next = prev.last().map_or(prev.first, |l| l + 1);
+                if first != next {
+                    return Err(corrupt(
+                        &path,
+                        format!("starts at index {first}, but the segment before ends before {next}"),
+                    ));
+                }
+            }
+            let (segment, stop) = scan(&path, first)?;
+            let is_last = i + 1 == firsts.len();
+            if let Stop::Bad(why) = stop {
+                if !is_last {
+                    return Err(corrupt(&path, why));
+                }
+                // A torn tail: cut it off for good before anything else.
+                seal(&segment.file, segment.end)?;
+            }
+            segments.push(segment);
+        }
+        let live_first = segments.first().map_or(0, |s| s.first);
+        Ok(Self { dir: dir.to_path_buf(), segment_bytes, segments, live_first, sealed: true })
+    }
+
+    /// The first index held, if any.
+    pub fn first_index(&self) -> Option<u64> {
+        self.last_index().map(|_| self.live_first)
+    }
+
+    /// The last index held, if any.
+    pub fn last_index(&self) -> Option<u64> {
+        self.segments.iter().rev().find_map(Segment::last).filter(|&last| last >= self.live_first)
+    }
+
+    /// Bytes of the segment files in use (headers and purged records
+    /// included, spares not).
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::bytes).sum()
+    }
+
+    /// Appends `payloads` as records `first`, `first + 1`, ... and syncs
+    /// them. `first` must follow the last index held (any index if none
+    /// is); empty payloads are refused (a `len` of 0 ends a segment).
+    pub fn append(&mut self, first: u64, payloads: &[&[u8]]) -> io::Result<()> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        if let Some(last) = self.last_index() {
+            if first != last + 1 {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("append at index {first}, but the log ends at {last}"),
+                ));
+            }
+        }
+        let mut buf = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let len = u32::try_from(payload.len()).ok().filter(|&l| l > 0).ok_or_else(|| {
+                io::Error::new(ErrorKind::InvalidInput, format!("a record of {} bytes", payload.len()))
+            })?;
+            let index = first + i as u64;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&checksum(index, payload).to_le_bytes());
+            buf.extend_from_slice(&index.to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        let full = self
+            .segments
+            .last()
+            .is_none_or(|s| self.sealed || (s.last().is_some() && s.end + buf.len() as u64 > self.segment_bytes));
+        let mut new_file = false;
+        if full || self.last_index().is_none() {
+            self.start_segment(first)?;
+            new_file = true;
+        }
+        let segment = self.segments.last_mut().expect("a segment to append to");
+        let mut at = segment.end;
+        segment.file.write_all_at(&buf, at)?;
+        segment.file.sync_data()?;
+        if new_file {
+            sync_dir(&self.dir)?;
+        }
+        for payload in payloads {
+            segment.offsets.push(at);
+            segment.lens.push(payload.len() as u32);
+            at += RECORD_HEADER + payload.len() as u64;
+        }
+        segment.end = at;
+        Ok(())
+    }
+
+    /// A new segment for records from `first`: the zero-filled spare if
+    /// there is one, else a new file. Empty segments before it are
+    /// dropped (one left by a purge or a truncation of everything).
+    fn start_segment(&mut self, first: u64) -> io::Result<()> {
+        while self.segments.last().is_some_and(|s| s.offsets.is_empty() || s.last() < Some(self.live_first)) {
+            let s = self.segments.pop().expect("checked");
+            std::fs::remove_file(&s.path)?;
+        }
+        let path = self.dir.join(segment_name(first));
+        let spare = self.dir.join(SPARE);
+        if spare.exists() {
+            std::fs::rename(&spare, &path)?;
+        }
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let mut header = [0u8; HEADER as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        // Whatever a spare of another size holds past its zeros is never
+        // reached: the first record is written right after the header.
+        self.segments.push(Segment { first, path, file, offsets: Vec::new(), lens: Vec::new(), end: HEADER });
+        if self.segments.len() == 1 || self.last_index().is_none() {
+            self.live_first = first;
+        }
+        self.sealed = false;
+        Ok(())
+    }
+
+    /// The payload of record `index`, if held.
+    pub fn read(&self, index: u64) -> io::Result<Option<Vec<u8>>> {
+        if index < self.live_first {
+            return Ok(None);
+        }
+        let i = self.segments.partition_point(|s| s.first <= index);
+        let Some(segment) = i.checked_sub(1).map(|i| &self.segments[i]) else { return Ok(None) };
+        let Some(&offset) = segment.offsets.get((index - segment.first) as usize) else { return Ok(None) };
+        let len = segment.lens[(index - segment.first) as usize];
+        let mut payload = vec![0u8; len as usize];
+        segment.file.read_exact_at(&mut payload, offset + RECORD_HEADER)?;
+        Ok(Some(payload))
+    }
+
+    /// Drops every record from `from` on, durably: the segments after
+    /// the cut are deleted and the cut is sealed before this returns.
+    pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        if self.last_index().is_none_or(|last| from > last) {
+            return Ok(());
+        }
+        // Later segments first: if this is interrupted, the log is as it
+        // was up to the segment with the cut, which is a log that simply
+        // was not truncated yet.
+        while self.segments.last().is_some_and(|s| s.first >= from) {
+            let s = self.segments.pop().expect("checked");
+            std::fs::remove_file(&s.path)?;
+            sync_dir(&self.dir)?;
+        }
+        if let Some(segment) = self.segments.last_mut() {
+            if let Some(last) = segment.last() {
+                if from <= last {
+                    let keep = (from - segment.first) as usize;
+                    let cut = segment.offsets[keep];
+                    seal(&segment.file, cut)?;
+                    segment.offsets.truncate(keep);
+                    segment.lens.truncate(keep);
+                    segment.end = cut;
+                }
+            }
+        }
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Forgets every record up to and including `upto`, deleting the
+    /// segments that hold nothing else.
+    pub fn purge(&mut self, upto: u64) -> io::Result<()> {
+        self.live_first = self.live_first.max(upto.saturating_add(1));
+        let mut deleted = false;
+        while self.segments.first().is_some_and(|s| s.last().is_none_or(|last| last <= upto)) {
+            let s = self.segments.remove(0);
+            std::fs::remove_file(&s.path)?;
+            deleted = true;
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+            if self.segments.is_empty() {
+                self.sealed = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ends a segment's records at `at` for good: a zero `len` there, synced.
+fn seal(file: &File, at: u64) -> io::Result<()> {
+    if file.metadata()?.len() >= at + 4 {
+        file.write_all_at(&[0u8; 4], at)?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Zero-fills the next segment of the log in `dir` ahead of use, unless
+/// one is ready: `segment_bytes` of zeros, synced, then renamed into
+/// place, so that the appends that fill it write into blocks the file
+/// already has. Returns whether it made one. Run it off the append path
+/// (it writes a whole segment); one at a time per directory.
+pub fn fill_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
+    let spare = dir.join(SPARE);
+    if spare.exists() {
+        return Ok(false);
+    }
+    let tmp = dir.join(SPARE_TMP);
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < segment_bytes {
+        let n = zeros.len().min((segment_bytes - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()?;
+    std::fs::rename(&tmp, &spare)?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(index: u64, tag: &str) -> Vec<u8> {
+        format!("{tag}-{index}-{}", "x".repeat((index % 7) as usize * 10)).into_bytes()
+    }
+
+    fn append(log: &mut SegmentLog, range: std::ops::RangeInclusive<u64>, tag: &str) {
+        let first = *range.start();
+        let payloads: Vec<Vec<u8>> = range.map(|i| payload(i, tag)).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        log.append(first, &refs).unwrap();
+    }
+
+    fn all(log: &SegmentLog) -> Vec<(u64, Vec<u8>)> {
+        match (log.first_index(), log.last_index()) {
+            (Some(first), Some(last)) => (first..=last).map(|i| (i, log.read(i).unwrap().unwrap())).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn expected(range: std::ops::RangeInclusive<u64>, tag: &str) -> Vec<(u64, Vec<u8>)> {
+        range.map(|i| (i, payload(i, tag))).collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(SUFFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Byte offset of record `index` in the segment file that holds it.
+    fn locate(log: &SegmentLog, index: u64) -> (PathBuf, u64) {
+        let s = log.segments.iter().rfind(|s| s.first <= index).unwrap();
+        (s.path.clone(), s.offsets[(index - s.first) as usize])
+    }
+
+    fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+        OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
+    }
+
+    #[test]
+    fn records_survive_reopen_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), 256).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (None, None));
+        for i in 1..=30 {
+            append(&mut log, i..=i, "a");
+        }
+        append(&mut log, 31..=35, "a");
+        assert!(segment_files(dir.path()).len() > 3, "small segments roll over");
+        assert_eq!(all(&log), expected(1..=35, "a"));
+        drop(log);
+        let mut log = SegmentLog::open(dir.path(), 256).unwrap();
+        assert_eq!(all(&log), expected(1..=35, "a"));
+        let files = segment_files(dir.path()).len();
+        append(&mut log, 36..=36, "a");
+        assert_eq!(segment_files(dir.path()).len(), files + 1, "a reopened log appends to a new segment");
+        assert!(log.append(38, &[b"gap"]).is_err(), "indexes must follow");
+        assert!(log.append(37, &[b""]).is_err(), "empty records are refused");
+        drop(log);
+        assert_eq!(all(&SegmentLog::open(dir.path(), 256).unwrap()), expected(1..=36, "a"));
+    }
+
+    #[test]
+    fn a_torn_record_ends_the_log_and_nothing_after_it_returns() {
+        for damage in ["checksum", "zero length"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+            append(&mut log, 1..=3, "a");
+            // One write of three records, of which the middle one did not
+            // reach the disk whole but the last one did.
+            append(&mut log, 4..=6, "a");
+            let (path, at) = locate(&log, 5);
+            drop(log);
+            match damage {
+                "checksum" => write_at(&path, at + RECORD_HEADER, b"?"),
+                _ => write_at(&path, at, &[0, 0, 0, 0]),
+            }
+            let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(all(&log), expected(1..=4, "a"), "{damage}");
+            // A new record 5 as long as the old one ends where the old
+            // record 6 begins.
+            log.append(5, &[&payload(5, "b")]).unwrap();
+            drop(log);
+            let log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(log.last_index(), Some(5), "{damage}: the unacknowledged record 6 stays gone");
+            assert_eq!(log.read(5).unwrap().unwrap(), payload(5, "b"));
+        }
+    }
+
+    #[test]
+    fn a_truncation_is_durable_and_does_not_resurrect_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), 300).unwrap();
+        for i in 1..=20 {
+            append(&mut log, i..=i, "old");
+        }
+        log.truncate(9).unwrap();
+        assert_eq!(log.last_index(), Some(8));
+        log.truncate(50).unwrap();
+        assert_eq!(log.last_index(), Some(8), "nothing to cut past the end");
+        append(&mut log, 9..=10, "new");
+        drop(log);
+        let mut log = SegmentLog::open(dir.path(), 300).unwrap();
+        let mut want = expected(1..=8, "old");
+        want.extend(expected(9..=10, "new"));
+        assert_eq!(all(&log), want);
+        // Cut inside the segment just appended to, then everything.
+        log.truncate(10).unwrap();
+        drop(log);
+        let mut log = SegmentLog::open(dir.path(), 300).unwrap();
+        assert_eq!(log.last_index(), Some(9));
+        log.truncate(1).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (None, None));
+        append(&mut log, 1..=2, "again");
+        drop(log);
+        assert_eq!(all(&SegmentLog::open(dir.path(), 300).unwrap()), expected(1..=2, "again"));
+    }
+
+    #[test]
+    fn purged_segments_are_deleted_and_a_purged_log_restarts_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), 200).unwrap();
+        for i in 1..=40 {
+            append(&mut log, i..=i, "a");
+        }
+        let files = segment_files(dir.path()).len();
+        log.purge(25).unwrap();
+        assert_eq!(log.first_index(), Some(26));
+        assert_eq!(log.read(25).unwrap(), None);
+        assert!(segment_files(dir.path()).len() < files, "whole purged segments are deleted");
+        drop(log);
+        let mut log = SegmentLog::open(dir.path(), 200).unwrap();
+        assert!(log.first_index().unwrap() <= 26, "the first segment may still hold purged records");
+        log.purge(25).unwrap();
+        assert_eq!(all(&log), expected(26..=40, "a"));
+        // A snapshot past the log's end purges all of it.
+        log.purge(1000).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (None, None));
+        assert!(segment_files(dir.path()).is_empty());
+        append(&mut log, 1001..=1003, "b");
+        drop(log);
+        assert_eq!(all(&SegmentLog::open(dir.path(), 200).unwrap()), expected(1001..=1003, "b"));
+    }
+
+    #[test]
+    fn a_spare_becomes_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 64 << 10;
+        let mut log = SegmentLog::open(dir.path(), size).unwrap();
+        assert!(fill_spare(dir.path(), size).unwrap());
+        assert!(!fill_spare(dir.path(), size).unwrap(), "one spare at a time");
+        append(&mut log, 1..=3, "a");
+        assert!(!dir.path().join(SPARE).exists(), "taken by the first segment");
+        let first = dir.path().join(segment_name(1));
+        assert_eq!(std::fs::metadata(&first).unwrap().len(), size, "appends write into the zeros");
+        drop(log);
+        assert_eq!(all(&SegmentLog::open(dir.path(), size).unwrap()), expected(1..=3, "a"));
+    }
+
+    #[test]
+    fn damage_before_the_last_segment_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), 200).unwrap();
+        for i in 1..=20 {
+            append(&mut log, i..=i, "a");
+        }
+        let (path, at) = locate(&log, 2);
+        drop(log);
+        write_at(&path, at + RECORD_HEADER, b"?");
+        let err = SegmentLog::open(dir.path(), 200).err().expect("corruption is refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+        assert!(err.to_string().contains(&segment_name(1)), "{err}");
+        write_at(&path, at + RECORD_HEADER, &payload(2, "a")[..1]);
+        let log = SegmentLog::open(dir.path(), 200).unwrap();
+        // A missing segment in the middle is a gap.
+        let (middle, _) = locate(&log, 10);
+        drop(log);
+        std::fs::remove_file(&middle).unwrap();
+        let err = SegmentLog::open(dir.path(), 200).err().expect("a gap is refused");
+        assert!(err.to_string().contains("ends before"), "{err}");
+    }
+}
