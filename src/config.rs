@@ -224,6 +224,15 @@ pub struct RaftTimings {
     /// A leader whose pipeline is idle sends a new entry to its followers
     /// while its own fsync runs, instead of after it (`raft::eager`).
     pub eager_replication: bool,
+    /// Keep each group's log entries in segment files of its own under
+    /// `<data_dir>/raft-log/<group>` instead of RocksDB (`raft::log_store`,
+    /// docs/BENCHMARKS.md item 41). Fixed when a data directory is created:
+    /// a node refuses to start with the other setting.
+    pub log_files: bool,
+    /// The size of those segment files, each zero-filled ahead of use (a
+    /// group keeps one spare): an append then writes into blocks the file
+    /// already has, and its fsync has no file size to journal.
+    pub log_segment_bytes: u64,
 }
 
 /// One vshard per core, at most 8: more executor threads than cores only
@@ -298,6 +307,8 @@ impl Default for RaftTimings {
             snapshot_log_ratio: None,
             keep_entries_after_snapshot: 1_000,
             eager_replication: true,
+            log_files: false,
+            log_segment_bytes: 16 << 20,
         }
     }
 }
@@ -384,6 +395,12 @@ impl Config {
                 self.storage.write_buffer_bytes
             ));
         }
+        if self.raft.log_segment_bytes < 64 << 10 {
+            return fail(format!(
+                "raft.log_segment_bytes must be at least 65536 (64 KiB), got {}",
+                self.raft.log_segment_bytes
+            ));
+        }
         if self.storage.stagger_percent > MAX_STAGGER_PERCENT {
             return fail(format!(
                 "storage.stagger_percent must be at most {MAX_STAGGER_PERCENT}, got {}",
@@ -454,6 +471,9 @@ mod tests {
         let c = Config { storage: StorageConfig { stagger_percent: 101, ..Default::default() }, ..Config::default() };
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("storage.stagger_percent") && err.contains("100") && err.contains("101"), "{err}");
+        let c = Config { raft: RaftTimings { log_segment_bytes: 4096, ..Default::default() }, ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("raft.log_segment_bytes") && err.contains("65536") && err.contains("4096"), "{err}");
     }
 
     #[test]

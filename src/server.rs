@@ -62,6 +62,8 @@ pub struct Group {
     pub snapshots_installed: Arc<AtomicU64>,
     /// Eager replication of this group's entries (`None` when it is off).
     pub eager: Option<Arc<EagerReplication>>,
+    /// The log entries' segment files (`None`: they are RocksDB keys).
+    pub log_files: Option<Arc<crate::raft::log_store::FileLog>>,
     /// Set while this node hands the group's leadership over: new writes are
     /// refused, retryably, so that the log stops growing.
     transferring: AtomicBool,
@@ -280,6 +282,22 @@ impl Node {
             let state_machine = StateMachine::new(sm);
             let snapshots_installed = state_machine.snapshots_installed();
             let mut log_store = LogStore::new(range.group, dyn_engine, durability);
+            let log_dir = config.data_dir.join("raft-log").join(range.group.to_string());
+            if config.raft.log_files {
+                let segment_bytes = config.raft.log_segment_bytes;
+                log_store = tokio::task::spawn_blocking(move || log_store.with_segment_log(&log_dir, segment_bytes))
+                    .await
+                    .map_err(|e| Error::Fatal(e.to_string()))?
+                    .map_err(Error::Fatal)?;
+            } else if log_dir.exists() {
+                return Err(Error::Fatal(format!(
+                    "group {}: its Raft log is in segment files under {} (this data directory was created with \
+                     raft.log_files = true); start it with raft.log_files = true",
+                    range.group,
+                    log_dir.display()
+                )));
+            }
+            let log_files = log_store.file_log();
             let eager = config
                 .raft
                 .eager_replication
@@ -336,6 +354,7 @@ impl Node {
                 vshard_progress,
                 snapshots_installed,
                 eager,
+                log_files,
                 transferring: AtomicBool::new(false),
                 read_barrier,
             };
@@ -707,6 +726,9 @@ impl Node {
             (Some(last), Some(purged)) => last.saturating_sub(purged),
             (Some(last), None) => last + 1,
         };
+        if let Some(files) = &group.log_files {
+            return Ok((entries, files.bytes()));
+        }
         let start = crate::keys::raft_log_prefix(group.range.group);
         let end = arbor_storage::prefix_end(&start).expect("a group prefix is not all 0xff");
         Ok((entries, self.engine.approximate_size(&start, &end)?))

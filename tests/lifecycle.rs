@@ -396,12 +396,44 @@ async fn a_joining_node_receives_a_large_group_by_snapshot_then_follows_the_log(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_bounds_the_log_and_a_follower_behind_it_catches_up_by_snapshot() {
+    compaction_bounds_the_log(false).await;
+}
+
+/// The same with every group's entries in segment files of its own
+/// (`raft.log_files`): kills, purges, snapshots and a restart over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_bounds_a_log_in_segment_files_too() {
+    let c = compaction_bounds_the_log(true).await;
+
+    phase("the log stayed in segment files, whose purged segments were deleted");
+    let mut held = 0;
+    for node in &c.nodes {
+        for g in [1, 2] {
+            let dir = node.dir.join("raft-log").join(g.to_string());
+            let mut firsts: Vec<u64> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+                .collect();
+            firsts.sort();
+            // A follower that caught up by snapshot may hold no entry.
+            assert!(firsts.iter().all(|&f| f > 1), "node {} group {g}: segments {firsts:?}", node.id);
+            held += firsts.len();
+        }
+    }
+    assert!(held > 0, "no node holds a segment");
+}
+
+/// Runs the compaction scenario (with the entries in segment files if
+/// `log_files`) and returns the stopped cluster.
+async fn compaction_bounds_the_log(log_files: bool) -> Cluster {
     const EVERY: u64 = 100;
     const KEEP: u64 = 20;
     let writes: u64 = if long_tests() { 200_000 } else { 10_000 };
+    // Segments of 64 KiB (the least allowed), so that purges free some.
+    let files = if log_files { "log_files = true\nlog_segment_bytes = 65536\n" } else { "" };
     let mut c = Cluster::start_with_config(
         3,
-        &format!("{QUIET}[raft]\nsnapshot_every_entries = {EVERY}\nkeep_entries_after_snapshot = {KEEP}\n"),
+        &format!("{QUIET}[raft]\nsnapshot_every_entries = {EVERY}\nkeep_entries_after_snapshot = {KEEP}\n{files}"),
         &["--initial-ranges", "/m"],
     );
     let groups = [1, 2];
@@ -514,6 +546,22 @@ async fn compaction_bounds_the_log_and_a_follower_behind_it_catches_up_by_snapsh
     }
     let states = assert_identical_groups(&c, &all, &status_groups);
     assert_load_outcome(&history, &user_values(&states), &prefixes);
+
+    phase("a node refuses to start with the other raft.log_files setting");
+    let flags = std::mem::replace(&mut c.extra, vec!["--initial-ranges".into(), "/m".into()]);
+    if !log_files {
+        let config = c.nodes[0].dir.join("files.toml");
+        std::fs::write(&config, "[raft]\nlog_files = true\n").unwrap();
+        c.extra.extend(["--config".into(), config.to_str().unwrap().into()]);
+    }
+    c.restart(0);
+    let status = c.wait_exit(0, Duration::from_secs(30)).expect("the node refused to start");
+    assert!(!status.success());
+    let log = c.log_of(0);
+    let want = if log_files { "start it with raft.log_files = true" } else { "needs a new data directory" };
+    assert!(log.contains(want), "{log}");
+    c.extra = flags;
+    c
 }
 
 // ------------------------------------------------------------ corruption

@@ -1,5 +1,6 @@
 //! openraft's own storage conformance suite (`openraft::testing::Suite`)
-//! against Arbor's RocksDB log store and state machine.
+//! against Arbor's log store (entries in RocksDB or in segment files) and
+//! state machine.
 
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use arbor::sequencer::{GroupShared, GroupStateMachine};
 use arbor_storage::{Durability, Engine, Rocks, RocksOptions};
 use openraft::testing::{StoreBuilder, Suite};
 
-struct Builder;
+/// Builds stores with the entries in RocksDB, or in segment files
+/// (`raft.log_files`) when `.0`.
+struct Builder(bool);
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
@@ -23,12 +26,21 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let sm =
             GroupStateMachine::open(range, engine.clone(), 2, Arc::new(GroupShared::default()), hlc, Durability::Sync)
                 .unwrap();
-        Ok((dir, LogStore::new(7, engine, Durability::Sync), StateMachine::new(sm)))
+        let mut log = LogStore::new(7, engine, Durability::Sync);
+        if self.0 {
+            log = log.with_segment_log(&dir.path().join("raft-log"), 64 << 10).unwrap();
+        }
+        Ok((dir, log, StateMachine::new(sm)))
     }
 }
 
 #[test]
 fn openraft_storage_suite() {
     // The suite runs each case on a runtime of its own.
-    Suite::test_all(Builder).unwrap();
+    Suite::test_all(Builder(false)).unwrap();
+}
+
+#[test]
+fn openraft_storage_suite_with_the_log_in_segment_files() {
+    Suite::test_all(Builder(true)).unwrap();
 }

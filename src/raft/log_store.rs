@@ -1,10 +1,11 @@
-//! A group's Raft log in the node's RocksDB: entries under
-//! `Key::RaftLog(group, index)`, the vote, the committed log id and the
-//! purge point under their own keys (see [`crate::keys`]).
+//! A group's Raft log: the vote, the committed log id and the purge point
+//! under their own keys in the node's RocksDB (see [`crate::keys`]), the
+//! entries either there too, under `Key::RaftLog(group, index)`, or in
+//! segment files of the group's own ([`FileLog`], `raft.log_files`).
 //!
-//! Appends and votes are written with `Durability::Sync` (the WAL is
-//! fsync'd) before openraft is told they are persistent. Writes run on
-//! tokio's blocking pool.
+//! Appends and votes are synced (RocksDB's WAL, or the segment file)
+//! before openraft is told they are persistent. Writes run on tokio's
+//! blocking pool.
 //!
 //! The most recently appended entries are also kept in memory
 //! ([`EntryCache`]): openraft reads every entry back right after appending
@@ -31,9 +32,11 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::AtomicU64;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arbor_storage::segments::{self, SegmentLog};
 use arbor_storage::{Direction, Durability, Engine, WriteBatch};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
@@ -60,6 +63,50 @@ pub struct LogStore {
     /// whether an append is an idle leader's.
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId>,
+    /// The entries' segment files; `None`: the entries are RocksDB keys.
+    files: Option<Arc<FileLog>>,
+}
+
+/// A group's log entries in segment files of its own
+/// ([`arbor_storage::segments`]): an append is one `pwrite` and one
+/// `fdatasync` of a file, usually into a segment zero-filled ahead of use,
+/// instead of a synced RocksDB write (docs/BENCHMARKS.md, item 41).
+pub struct FileLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    log: Mutex<SegmentLog>,
+    /// A thread is zero-filling the next segment.
+    filling: Arc<AtomicBool>,
+}
+
+impl FileLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of segment files in use (the status API's log size).
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes()
+    }
+
+    /// Starts zero-filling the next segment on a thread of its own if none
+    /// is ready or being made, so that no append waits for it.
+    fn prepare_spare(&self) {
+        if segments::spare_ready(&self.dir) || self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (dir, bytes, filling) = (self.dir.clone(), self.segment_bytes, self.filling.clone());
+        let spawned = std::thread::Builder::new().name("arbor-log-spare".into()).spawn(move || {
+            if let Err(e) = segments::fill_spare(&dir, bytes) {
+                // Appends then grow a new file instead: slower, as safe.
+                tracing::warn!(dir = %dir.display(), "could not zero-fill the next log segment: {e}");
+            }
+            filling.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.filling.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// At most this many recent entries are cached...
@@ -177,7 +224,49 @@ impl LogStore {
             eager: None,
             vote: None,
             committed: None,
+            files: None,
         }
+    }
+
+    /// Keeps the entries in segment files in `dir` instead of RocksDB,
+    /// opening (and recovering) what `dir` holds. Refused for a group that
+    /// kept its log in RocksDB (it has entries there, or a vote and no
+    /// `dir`): a data directory keeps the log where it was created.
+    /// Blocking: run it off the async runtime.
+    pub fn with_segment_log(mut self, dir: &Path, segment_bytes: u64) -> Result<Self, String> {
+        let prefix = keys::raft_log_prefix(self.group);
+        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
+        let in_rocks =
+            self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).next().is_some();
+        let voted = self.get_meta::<Vote<NodeId>>(Key::RaftVote(self.group)).map_err(|e| e.to_string())?.is_some();
+        if in_rocks || (voted && !dir.exists()) {
+            return Err(format!(
+                "group {}: its Raft log is in RocksDB (this data directory was created with raft.log_files = false); \
+                 raft.log_files = true needs a new data directory",
+                self.group
+            ));
+        }
+        let mut log = SegmentLog::open(dir, segment_bytes).map_err(|e| format!("group {}: {e}", self.group))?;
+        let purged: Option<LogId> = self.get_meta(Key::RaftPurged(self.group)).map_err(|e| e.to_string())?;
+        if let Some(purged) = purged {
+            log.purge(purged.index).map_err(|e| format!("group {}: {e}", self.group))?;
+        }
+        let files = FileLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            log: Mutex::new(log),
+            filling: Arc::new(AtomicBool::new(false)),
+        };
+        // The first segment too should be zero-filled: its appends would
+        // otherwise grow a file (~half the gain, item 41).
+        segments::fill_spare(dir, segment_bytes).map_err(|e| format!("group {}: {e}", self.group))?;
+        self.files = Some(Arc::new(files));
+        Ok(self)
+    }
+
+    /// The segment files, when the entries are kept in them.
+    pub fn file_log(&self) -> Option<Arc<FileLog>> {
+        self.files.clone()
     }
 
     /// Sends an idle leader's entries eagerly through `eager`.
@@ -207,6 +296,12 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        if let Some(files) = &self.files {
+            let log = files.lock();
+            let Some(last) = log.last_index() else { return Ok(None) };
+            let bytes = log.read(last).map_err(read_err)?.ok_or_else(|| read_err("the last entry vanished"))?;
+            return Ok(Some(self.decode_at(last, &bytes)?));
+        }
         let prefix = keys::raft_log_prefix(self.group);
         let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
         let mut it = self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Reverse);
@@ -224,7 +319,10 @@ impl LogStore {
     /// naming the group and index (openraft then stops the group).
     fn decode_at(&self, index: u64, bytes: &[u8]) -> Result<Entry, StorageError> {
         decode_entry(bytes).map_err(|e| {
-            let file = self.engine.locate(&Key::RaftLog(self.group, index).encode());
+            let file = match &self.files {
+                Some(files) => format!("the segment files in {}", files.dir.display()),
+                None => self.engine.locate(&Key::RaftLog(self.group, index).encode()),
+            };
             let msg = format!("corrupt Raft log entry: group {} index {index} in {file}: {e}", self.group);
             tracing::error!(group = self.group, index, "{msg}; stopping the group rather than applying it");
             StorageIOError::read_log_at_index(index, openraft::AnyError::error(msg)).into()
@@ -249,6 +347,17 @@ impl LogStore {
         };
         if let Some(hit) = cached_end.and_then(|end| self.cache().get(start, end)) {
             return Ok(hit);
+        }
+        if let Some(files) = &self.files {
+            let log = files.lock();
+            let Some(last) = log.last_index() else { return Ok(Vec::new()) };
+            let end = cached_end.map_or(last, |end| end.saturating_sub(1).min(last));
+            let mut out = Vec::new();
+            for index in start.max(log.first_index().unwrap_or(start))..=end {
+                let Some(bytes) = log.read(index).map_err(read_err)? else { break };
+                out.push(self.decode_at(index, &bytes)?);
+            }
+            return Ok(out);
         }
         let end = match range.end_bound() {
             Bound::Included(&i) => Bound::Included(Key::RaftLog(self.group, i).encode()),
@@ -342,18 +451,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 eager.send(req);
             }
         }
-        let mut b = WriteBatch::new();
-        let mut bytes = 0;
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let mut encoded = Vec::with_capacity(entries.len());
         let mut written = Vec::with_capacity(entries.len());
         for entry in entries {
-            let encoded = encode_entry(&entry);
-            bytes += encoded.len() as u64;
-            let len = encoded.len();
-            b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), encoded);
-            written.push((entry, len));
+            let bytes = encode_entry(&entry);
+            written.push((entry, bytes.len()));
+            encoded.push(bytes);
         }
-        self.appended.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        let result = self.write(b).await;
+        let bytes: usize = encoded.iter().map(Vec::len).sum();
+        self.appended.fetch_add(bytes as u64, Ordering::Relaxed);
+        let result = match &self.files {
+            Some(files) => {
+                let files = files.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+                    let result = files.lock().append(first, &refs);
+                    files.prepare_spare();
+                    result
+                })
+                .await;
+                result.map_err(write_err).and_then(|r| r.map_err(write_err))
+            }
+            None => {
+                let mut b = WriteBatch::new();
+                for (bytes, (entry, _)) in encoded.into_iter().zip(&written) {
+                    b.put(Key::RaftLog(self.group, entry.log_id.index).encode(), bytes);
+                }
+                self.write(b).await
+            }
+        };
         if result.is_ok() {
             self.cache().append(written);
         } else {
@@ -365,6 +495,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cache().truncate(log_id.index);
+        if let Some(files) = self.files.clone() {
+            let index = log_id.index;
+            return tokio::task::spawn_blocking(move || files.lock().truncate(index))
+                .await
+                .map_err(write_err)?
+                .map_err(write_err);
+        }
         let mut b = WriteBatch::new();
         b.delete_range(Key::RaftLog(self.group, log_id.index).encode(), Key::RaftLog(self.group, u64::MAX).encode());
         b.delete(Key::RaftLog(self.group, u64::MAX).encode());
@@ -374,9 +511,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut b = WriteBatch::new();
         b.put(Key::RaftPurged(self.group).encode(), rmp_serde::to_vec(&log_id).map_err(write_err)?);
-        b.delete_range(Key::RaftLog(self.group, 0).encode(), Key::RaftLog(self.group, log_id.index + 1).encode());
         self.cache().purge(log_id.index);
-        self.write(b).await
+        let Some(files) = self.files.clone() else {
+            b.delete_range(Key::RaftLog(self.group, 0).encode(), Key::RaftLog(self.group, log_id.index + 1).encode());
+            return self.write(b).await;
+        };
+        // The purge point first: if the segments' purge is cut short, the
+        // next open purges them up to it again.
+        self.write(b).await?;
+        let index = log_id.index;
+        tokio::task::spawn_blocking(move || files.lock().purge(index)).await.map_err(write_err)?.map_err(write_err)
     }
 }
 
@@ -528,5 +672,73 @@ mod tests {
         assert!(decode_entry(&[9, 0, 0, 0, 0]).unwrap_err().contains("format 9"));
         let good = encode_entry(&entry(1));
         assert_eq!(decode_entry(&good).unwrap().log_id.index, 1);
+    }
+
+    fn ids(entries: &[Entry]) -> Vec<LogId> {
+        entries.iter().map(|e| e.log_id).collect()
+    }
+
+    #[tokio::test]
+    async fn entries_in_segment_files_survive_restarts_truncations_and_purges() {
+        use openraft::storage::RaftLogStorageExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Memory::new());
+        let open = || LogStore::new(3, engine.clone(), Durability::Sync).with_segment_log(dir.path(), 1 << 20).unwrap();
+        let mut store = open();
+        store.blocking_append((1..=10).map(entry)).await.unwrap();
+        drop(store);
+
+        // A new store has an empty cache: these come from the files.
+        let mut store = open();
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(entry(10).log_id));
+        assert_eq!(
+            ids(&store.try_get_log_entries(1..=10).await.unwrap()),
+            ids(&(1..=10).map(entry).collect::<Vec<_>>())
+        );
+        // A new leader's entry 7 replaces 7..=10.
+        store.truncate(entry(7).log_id).await.unwrap();
+        store.blocking_append([entry_of(2, 2, 7)]).await.unwrap();
+        store.purge(entry(3).log_id).await.unwrap();
+        drop(store);
+
+        let mut store = open();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(3).log_id));
+        assert_eq!(state.last_log_id, Some(entry_of(2, 2, 7).log_id));
+        let want = vec![entry(4).log_id, entry(5).log_id, entry(6).log_id, entry_of(2, 2, 7).log_id];
+        assert_eq!(ids(&store.try_get_log_entries(4..).await.unwrap()), want);
+        assert_eq!(ids(&store.try_get_log_entries(1..4).await.unwrap()), Vec::<LogId>::new(), "purged");
+        let prefix = keys::raft_log_prefix(3);
+        let end = arbor_storage::prefix_end(&prefix).unwrap();
+        let in_rocks = engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).count();
+        assert_eq!(in_rocks, 0, "no entry went to the engine");
+        assert!(store.file_log().unwrap().bytes() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_group_that_kept_its_log_in_the_engine_refuses_segment_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("raft-log").join("3");
+        let refused = |engine: Arc<Memory>| {
+            let err = LogStore::new(3, engine, Durability::Sync).with_segment_log(&dir, 1 << 20).err().unwrap();
+            assert!(
+                err.contains("group 3") && err.contains("raft.log_files = true needs a new data directory"),
+                "{err}"
+            );
+        };
+        let with_entries = Arc::new(Memory::new());
+        stored_log(&with_entries, 3);
+        refused(with_entries);
+        // A vote and no segment directory: its (purged) log was in the engine.
+        let voted = Arc::new(Memory::new());
+        LogStore::new(3, voted.clone(), Durability::Sync).save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        refused(voted.clone());
+        assert!(!dir.exists());
+        // A new group starts its directory, which then stands for it.
+        let store =
+            LogStore::new(3, Arc::new(Memory::new()), Durability::Sync).with_segment_log(&dir, 1 << 20).unwrap();
+        assert!(dir.exists());
+        drop(store);
+        LogStore::new(3, voted, Durability::Sync).with_segment_log(&dir, 1 << 20).unwrap();
     }
 }

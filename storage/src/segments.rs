@@ -3,8 +3,8 @@
 //! RocksDB write of each log entry costs ~12% of the write path, half of
 //! it RocksDB's own work, half fsyncs into a file that grows).
 //!
-//! Not used by the server yet: this is the storage half of that change,
-//! with its recovery rules; the log store wires it in next.
+//! The server keeps a group's entries here when `raft.log_files` is on
+//! (`crate::raft::log_store::FileLog` in the server crate).
 //!
 //! A directory holds segments named by their first index
 //! (`00000000000000000042.seg`): a header (magic, format) and records
@@ -165,6 +165,13 @@ impl SegmentLog {
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name.starts_with(SPARE_TMP) {
+                // A spare whose filling a crash cut short.
+                match std::fs::remove_file(dir.join(name)) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                    _ => continue,
+                }
+            }
             if let Some(first) = name.strip_suffix(SUFFIX) {
                 let first = first
                     .parse::<u64>()
@@ -368,6 +375,11 @@ fn seal(file: &File, at: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a zero-filled segment is ready in `dir` for the next one.
+pub fn spare_ready(dir: &Path) -> bool {
+    dir.join(SPARE).exists()
+}
+
 /// Zero-fills the next segment of the log in `dir` ahead of use, unless
 /// one is ready: `segment_bytes` of zeros, synced, then renamed into
 /// place, so that the appends that fill it write into blocks the file
@@ -378,7 +390,11 @@ pub fn fill_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
     if spare.exists() {
         return Ok(false);
     }
-    let tmp = dir.join(SPARE_TMP);
+    // A name of its own: a filler still running for a log closed in this
+    // process (tests do that) must not write into this one's file.
+    static FILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = FILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{SPARE_TMP}.{}.{n}", std::process::id()));
     let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut at = 0;
