@@ -77,7 +77,12 @@ pub struct FileLog {
     log: Mutex<SegmentLog>,
     /// A thread is zero-filling the next segment.
     filling: Arc<AtomicBool>,
+    /// When zero-filling last failed (a full disk, say): not retried for
+    /// [`SPARE_RETRY`], rather than after every append.
+    failed_at: Arc<Mutex<Option<std::time::Instant>>>,
 }
+
+const SPARE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl FileLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
@@ -92,14 +97,20 @@ impl FileLog {
     /// Starts zero-filling the next segment on a thread of its own if none
     /// is ready or being made, so that no append waits for it.
     fn prepare_spare(&self) {
-        if segments::spare_ready(&self.dir) || self.filling.swap(true, Ordering::AcqRel) {
+        let failed_at = *self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if failed_at.is_some_and(|t| t.elapsed() < SPARE_RETRY)
+            || segments::spare_ready(&self.dir)
+            || self.filling.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        let (dir, bytes, filling) = (self.dir.clone(), self.segment_bytes, self.filling.clone());
+        let (dir, bytes, filling, failed) =
+            (self.dir.clone(), self.segment_bytes, self.filling.clone(), self.failed_at.clone());
         let spawned = std::thread::Builder::new().name("arbor-log-spare".into()).spawn(move || {
             if let Err(e) = segments::fill_spare(&dir, bytes) {
                 // Appends then grow a new file instead: slower, as safe.
                 tracing::warn!(dir = %dir.display(), "could not zero-fill the next log segment: {e}");
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
             }
             filling.store(false, Ordering::Release);
         });
@@ -256,6 +267,7 @@ impl LogStore {
             segment_bytes,
             log: Mutex::new(log),
             filling: Arc::new(AtomicBool::new(false)),
+            failed_at: Arc::new(Mutex::new(None)),
         };
         // The first segment too should be zero-filled: its appends would
         // otherwise grow a file (~half the gain, item 41).

@@ -395,17 +395,23 @@ pub fn fill_spare(dir: &Path, segment_bytes: u64) -> io::Result<bool> {
     static FILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = FILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!("{SPARE_TMP}.{}.{n}", std::process::id()));
-    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < segment_bytes {
-        let n = zeros.len().min((segment_bytes - at) as usize);
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, &spare)?;
-    sync_dir(dir)?;
+    let fill = || {
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < segment_bytes {
+            let n = zeros.len().min((segment_bytes - at) as usize);
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, &spare)?;
+        sync_dir(dir)
+    };
+    fill().inspect_err(|_| {
+        // Not to hold the space a full disk is short of.
+        let _ = std::fs::remove_file(&tmp);
+    })?;
     Ok(true)
 }
 
