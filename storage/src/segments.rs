@@ -325,9 +325,13 @@ impl SegmentLog {
         // Later segments first: if this is interrupted, the log is as it
         // was up to the segment with the cut, which is a log that simply
         // was not truncated yet.
+        let mut deleted = false;
         while self.segments.last().is_some_and(|s| s.first >= from) {
             let s = self.segments.pop().expect("checked");
             std::fs::remove_file(&s.path)?;
+            deleted = true;
+        }
+        if deleted {
             sync_dir(&self.dir)?;
         }
         if let Some(segment) = self.segments.last_mut() {
@@ -423,6 +427,13 @@ mod tests {
         format!("{tag}-{index}-{}", "x".repeat((index % 7) as usize * 10)).into_bytes()
     }
 
+    /// Closes `log` and opens its directory again, as a restart does.
+    fn reopen(log: SegmentLog) -> SegmentLog {
+        let (dir, size) = (log.dir.clone(), log.segment_bytes);
+        drop(log);
+        SegmentLog::open(&dir, size).unwrap()
+    }
+
     fn append(log: &mut SegmentLog, range: std::ops::RangeInclusive<u64>, tag: &str) {
         let first = *range.start();
         let payloads: Vec<Vec<u8>> = range.map(|i| payload(i, tag)).collect();
@@ -472,16 +483,14 @@ mod tests {
         append(&mut log, 31..=35, "a");
         assert!(segment_files(dir.path()).len() > 3, "small segments roll over");
         assert_eq!(all(&log), expected(1..=35, "a"));
-        drop(log);
-        let mut log = SegmentLog::open(dir.path(), 256).unwrap();
+        let mut log = reopen(log);
         assert_eq!(all(&log), expected(1..=35, "a"));
         let files = segment_files(dir.path()).len();
         append(&mut log, 36..=36, "a");
         assert_eq!(segment_files(dir.path()).len(), files + 1, "a reopened log appends to a new segment");
         assert!(log.append(38, &[b"gap"]).is_err(), "indexes must follow");
         assert!(log.append(37, &[b""]).is_err(), "empty records are refused");
-        drop(log);
-        assert_eq!(all(&SegmentLog::open(dir.path(), 256).unwrap()), expected(1..=36, "a"));
+        assert_eq!(all(&reopen(log)), expected(1..=36, "a"));
     }
 
     #[test]
@@ -504,8 +513,7 @@ mod tests {
             // A new record 5 as long as the old one ends where the old
             // record 6 begins.
             log.append(5, &[&payload(5, "b")]).unwrap();
-            drop(log);
-            let log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+            let log = reopen(log);
             assert_eq!(log.last_index(), Some(5), "{damage}: the unacknowledged record 6 stays gone");
             assert_eq!(log.read(5).unwrap().unwrap(), payload(5, "b"));
         }
@@ -523,21 +531,18 @@ mod tests {
         log.truncate(50).unwrap();
         assert_eq!(log.last_index(), Some(8), "nothing to cut past the end");
         append(&mut log, 9..=10, "new");
-        drop(log);
-        let mut log = SegmentLog::open(dir.path(), 300).unwrap();
+        let mut log = reopen(log);
         let mut want = expected(1..=8, "old");
         want.extend(expected(9..=10, "new"));
         assert_eq!(all(&log), want);
         // Cut inside the segment just appended to, then everything.
         log.truncate(10).unwrap();
-        drop(log);
-        let mut log = SegmentLog::open(dir.path(), 300).unwrap();
+        let mut log = reopen(log);
         assert_eq!(log.last_index(), Some(9));
         log.truncate(1).unwrap();
         assert_eq!((log.first_index(), log.last_index()), (None, None));
         append(&mut log, 1..=2, "again");
-        drop(log);
-        assert_eq!(all(&SegmentLog::open(dir.path(), 300).unwrap()), expected(1..=2, "again"));
+        assert_eq!(all(&reopen(log)), expected(1..=2, "again"));
     }
 
     #[test]
@@ -552,8 +557,7 @@ mod tests {
         assert_eq!(log.first_index(), Some(26));
         assert_eq!(log.read(25).unwrap(), None);
         assert!(segment_files(dir.path()).len() < files, "whole purged segments are deleted");
-        drop(log);
-        let mut log = SegmentLog::open(dir.path(), 200).unwrap();
+        let mut log = reopen(log);
         assert!(log.first_index().unwrap() <= 26, "the first segment may still hold purged records");
         log.purge(25).unwrap();
         assert_eq!(all(&log), expected(26..=40, "a"));
@@ -562,8 +566,7 @@ mod tests {
         assert_eq!((log.first_index(), log.last_index()), (None, None));
         assert!(segment_files(dir.path()).is_empty());
         append(&mut log, 1001..=1003, "b");
-        drop(log);
-        assert_eq!(all(&SegmentLog::open(dir.path(), 200).unwrap()), expected(1001..=1003, "b"));
+        assert_eq!(all(&reopen(log)), expected(1001..=1003, "b"));
     }
 
     #[test]
@@ -577,8 +580,7 @@ mod tests {
         assert!(!dir.path().join(SPARE).exists(), "taken by the first segment");
         let first = dir.path().join(segment_name(1));
         assert_eq!(std::fs::metadata(&first).unwrap().len(), size, "appends write into the zeros");
-        drop(log);
-        assert_eq!(all(&SegmentLog::open(dir.path(), size).unwrap()), expected(1..=3, "a"));
+        assert_eq!(all(&reopen(log)), expected(1..=3, "a"));
     }
 
     #[test]
