@@ -16,14 +16,25 @@
 //! and the sync has no file size to journal) or grows with its appends.
 //!
 //! Recovery reads the segments in order and keeps every record up to the
-//! first that is empty, torn (short or failing its checksum) or out of
-//! sequence. Records after that point can still be valid: a write of
-//! several records may reach the disk out of order, and a truncation
-//! leaves the records behind its cut. None of them may come back, so a
-//! recovered log never appends to the segment it recovered last, and a
-//! cut (a truncation, a torn record) is sealed by zeroing the `len` at
-//! the cut and syncing it before the call returns. A bad record in any
-//! segment but the last, or a gap between segments, is corruption.
+//! first that is not there: an all-zero header, a seal, or the end of the
+//! file. A damaged record (short, failing its checksum, or a zero length
+//! without the seal) ends the log there only if it is torn — cut short by
+//! a crash during its write, which leaves a whole sector of it zero or
+//! runs past the end of the file (see `torn`). Any other damage,
+//! a valid record out of sequence, a bad record in any segment but the
+//! last, or a gap between segments, is corruption: an error naming the
+//! file, never a silent cut, since the records after it were acknowledged.
+//!
+//! Records after a torn one can still be valid (a write of several records
+//! may reach the disk out of order), and a truncation leaves the records
+//! behind its cut. None of them may come back, so a recovered log never
+//! appends to the segment it recovered last, and a cut (a truncation, a
+//! torn record) is sealed — a zero `len` and the mark `SEAL` written at the
+//! cut and synced before the call returns.
+//!
+//! A flipped bit in a record's `len` that makes it reach past the records
+//! written (into the zeros ahead of them, or past the end of the file)
+//! reads as a torn tail: the damage this cannot tell apart.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -31,7 +42,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"ARBORSEG";
-const FORMAT: u32 = 1;
+/// Format 2 seals a cut with [`SEAL`] (format 1, never a default, left a
+/// bare zero length).
+const FORMAT: u32 = 2;
+/// The checksum field of a record header whose length is 0: the records
+/// end here for good (a truncation, or a torn tail cut off at recovery).
+const SEAL: u32 = u32::from_le_bytes(*b"SEAL");
+/// The unit a disk writes whole.
+const SECTOR: u64 = 512;
 /// Magic, format, 4 bytes reserved.
 const HEADER: u64 = 16;
 /// `len`, `crc32`, `index`.
@@ -82,7 +100,8 @@ fn corrupt(path: &Path, what: String) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, format!("corrupt log segment {}: {what}", path.display()))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the creations, renames and deletions in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -97,15 +116,51 @@ fn segment_name(first: u64) -> String {
     format!("{first:020}{SUFFIX}")
 }
 
-/// Why a segment's scan stopped.
+/// Why a segment's scan stopped where it did.
 enum Stop {
-    /// A `len` of 0, or the end of the file.
+    /// An all-zero record header, a seal, or the end of the file.
     Clean,
-    /// A record that is short, fails its checksum or is out of sequence.
-    Bad(String),
+    /// A record torn by a crash during its write: cut the log there.
+    Torn(String),
 }
 
-/// Reads a segment's records from its header on; `first` is its name's index.
+/// Whether the damaged record at `at`, ending at `end` by its `len`, was
+/// torn: cut short by a crash during its write.
+///
+/// How a torn write is told from corruption (much as etcd's WAL does):
+/// every byte an append writes had been zero before (segments are
+/// zero-filled ahead of use, or grow), and a disk writes a sector whole or
+/// not at all. A sector the append did not get onto the disk therefore
+/// reads all zeros if it starts within the record, or, for the sector the
+/// record starts in, from the record's start on. So the record is torn if
+/// it runs past the end of the file, or its header straddles a sector
+/// boundary with its part before it all zeros, or a sector starting within
+/// it is all zeros. A flipped bit leaves none of these.
+fn torn(file: &File, size: u64, at: u64, end: u64) -> io::Result<bool> {
+    if end > size {
+        return Ok(true);
+    }
+    let zeros = |from: u64, to: u64| -> io::Result<bool> {
+        let mut buf = vec![0u8; (to - from) as usize];
+        file.read_exact_at(&mut buf, from)?;
+        Ok(buf.iter().all(|&b| b == 0))
+    };
+    let boundary = (at / SECTOR + 1) * SECTOR;
+    if boundary < at + RECORD_HEADER && zeros(at, boundary)? {
+        return Ok(true);
+    }
+    let mut sector = boundary;
+    while sector < end {
+        if zeros(sector, (sector + SECTOR).min(size))? {
+            return Ok(true);
+        }
+        sector += SECTOR;
+    }
+    Ok(false)
+}
+
+/// Reads a segment's records from its header on; `first` is its name's
+/// index. A damaged record is an error unless it is [`torn`].
 fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
     let size = file.metadata()?.len();
@@ -113,7 +168,7 @@ fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
         Segment { first, path: path.to_path_buf(), file, offsets: Vec::new(), lens: Vec::new(), end: HEADER };
     let mut header = [0u8; HEADER as usize];
     if size < HEADER {
-        return Ok((segment, Stop::Bad(format!("{size} bytes, shorter than its header"))));
+        return Ok((segment, Stop::Torn(format!("{size} bytes, shorter than its header"))));
     }
     segment.file.read_exact_at(&mut header, 0)?;
     if header == [0u8; HEADER as usize] {
@@ -121,7 +176,7 @@ fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
         return Ok((segment, Stop::Clean));
     }
     if &header[..8] != MAGIC || u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) != FORMAT {
-        return Err(corrupt(path, "not a segment of this format".to_string()));
+        return Err(corrupt(path, format!("not a segment of format {FORMAT}")));
     }
     let mut at = HEADER;
     loop {
@@ -130,28 +185,40 @@ fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
         }
         let mut head = [0u8; RECORD_HEADER as usize];
         segment.file.read_exact_at(&mut head, at)?;
-        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-        if len == 0 {
+        if head == [0u8; RECORD_HEADER as usize] {
             return Ok((segment, Stop::Clean));
         }
+        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let index = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        let expected = first + segment.offsets.len() as u64;
-        if at + RECORD_HEADER + u64::from(len) > size {
-            return Ok((segment, Stop::Bad(format!("record at offset {at} runs past the end of the file"))));
+        let end = at + RECORD_HEADER + u64::from(len);
+        let why = if len == 0 {
+            if crc == SEAL {
+                return Ok((segment, Stop::Clean));
+            }
+            format!("record at offset {at} has a zero length but is not a seal")
+        } else if end > size {
+            format!("record at offset {at} runs past the end of the file")
+        } else {
+            let mut payload = vec![0u8; len as usize];
+            segment.file.read_exact_at(&mut payload, at + RECORD_HEADER)?;
+            if checksum(index, &payload) == crc {
+                let expected = first + segment.offsets.len() as u64;
+                if index != expected {
+                    return Err(corrupt(path, format!("record at offset {at} has index {index}, expected {expected}")));
+                }
+                segment.offsets.push(at);
+                segment.lens.push(len);
+                at = end;
+                segment.end = at;
+                continue;
+            }
+            format!("record at offset {at} fails its checksum")
+        };
+        if torn(&segment.file, size, at, end)? {
+            return Ok((segment, Stop::Torn(why)));
         }
-        let mut payload = vec![0u8; len as usize];
-        segment.file.read_exact_at(&mut payload, at + RECORD_HEADER)?;
-        if checksum(index, &payload) != crc {
-            return Ok((segment, Stop::Bad(format!("record at offset {at} fails its checksum"))));
-        }
-        if index != expected {
-            return Ok((segment, Stop::Bad(format!("record at offset {at} has index {index}, expected {expected}"))));
-        }
-        segment.offsets.push(at);
-        segment.lens.push(len);
-        at += RECORD_HEADER + u64::from(len);
-        segment.end = at;
+        return Err(corrupt(path, why));
     }
 }
 
@@ -194,7 +261,7 @@ impl SegmentLog {
             }
             let (segment, stop) = scan(&path, first)?;
             let is_last = i + 1 == firsts.len();
-            if let Stop::Bad(why) = stop {
+            if let Stop::Torn(why) = stop {
                 if !is_last {
                     return Err(corrupt(&path, why));
                 }
@@ -370,10 +437,14 @@ impl SegmentLog {
     }
 }
 
-/// Ends a segment's records at `at` for good: a zero `len` there, synced.
+/// Ends a segment's records at `at` for good: a zero `len` and [`SEAL`]
+/// there, synced. (A file too short for a record header there ends
+/// there anyway.)
 fn seal(file: &File, at: u64) -> io::Result<()> {
-    if file.metadata()?.len() >= at + 4 {
-        file.write_all_at(&[0u8; 4], at)?;
+    if file.metadata()?.len() >= at + RECORD_HEADER {
+        let mut mark = [0u8; 8];
+        mark[4..].copy_from_slice(&SEAL.to_le_bytes());
+        file.write_all_at(&mark, at)?;
         file.sync_data()?;
     }
     Ok(())
@@ -493,23 +564,33 @@ mod tests {
         assert_eq!(all(&reopen(log)), expected(1..=36, "a"));
     }
 
+    /// Records 1..=6 of 700 bytes each (every one spans two sectors), the
+    /// last three written at once; returns the log closed, and where record
+    /// 5 is.
+    fn six_long_records(dir: &Path) -> (PathBuf, u64) {
+        let mut log = SegmentLog::open(dir, 1 << 20).unwrap();
+        let long = |i: u64| payload(i, &"L".repeat(700))[..700].to_vec();
+        let records: Vec<Vec<u8>> = (1..=6).map(long).collect();
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        log.append(1, &refs[..3]).unwrap();
+        log.append(4, &refs[3..]).unwrap();
+        locate(&log, 5)
+    }
+
     #[test]
     fn a_torn_record_ends_the_log_and_nothing_after_it_returns() {
-        for damage in ["checksum", "zero length"] {
+        for damage in ["its second sector", "its first sector"] {
             let dir = tempfile::tempdir().unwrap();
-            let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
-            append(&mut log, 1..=3, "a");
-            // One write of three records, of which the middle one did not
-            // reach the disk whole but the last one did.
-            append(&mut log, 4..=6, "a");
-            let (path, at) = locate(&log, 5);
-            drop(log);
+            let (path, at) = six_long_records(dir.path());
+            // One write of three records, of which a sector of the middle
+            // one did not reach the disk but the last one did.
+            let boundary = (at / SECTOR + 1) * SECTOR;
             match damage {
-                "checksum" => write_at(&path, at + RECORD_HEADER, b"?"),
-                _ => write_at(&path, at, &[0, 0, 0, 0]),
+                "its second sector" => write_at(&path, boundary, &[0; SECTOR as usize]),
+                _ => write_at(&path, at, &vec![0; (boundary - at) as usize]),
             }
             let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
-            assert_eq!(all(&log), expected(1..=4, "a"), "{damage}");
+            assert_eq!(log.last_index(), Some(4), "{damage}");
             // A new record 5 as long as the old one ends where the old
             // record 6 begins.
             log.append(5, &[&payload(5, "b")]).unwrap();
@@ -517,6 +598,32 @@ mod tests {
             assert_eq!(log.last_index(), Some(5), "{damage}: the unacknowledged record 6 stays gone");
             assert_eq!(log.read(5).unwrap().unwrap(), payload(5, "b"));
         }
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_last_segment_is_an_error_not_a_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, at) = six_long_records(dir.path());
+        let mut original = vec![0u8; RECORD_HEADER as usize + 700];
+        File::open(&path).unwrap().read_exact_at(&mut original, at).unwrap();
+        let mut wrong_index = original.clone();
+        let payload = &original[RECORD_HEADER as usize..];
+        wrong_index[4..8].copy_from_slice(&checksum(9, payload).to_le_bytes());
+        wrong_index[8..16].copy_from_slice(&9u64.to_le_bytes());
+        let flipped_byte = [original[100] ^ 0x08];
+        for (what, off, bytes, why) in [
+            ("a flipped bit", at + 100, &flipped_byte[..], "fails its checksum"),
+            ("a zeroed length", at, &[0u8; 4][..], "zero length"),
+            ("a valid record out of sequence", at, &wrong_index[..], "has index 9, expected 5"),
+        ] {
+            write_at(&path, off, bytes);
+            let err = SegmentLog::open(dir.path(), 1 << 20).err().unwrap_or_else(|| panic!("{what} was cut off"));
+            assert_eq!(err.kind(), ErrorKind::InvalidData, "{what}");
+            assert!(err.to_string().contains(&segment_name(1)) && err.to_string().contains(why), "{what}: {err}");
+            write_at(&path, at, &original);
+        }
+        let log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(log.last_index(), Some(6), "repaired, nothing was cut");
     }
 
     #[test]
