@@ -226,8 +226,9 @@ pub struct RaftTimings {
     pub eager_replication: bool,
     /// Keep each group's log entries in segment files of its own under
     /// `<data_dir>/raft-log/<group>` instead of RocksDB (`raft::log_store`,
-    /// docs/BENCHMARKS.md item 41). Fixed when a data directory is created:
-    /// a node refuses to start with the other setting.
+    /// docs/BENCHMARKS.md item 41); default on. A node started with the
+    /// other setting moves each group's log at startup
+    /// (`LogStore::with_segment_log`, `LogStore::move_log_to_engine`).
     pub log_files: bool,
     /// The size of those segment files, each zero-filled ahead of use (a
     /// group keeps one spare): an append then writes into blocks the file
@@ -307,7 +308,7 @@ impl Default for RaftTimings {
             snapshot_log_ratio: None,
             keep_entries_after_snapshot: 1_000,
             eager_replication: true,
-            log_files: false,
+            log_files: true,
             log_segment_bytes: 16 << 20,
         }
     }

@@ -283,20 +283,19 @@ impl Node {
             let snapshots_installed = state_machine.snapshots_installed();
             let mut log_store = LogStore::new(range.group, dyn_engine, durability);
             let log_dir = config.data_dir.join("raft-log").join(range.group.to_string());
-            if config.raft.log_files {
-                let segment_bytes = config.raft.log_segment_bytes;
-                log_store = tokio::task::spawn_blocking(move || log_store.with_segment_log(&log_dir, segment_bytes))
-                    .await
-                    .map_err(|e| Error::Fatal(e.to_string()))?
-                    .map_err(Error::Fatal)?;
-            } else if log_dir.exists() {
-                return Err(Error::Fatal(format!(
-                    "group {}: its Raft log is in segment files under {} (this data directory was created with \
-                     raft.log_files = true); start it with raft.log_files = true",
-                    range.group,
-                    log_dir.display()
-                )));
+            let segment_bytes = config.raft.log_segment_bytes;
+            // The test-only volatile switch needs writes a kill loses: the
+            // entries then stay in RocksDB, written without its WAL.
+            log_store = if config.raft.log_files && !unsafe_switches.volatile_writes {
+                tokio::task::spawn_blocking(move || log_store.with_segment_log(&log_dir, segment_bytes)).await
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    log_store.move_log_to_engine(&log_dir, segment_bytes).map(|()| log_store)
+                })
+                .await
             }
+            .map_err(|e| Error::Fatal(e.to_string()))?
+            .map_err(Error::Fatal)?;
             let log_files = log_store.file_log();
             let eager = config
                 .raft
@@ -717,21 +716,16 @@ impl Node {
         group.raft.trigger().elect().await.map_err(|e| Error::Unavailable(format!("group {g}: {e}")))
     }
 
-    /// The Raft log this node holds for `group`: entries (from the metrics)
-    /// and approximate bytes (from the engine). Blocking: reads storage.
-    pub fn log_usage(&self, group: &Group) -> Result<(u64, u64)> {
-        let m = group.raft.metrics().borrow().clone();
-        let entries = match (m.last_log_index, m.purged.map(|l| l.index)) {
-            (None, _) => 0,
-            (Some(last), Some(purged)) => last.saturating_sub(purged),
-            (Some(last), None) => last + 1,
-        };
+    /// The approximate bytes of the Raft log this node holds for `group`
+    /// (its segment files, or its range of the engine). Blocking: reads
+    /// storage.
+    pub fn log_bytes(&self, group: &Group) -> Result<u64> {
         if let Some(files) = &group.log_files {
-            return Ok((entries, files.bytes()));
+            return Ok(files.bytes());
         }
         let start = crate::keys::raft_log_prefix(group.range.group);
         let end = arbor_storage::prefix_end(&start).expect("a group prefix is not all 0xff");
-        Ok((entries, self.engine.approximate_size(&start, &end)?))
+        Ok(self.engine.approximate_size(&start, &end)?)
     }
 
     /// Every node of every group's current membership.

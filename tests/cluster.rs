@@ -188,7 +188,8 @@ fn data_keys(dir: &std::path::Path) -> usize {
 /// memtables, so that the restart must re-apply the log it moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
-    let mut c = Cluster::start(3, &[]);
+    // Those versions kept the log in RocksDB.
+    let mut c = Cluster::start_with_config(3, "[raft]\nlog_files = false\n", &[]);
     c.wait_for_leader(1).await;
     let client = c.client();
     let last_index = put_numbered(&client, 40, |i| format!("/up/k{i:02}")).await;

@@ -430,7 +430,7 @@ async fn compaction_bounds_the_log(log_files: bool) -> Cluster {
     const KEEP: u64 = 20;
     let writes: u64 = if long_tests() { 200_000 } else { 10_000 };
     // Segments of 64 KiB (the least allowed), so that purges free some.
-    let files = if log_files { "log_files = true\nlog_segment_bytes = 65536\n" } else { "" };
+    let files = format!("log_files = {log_files}\nlog_segment_bytes = 65536\n");
     let mut c = Cluster::start_with_config(
         3,
         &format!("{QUIET}[raft]\nsnapshot_every_entries = {EVERY}\nkeep_entries_after_snapshot = {KEEP}\n{files}"),
@@ -547,19 +547,32 @@ async fn compaction_bounds_the_log(log_files: bool) -> Cluster {
     let states = assert_identical_groups(&c, &all, &status_groups);
     assert_load_outcome(&history, &user_values(&states), &prefixes);
 
-    phase("a node refuses to start with the other raft.log_files setting");
-    let flags = std::mem::replace(&mut c.extra, vec!["--initial-ranges".into(), "/m".into()]);
-    if !log_files {
-        let config = c.nodes[0].dir.join("files.toml");
-        std::fs::write(&config, "[raft]\nlog_files = true\n").unwrap();
-        c.extra.extend(["--config".into(), config.to_str().unwrap().into()]);
+    phase("restarted with the other raft.log_files setting, a node moves its log there, then back");
+    let flags = c.extra.clone();
+    // Not the follower that caught up by snapshot: every group's log holds
+    // entries on the others.
+    let mover = (0..c.nodes.len()).find(|&i| i != follower).unwrap();
+    let mut last_indexes = Vec::new();
+    for setting in [!log_files, log_files] {
+        let config = c.nodes[mover].dir.join(format!("log-files-{setting}.toml"));
+        std::fs::write(&config, format!("{QUIET}[raft]\nlog_files = {setting}\nlog_segment_bytes = 65536\n")).unwrap();
+        c.extra = vec!["--initial-ranges".into(), "/m".into(), "--config".into(), config.to_str().unwrap().into()];
+        c.restart(mover);
+        let mut last = Vec::new();
+        for g in groups {
+            last.push(c.wait_group(mover, g, "started", |s| s.last_log_index > 0).await.last_log_index);
+            assert_eq!(c.nodes[mover].dir.join("raft-log").join(g.to_string()).exists(), setting, "group {g}");
+        }
+        c.stop(mover);
+        let moved = if setting { "from RocksDB into segment files" } else { "from segment files into RocksDB" };
+        let message = format!("moved the Raft log {moved}");
+        let log = c.log_of(mover);
+        let moves: Vec<&str> = log.lines().filter(|l| l.contains(&message)).collect();
+        let each: Vec<u64> = moves.iter().map(|l| log_field(l, "entries")).collect();
+        assert!(each.len() == 2 && each.iter().all(|&n| n > 0), "node {} moving {moved}: {moves:?}", c.nodes[mover].id);
+        last_indexes.push(last);
     }
-    c.restart(0);
-    let status = c.wait_exit(0, Duration::from_secs(30)).expect("the node refused to start");
-    assert!(!status.success());
-    let log = c.log_of(0);
-    let want = if log_files { "start it with raft.log_files = true" } else { "needs a new data directory" };
-    assert!(log.contains(want), "{log}");
+    assert_eq!(last_indexes[0], last_indexes[1], "the same log, wherever it is kept");
     c.extra = flags;
     c
 }
@@ -588,8 +601,29 @@ fn corrupt_log_entry(dir: &std::path::Path, group: u64, index: u64, marker: &[u8
     db.write(b, Durability::Sync).unwrap();
 }
 
+/// Flips one byte of `marker` in `group`'s segment files on a stopped node
+/// (`raft.log_files`); returns the file changed.
+fn corrupt_segment(dir: &std::path::Path, group: u64, marker: &[u8]) -> std::path::PathBuf {
+    let log = dir.join("raft-log").join(group.to_string());
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) {
+            bytes[at + marker.len() - 1] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            return path;
+        }
+    }
+    panic!("no segment of {} holds {:?} in clear", log.display(), String::from_utf8_lossy(marker));
+}
+
 /// The index of the last entry of `group`'s log on a stopped node.
 fn last_log_index(dir: &std::path::Path, group: u64) -> u64 {
+    let files = dir.join("raft-log").join(group.to_string());
+    if files.exists() {
+        let log = arbor_storage::segments::SegmentLog::open(&files, 64 << 10).unwrap();
+        return log.last_index().expect("a log with entries");
+    }
     use arbor_storage::{Direction, ReadView, Rocks, RocksOptions};
     use std::ops::Bound;
     let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
@@ -614,7 +648,9 @@ async fn wait_log_line(c: &Cluster, i: usize, needles: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_with_a_corrupted_entry_stops_its_group_instead_of_sending_it() {
-    let mut c = Cluster::start_with_config(3, QUIET, &[]);
+    // The entries' own checksums, checked as they are read: in RocksDB,
+    // where nothing else checks them at startup.
+    let mut c = Cluster::start_with_config(3, &format!("{QUIET}[raft]\nlog_files = false\n"), &[]);
     let first = c.wait_for_leader(1).await;
     let client = c.client();
     for i in 0..20 {
@@ -689,7 +725,18 @@ async fn a_leader_with_a_corrupted_entry_stops_its_group_instead_of_sending_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_corrupted_uncommitted_entry_refuses_to_start() {
-    let mut c = Cluster::start_with_config(3, QUIET, &[]);
+    a_corrupted_uncommitted_entry(false).await;
+}
+
+/// The same with the entries in segment files: the damaged record is
+/// found when the segment is recovered, and refused rather than cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_corrupted_uncommitted_entry_in_its_segment_files_refuses_to_start() {
+    a_corrupted_uncommitted_entry(true).await;
+}
+
+async fn a_corrupted_uncommitted_entry(log_files: bool) {
+    let mut c = Cluster::start_with_config(3, &format!("{QUIET}[raft]\nlog_files = {log_files}\n"), &[]);
     let leader = c.wait_for_leader(1).await;
     let li = c.index_of(leader);
     let client = c.client();
@@ -711,7 +758,12 @@ async fn a_node_with_a_corrupted_uncommitted_entry_refuses_to_start() {
     let n = last_log_index(&c.nodes[li].dir, 1);
 
     phase(&format!("flip a byte of the value in the uncommitted entry {n}"));
-    corrupt_log_entry(&c.nodes[li].dir, 1, n, b"unacked-value");
+    let file = if log_files {
+        corrupt_segment(&c.nodes[li].dir, 1, b"unacked-value").display().to_string()
+    } else {
+        corrupt_log_entry(&c.nodes[li].dir, 1, n, b"unacked-value");
+        "/db/".to_string()
+    };
 
     phase("restart all three: the old leader stops at startup naming group and index; the others go on");
     for &f in &followers {
@@ -720,11 +772,16 @@ async fn a_node_with_a_corrupted_uncommitted_entry_refuses_to_start() {
     c.restart(li);
     let status = c.wait_exit(li, Duration::from_secs(30)).expect("the node with a corrupted log exits");
     assert!(!status.success(), "{status}");
-    let line = c.log_of(li).lines().find(|l| l.contains("corrupt Raft log entry")).map(str::to_string);
+    let (report, why) = if log_files {
+        ("corrupt log segment".to_string(), "fails its checksum")
+    } else {
+        (format!("corrupt Raft log entry: group 1 index {n}"), "checksum mismatch")
+    };
+    let line = c.log_of(li).lines().find(|l| l.contains(&report)).map(str::to_string);
     let line = line.unwrap_or_else(|| panic!("no corruption report\n{}", c.log_of(li)));
     eprintln!("reported: {line}\nexit: {status}, last words: {}", c.log_of(li).lines().last().unwrap_or(""));
-    assert!(line.contains(&format!("group 1 index {n}")) && line.contains("checksum mismatch"), "{line}");
-    assert!(line.contains("/db/"), "the report names the file: {line}");
+    assert!(line.contains(why), "{line}");
+    assert!(line.contains(&file), "the report names the file: {line}");
     c.wait_for_leader(1).await;
     let client = c.client_of(&c.running_endpoints());
     let r = client.put("/u/after", "2").await.unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
@@ -796,6 +853,12 @@ fn fill(path: &std::path::Path, leave: u64) -> u64 {
 async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_freed() {
     let mut c = Cluster::prepare(1, &[]);
     let dir = c.nodes[0].dir.clone();
+    // Log segments of 1 MiB: the default 16 MiB segment and its zero-filled
+    // spare would hold a third of the disk, so that after the restart below
+    // re-applying the writes they took in would fill it again.
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, "[raft]\nlog_segment_bytes = 1048576\n").unwrap();
+    c.extra.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
     let _tmpfs = match Tmpfs::mount(&dir, "96m") {
         Ok(m) => m,
         Err(e) => {

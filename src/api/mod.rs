@@ -220,10 +220,10 @@ impl Cluster for ClusterService {
     async fn status(&self, req: Request<pb::StatusRequest>) -> Reply<pb::StatusResponse> {
         check_cluster(&self.node, &req)?;
         let node = self.node.clone();
-        let log_usage = tokio::task::spawn_blocking(move || {
+        let bytes_of = tokio::task::spawn_blocking(move || {
             node.groups
                 .values()
-                .map(|g| Ok((g.range.group, node.log_usage(g)?)))
+                .map(|g| Ok((g.range.group, node.log_bytes(g)?)))
                 .collect::<Result<BTreeMap<_, _>, Error>>()
         })
         .await
@@ -237,7 +237,14 @@ impl Cluster for ClusterService {
                 let m = g.raft.metrics().borrow().clone();
                 let membership = m.membership_config.membership();
                 let leader_addr = m.current_leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()));
-                let (log_entries, log_bytes) = log_usage.get(&g.range.group).copied().unwrap_or_default();
+                // From the same metrics as the purge point and last index
+                // reported beside it.
+                let log_entries = match (m.last_log_index, m.purged.map(|l| l.index)) {
+                    (None, _) => 0,
+                    (Some(last), Some(purged)) => last.saturating_sub(purged),
+                    (Some(last), None) => last + 1,
+                };
+                let log_bytes = bytes_of.get(&g.range.group).copied().unwrap_or_default();
                 pb::GroupStatus {
                     group_id: g.range.group,
                     start: g.range.start.clone(),

@@ -84,6 +84,17 @@ pub struct FileLog {
 
 const SPARE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Entries are moved between the engine and segment files in writes of
+/// about this many bytes.
+const MOVE_CHUNK_BYTES: usize = 4 << 20;
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("removing {}: {e}", dir.display())),
+        _ => Ok(()),
+    }
+}
+
 impl FileLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
@@ -240,27 +251,17 @@ impl LogStore {
     }
 
     /// Keeps the entries in segment files in `dir` instead of RocksDB,
-    /// opening (and recovering) what `dir` holds. Refused for a group that
-    /// kept its log in RocksDB (it has entries there, or a vote and no
-    /// `dir`): a data directory keeps the log where it was created.
+    /// opening (and recovering) what `dir` holds. A group whose entries are
+    /// in RocksDB (a data directory used with `raft.log_files = false`)
+    /// has them moved into `dir` first ([`Self::move_log_to_files`]).
     /// Blocking: run it off the async runtime.
     pub fn with_segment_log(mut self, dir: &Path, segment_bytes: u64) -> Result<Self, String> {
-        let prefix = keys::raft_log_prefix(self.group);
-        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
-        let in_rocks =
-            self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).next().is_some();
-        let voted = self.get_meta::<Vote<NodeId>>(Key::RaftVote(self.group)).map_err(|e| e.to_string())?.is_some();
-        if in_rocks || (voted && !dir.exists()) {
-            return Err(format!(
-                "group {}: its Raft log is in RocksDB (this data directory was created with raft.log_files = false); \
-                 raft.log_files = true needs a new data directory",
-                self.group
-            ));
-        }
-        let mut log = SegmentLog::open(dir, segment_bytes).map_err(|e| format!("group {}: {e}", self.group))?;
-        let purged: Option<LogId> = self.get_meta(Key::RaftPurged(self.group)).map_err(|e| e.to_string())?;
+        let group = self.group;
+        self.move_log_to_files(dir, segment_bytes).map_err(|e| format!("group {group}: {e}"))?;
+        let mut log = SegmentLog::open(dir, segment_bytes).map_err(|e| format!("group {group}: {e}"))?;
+        let purged: Option<LogId> = self.get_meta(Key::RaftPurged(group)).map_err(|e| e.to_string())?;
         if let Some(purged) = purged {
-            log.purge(purged.index).map_err(|e| format!("group {}: {e}", self.group))?;
+            log.purge(purged.index).map_err(|e| format!("group {group}: {e}"))?;
         }
         let files = FileLog {
             dir: dir.to_path_buf(),
@@ -271,9 +272,123 @@ impl LogStore {
         };
         // The first segment too should be zero-filled: its appends would
         // otherwise grow a file (~half the gain, item 41).
-        segments::fill_spare(dir, segment_bytes).map_err(|e| format!("group {}: {e}", self.group))?;
+        segments::fill_spare(dir, segment_bytes).map_err(|e| format!("group {group}: {e}"))?;
         self.files = Some(Arc::new(files));
         Ok(self)
+    }
+
+    /// Whether the engine holds entries of this group.
+    fn entries_in_engine(&self) -> bool {
+        let prefix = keys::raft_log_prefix(self.group);
+        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
+        self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).next().is_some()
+    }
+
+    /// Deletes every entry of this group from the engine, synced.
+    fn delete_engine_entries(&self) -> Result<(), String> {
+        let mut b = WriteBatch::new();
+        b.delete_range(Key::RaftLog(self.group, 0).encode(), Key::RaftLog(self.group, u64::MAX).encode());
+        b.delete(Key::RaftLog(self.group, u64::MAX).encode());
+        self.engine.write(b, Durability::Sync).map_err(|e| e.to_string())
+    }
+
+    /// Moves the group's entries from the engine into segment files in
+    /// `dir`, if they are in the engine. Safe to interrupt anywhere: the
+    /// copy is made and synced in `<dir>.moving` and renamed to `dir`, and
+    /// only then are the engine's entries deleted. Whenever `dir` exists it
+    /// holds the whole log, and entries still in the engine are a leftover
+    /// copy.
+    fn move_log_to_files(&self, dir: &Path, segment_bytes: u64) -> Result<(), String> {
+        let (staging, old) = (dir.with_extension("moving"), dir.with_extension("old"));
+        remove_dir_if_present(&staging)?;
+        remove_dir_if_present(&old)?;
+        let in_engine = self.entries_in_engine();
+        if dir.exists() {
+            return if in_engine { self.delete_engine_entries() } else { Ok(()) };
+        }
+        if !in_engine {
+            return Ok(());
+        }
+        let mut log = SegmentLog::open(&staging, segment_bytes).map_err(|e| e.to_string())?;
+        let prefix = keys::raft_log_prefix(self.group);
+        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
+        let (mut chunk, mut chunk_first, mut chunk_bytes, mut moved) = (Vec::new(), 0, 0, 0u64);
+        let mut flush = |log: &mut SegmentLog, chunk: &mut Vec<Vec<u8>>, first: u64| {
+            let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            let result = log.append(first, &refs).map_err(|e| e.to_string());
+            moved += chunk.len() as u64;
+            chunk.clear();
+            result
+        };
+        for item in self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward) {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let index = keys::decode_raft_log_index(&k).map_err(|e| e.to_string())?;
+            if chunk.is_empty() {
+                (chunk_first, chunk_bytes) = (index, 0);
+            }
+            // Copied as stored: each entry keeps its own checksum, checked
+            // when it is read.
+            chunk_bytes += v.len();
+            chunk.push(v);
+            if chunk_bytes >= MOVE_CHUNK_BYTES {
+                flush(&mut log, &mut chunk, chunk_first)?;
+            }
+        }
+        if !chunk.is_empty() {
+            flush(&mut log, &mut chunk, chunk_first)?;
+        }
+        drop(log);
+        std::fs::rename(&staging, dir).map_err(|e| e.to_string())?;
+        segments::sync_dir(dir.parent().expect("a group's log directory has a parent")).map_err(|e| e.to_string())?;
+        self.delete_engine_entries()?;
+        tracing::info!(group = self.group, entries = moved, dir = %dir.display(), "moved the Raft log from RocksDB into segment files (raft.log_files = true)");
+        Ok(())
+    }
+
+    /// The reverse of [`Self::move_log_to_files`], for a node started with
+    /// `raft.log_files = false` on a data directory whose group `dir`
+    /// holds the entries: they are copied into the engine (synced), then
+    /// `dir` is renamed to `<dir>.old` and deleted. While `dir` exists it
+    /// holds the whole log, so an interrupted move starts over.
+    /// Blocking: run it off the async runtime.
+    pub fn move_log_to_engine(&self, dir: &Path, segment_bytes: u64) -> Result<(), String> {
+        let group = self.group;
+        let failed = |e: String| format!("group {group}: moving the Raft log out of {}: {e}", dir.display());
+        let old = dir.with_extension("old");
+        remove_dir_if_present(&dir.with_extension("moving")).map_err(failed)?;
+        remove_dir_if_present(&old).map_err(failed)?;
+        if !dir.exists() {
+            return Ok(());
+        }
+        self.delete_engine_entries().map_err(failed)?;
+        let log = SegmentLog::open(dir, segment_bytes).map_err(|e| failed(e.to_string()))?;
+        let purged: Option<LogId> = self.get_meta(Key::RaftPurged(group)).map_err(|e| failed(e.to_string()))?;
+        let live = log.first_index().zip(log.last_index());
+        let first = live.map_or(1, |(first, _)| first).max(purged.map_or(0, |p| p.index + 1));
+        let last = live.map_or(0, |(_, last)| last);
+        let (mut b, mut bytes, mut moved) = (WriteBatch::new(), 0, 0u64);
+        for index in first..=last {
+            moved += 1;
+            let entry = log.read(index).map_err(|e| failed(e.to_string()))?;
+            let entry = entry.ok_or_else(|| failed(format!("entry {index} is missing")))?;
+            bytes += entry.len();
+            b.put(Key::RaftLog(group, index).encode(), entry);
+            if bytes >= MOVE_CHUNK_BYTES || index == last {
+                self.engine.write(std::mem::take(&mut b), Durability::Sync).map_err(|e| failed(e.to_string()))?;
+                bytes = 0;
+            }
+        }
+        drop(log);
+        std::fs::rename(dir, &old).map_err(|e| failed(e.to_string()))?;
+        segments::sync_dir(dir.parent().expect("a group's log directory has a parent"))
+            .map_err(|e| failed(e.to_string()))?;
+        remove_dir_if_present(&old).map_err(failed)?;
+        tracing::info!(
+            group,
+            entries = moved,
+            "moved the Raft log from segment files into RocksDB (raft.log_files = false)"
+        );
+        Ok(())
     }
 
     /// The segment files, when the entries are kept in them.
@@ -728,29 +843,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_group_that_kept_its_log_in_the_engine_refuses_segment_files() {
+    async fn a_log_moves_between_the_engine_and_segment_files_with_the_setting() {
+        use openraft::storage::RaftLogStorageExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("raft-log").join("3");
-        let refused = |engine: Arc<Memory>| {
-            let err = LogStore::new(3, engine, Durability::Sync).with_segment_log(&dir, 1 << 20).err().unwrap();
-            assert!(
-                err.contains("group 3") && err.contains("raft.log_files = true needs a new data directory"),
-                "{err}"
-            );
+        let engine = Arc::new(Memory::new());
+        let in_engine = || {
+            let prefix = keys::raft_log_prefix(3);
+            let end = arbor_storage::prefix_end(&prefix).unwrap();
+            engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).count()
         };
-        let with_entries = Arc::new(Memory::new());
-        stored_log(&with_entries, 3);
-        refused(with_entries);
-        // A vote and no segment directory: its (purged) log was in the engine.
-        let voted = Arc::new(Memory::new());
-        LogStore::new(3, voted.clone(), Durability::Sync).save_vote(&Vote::new_committed(1, 1)).await.unwrap();
-        refused(voted.clone());
-        assert!(!dir.exists());
-        // A new group starts its directory, which then stands for it.
-        let store =
-            LogStore::new(3, Arc::new(Memory::new()), Durability::Sync).with_segment_log(&dir, 1 << 20).unwrap();
-        assert!(dir.exists());
+        let to_files = || LogStore::new(3, engine.clone(), Durability::Sync).with_segment_log(&dir, 64 << 10).unwrap();
+        let to_engine = || {
+            let store = LogStore::new(3, engine.clone(), Durability::Sync);
+            store.move_log_to_engine(&dir, 64 << 10).unwrap();
+            store
+        };
+        let all = |store: &LogStore| ids(&store.entries(..).unwrap());
+        let want = |range: std::ops::RangeInclusive<u64>| range.map(|i| entry(i).log_id).collect::<Vec<_>>();
+
+        // Entries 1..=300 in the engine, 1..=100 purged.
+        stored_log(&engine, 300);
+        let mut store = LogStore::new(3, engine.clone(), Durability::Sync);
+        store.purge(entry(100).log_id).await.unwrap();
         drop(store);
-        LogStore::new(3, voted, Durability::Sync).with_segment_log(&dir, 1 << 20).unwrap();
+
+        let mut store = to_files();
+        assert_eq!(in_engine(), 0, "moved out of the engine");
+        assert_eq!(all(&store), want(101..=300));
+        store.blocking_append((301..=310).map(entry)).await.unwrap();
+        drop(store);
+
+        let store = to_engine();
+        assert!(!dir.exists(), "the files are gone once copied");
+        assert_eq!(in_engine(), 210, "only the entries after the purge point");
+        assert_eq!(all(&store), want(101..=310));
+
+        // Interrupted moves: a copy left in `<dir>.moving` or `<dir>.old`,
+        // or entries left in the engine beside a whole `dir`.
+        drop(to_files());
+        std::fs::create_dir_all(dir.with_extension("old")).unwrap();
+        std::fs::create_dir_all(dir.with_extension("moving")).unwrap();
+        stored_log(&engine, 5);
+        let store = to_files();
+        assert_eq!(in_engine(), 0, "the leftover copy in the engine is deleted");
+        assert!(!dir.with_extension("old").exists() && !dir.with_extension("moving").exists());
+        assert_eq!(all(&store), want(101..=310));
+        drop(store);
+        stored_log(&engine, 5);
+        assert_eq!(all(&to_engine()), want(101..=310), "the files win over a partial copy");
+
+        // A group never written to has nothing to move either way.
+        let fresh = tmp.path().join("raft-log").join("4");
+        LogStore::new(4, engine.clone(), Durability::Sync).move_log_to_engine(&fresh, 64 << 10).unwrap();
+        assert!(!fresh.exists());
     }
 }

@@ -286,12 +286,12 @@ impl Driver {
                     reply = rx => match reply {
                         Ok(Ok(resp)) => Ok(resp),
                         Ok(Err(e)) => Err(client_write_error(group, openraft::error::RaftError::APIError(e))),
-                        Err(_) => Err(Error::Indeterminate(format!("group {group}: raft dropped the epoch's reply"))),
+                        Err(_) => Err(dropped_reply(&raft, group, me, epoch).await),
                     },
                     // openraft 0.9 does not always answer a write pending
                     // when its leader steps down (e.g. removed from the
                     // group): never leave the clients waiting.
-                    why = leadership_lost(raft, me, term) => Err(Error::Indeterminate(format!(
+                    why = leadership_lost(raft.clone(), me, term) => Err(Error::Indeterminate(format!(
                         "group {group}: node {me} stopped leading term {term} before epoch {epoch} was answered \
                          ({why}); its outcome is unknown (a retry with the same request id is safe)"
                     ))),
@@ -334,6 +334,20 @@ async fn leadership_lost(raft: Raft, me: NodeId, term: u64) -> String {
             Ok(()) => "its raft is gone".to_string(),
         },
     }
+}
+
+/// The error for an epoch whose reply raft dropped: it stopped, usually
+/// on a storage fault (a full disk, say), which its metrics name once it
+/// has shut down — shortly after it dropped the reply.
+async fn dropped_reply(raft: &Raft, group: u64, me: NodeId, epoch: u64) -> Error {
+    let stopped = raft.wait(Some(Duration::from_secs(2))).metrics(|m| m.running_state.is_err(), "raft stopped").await;
+    let why = match stopped.as_ref().map(|m| &m.running_state) {
+        Ok(Err(fatal)) => format!("group {group} is stopped on node {me}: {fatal}"),
+        _ => format!("group {group}: raft dropped the reply"),
+    };
+    Error::Indeterminate(format!(
+        "{why}; the outcome of epoch {epoch} is unknown (a retry with the same request id is safe)"
+    ))
 }
 
 /// Request errors are re-created per waiting client.
