@@ -105,6 +105,28 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and any missing parents, and syncs the directory that
+/// holds each one created: a log whose directory a crash could forget
+/// would lose the records synced into it.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
 fn checksum(index: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&index.to_le_bytes());
@@ -227,7 +249,7 @@ impl SegmentLog {
     /// segments hold. New segments are `segment_bytes` long (a segment
     /// holds at least one append, whatever its size).
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
         let mut firsts = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
