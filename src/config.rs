@@ -232,7 +232,10 @@ pub struct RaftTimings {
     pub log_files: bool,
     /// The size of those segment files, each zero-filled ahead of use (a
     /// group keeps one spare): an append then writes into blocks the file
-    /// already has, and its fsync has no file size to journal.
+    /// already has, and its fsync has no file size to journal. A group
+    /// holds at least two (the one in use and the spare) on disk: 4 MiB
+    /// segments were as fast as 16 MiB and 1 MiB ones within 1% in the
+    /// benchmark (docs/BENCHMARKS.md, item 41).
     pub log_segment_bytes: u64,
 }
 
@@ -309,7 +312,7 @@ impl Default for RaftTimings {
             keep_entries_after_snapshot: 1_000,
             eager_replication: true,
             log_files: true,
-            log_segment_bytes: 16 << 20,
+            log_segment_bytes: 4 << 20,
         }
     }
 }
