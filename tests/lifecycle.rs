@@ -853,9 +853,10 @@ fn fill(path: &std::path::Path, leave: u64) -> u64 {
 async fn a_full_disk_fails_writes_clearly_and_the_node_recovers_once_space_is_freed() {
     let mut c = Cluster::prepare(1, &[]);
     let dir = c.nodes[0].dir.clone();
-    // Log segments of 1 MiB: the default 16 MiB segment and its zero-filled
-    // spare would hold a third of the disk, so that after the restart below
-    // re-applying the writes they took in would fill it again.
+    // Log segments of 1 MiB: a segment and its zero-filled spare are room
+    // in which writes are still acknowledged once RocksDB has none (16 MiB
+    // segments were a third of this disk, and the restart below, applying
+    // the writes they had taken in, filled it again).
     let config = dir.with_extension("toml");
     std::fs::write(&config, "[raft]\nlog_segment_bytes = 1048576\n").unwrap();
     c.extra.extend(["--config".to_string(), config.to_str().unwrap().to_string()]);
