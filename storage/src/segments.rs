@@ -42,8 +42,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"ARBORSEG";
-/// Format 2 seals a cut with [`SEAL`] (format 1, never a default, left a
-/// bare zero length).
+/// Format 2 seals a cut with [`SEAL`]. Format 1 (`raft.log_files` before
+/// it was the default) left a bare zero length, which ends a format-1
+/// segment's records; such segments are still read, and appends go to
+/// new segments of format 2.
 const FORMAT: u32 = 2;
 /// The checksum field of a record header whose length is 0: the records
 /// end here for good (a truncation, or a torn tail cut off at recovery).
@@ -197,8 +199,12 @@ fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
         // Created (from a zero-filled spare) but its header never written.
         return Ok((segment, Stop::Clean));
     }
-    if &header[..8] != MAGIC || u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) != FORMAT {
-        return Err(corrupt(path, format!("not a segment of format {FORMAT}")));
+    if &header[..8] != MAGIC {
+        return Err(corrupt(path, "no segment header".to_string()));
+    }
+    let format = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if format != FORMAT && format != 1 {
+        return Err(corrupt(path, format!("segment format {format}; this build reads formats 1 and {FORMAT}")));
     }
     let mut at = HEADER;
     loop {
@@ -215,7 +221,7 @@ fn scan(path: &Path, first: u64) -> io::Result<(Segment, Stop)> {
         let index = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         let end = at + RECORD_HEADER + u64::from(len);
         let why = if len == 0 {
-            if crc == SEAL {
+            if crc == SEAL || format == 1 {
                 return Ok((segment, Stop::Clean));
             }
             format!("record at offset {at} has a zero length but is not a seal")
@@ -696,6 +702,31 @@ mod tests {
         assert!(segment_files(dir.path()).is_empty());
         append(&mut log, 1001..=1003, "b");
         assert_eq!(all(&reopen(log)), expected(1001..=1003, "b"));
+    }
+
+    #[test]
+    fn segments_of_format_1_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        append(&mut log, 1..=5, "a");
+        let (path, cut) = locate(&log, 4);
+        log.truncate(4).unwrap();
+        drop(log);
+        // As format 1 left a truncation: a bare zero length before the
+        // stale records 4 and 5.
+        write_at(&path, 8, &1u32.to_le_bytes());
+        write_at(&path, cut + 4, b"old!");
+        let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(all(&log), expected(1..=3, "a"));
+        append(&mut log, 4..=4, "b");
+        let (new_path, _) = locate(&log, 4);
+        assert_ne!(new_path, path, "appends go to a new segment, of format 2");
+        let mut want = expected(1..=3, "a");
+        want.extend(expected(4..=4, "b"));
+        assert_eq!(all(&reopen(log)), want);
+        write_at(&path, 8, &3u32.to_le_bytes());
+        let err = SegmentLog::open(dir.path(), 1 << 20).err().expect("an unknown format is refused");
+        assert!(err.to_string().contains("segment format 3"), "{err}");
     }
 
     #[test]
