@@ -9,6 +9,8 @@
 //! | 0x03 | `RaftCommitted(group)`           | the group's last known committed log id |
 //! | 0x04 | `RaftPurged(group)`              | the last purged log id                  |
 //! | 0x05 | `RaftLog(group, index)`          | one log entry                           |
+//! | 0x06 | `RaftLogFiles(group)`            | present: the group's entries are in     |
+//! |      |                                  | segment files (`raft.log_files`)        |
 //! | 0x10 | `Applied(group)`                 | applied log id, membership, epoch       |
 //! | 0x11 | `Watermark(group, vshard)`       | the vshard's applied (index, epoch)     |
 //! | 0x12 | `Dedup(group, request_id)`       | the first result of a request id        |
@@ -41,6 +43,7 @@ pub enum Key<'a> {
     RaftCommitted(u64),
     RaftPurged(u64),
     RaftLog(u64, u64),
+    RaftLogFiles(u64),
     Applied(u64),
     Watermark(u64, u32),
     Dedup(u64, &'a str),
@@ -56,6 +59,7 @@ const RAFT_VOTE: u8 = 0x02;
 const RAFT_COMMITTED: u8 = 0x03;
 const RAFT_PURGED: u8 = 0x04;
 const RAFT_LOG: u8 = 0x05;
+const RAFT_LOG_FILES: u8 = 0x06;
 const APPLIED: u8 = 0x10;
 const WATERMARK: u8 = 0x11;
 const DEDUP: u8 = 0x12;
@@ -81,6 +85,7 @@ impl Key<'_> {
             Key::RaftCommitted(g) => e.u8(RAFT_COMMITTED).u64(g),
             Key::RaftPurged(g) => e.u8(RAFT_PURGED).u64(g),
             Key::RaftLog(g, i) => e.u8(RAFT_LOG).u64(g).u64(i),
+            Key::RaftLogFiles(g) => e.u8(RAFT_LOG_FILES).u64(g),
             Key::Applied(g) => e.u8(APPLIED).u64(g),
             Key::Watermark(g, v) => e.u8(WATERMARK).u64(g).u64(v as u64),
             Key::Dedup(g, id) => e.u8(DEDUP).u64(g).bytes(id.as_bytes()),

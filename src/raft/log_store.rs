@@ -259,6 +259,13 @@ impl LogStore {
         let group = self.group;
         self.move_log_to_files(dir, segment_bytes).map_err(|e| format!("group {group}: {e}"))?;
         let mut log = SegmentLog::open(dir, segment_bytes).map_err(|e| format!("group {group}: {e}"))?;
+        // From here on the directory holds the log: any entries still in the
+        // engine are a copy, and a missing directory will be an error.
+        if !self.in_files()? || self.entries_in_engine() {
+            let mut b = self.delete_engine_entries();
+            b.put(Key::RaftLogFiles(group).encode(), Vec::new());
+            self.engine.write(b, Durability::Sync).map_err(|e| format!("group {group}: {e}"))?;
+        }
         let purged: Option<LogId> = self.get_meta(Key::RaftPurged(group)).map_err(|e| e.to_string())?;
         if let Some(purged) = purged {
             log.purge(purged.index).map_err(|e| format!("group {group}: {e}"))?;
@@ -284,29 +291,47 @@ impl LogStore {
         self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).next().is_some()
     }
 
-    /// Deletes every entry of this group from the engine, synced.
-    fn delete_engine_entries(&self) -> Result<(), String> {
+    /// A batch deleting every entry of this group from the engine.
+    fn delete_engine_entries(&self) -> WriteBatch {
         let mut b = WriteBatch::new();
         b.delete_range(Key::RaftLog(self.group, 0).encode(), Key::RaftLog(self.group, u64::MAX).encode());
         b.delete(Key::RaftLog(self.group, u64::MAX).encode());
-        self.engine.write(b, Durability::Sync).map_err(|e| e.to_string())
+        b
+    }
+
+    /// Whether the engine records that the group's entries are in segment
+    /// files (`Key::RaftLogFiles`).
+    fn in_files(&self) -> Result<bool, String> {
+        Ok(self.engine.get(&Key::RaftLogFiles(self.group).encode()).map_err(|e| e.to_string())?.is_some())
+    }
+
+    /// The error for a group whose segment files are gone: its log is.
+    fn files_missing(&self, dir: &Path) -> String {
+        format!(
+            "the segment files that hold its Raft log are missing ({}); restore that directory, or wipe this \
+             node's data directory and add the node to the cluster again",
+            dir.display()
+        )
     }
 
     /// Moves the group's entries from the engine into segment files in
     /// `dir`, if they are in the engine. Safe to interrupt anywhere: the
     /// copy is made and synced in `<dir>.moving` and renamed to `dir`, and
-    /// only then are the engine's entries deleted. Whenever `dir` exists it
-    /// holds the whole log, and entries still in the engine are a leftover
-    /// copy.
+    /// only then does [`Self::with_segment_log`] delete the engine's entries
+    /// and record `Key::RaftLogFiles`, in one synced write. Whenever `dir`
+    /// exists it holds the whole log, and entries still in the engine are a
+    /// leftover copy; once recorded, a missing `dir` is an error.
     fn move_log_to_files(&self, dir: &Path, segment_bytes: u64) -> Result<(), String> {
         let (staging, old) = (dir.with_extension("moving"), dir.with_extension("old"));
         remove_dir_if_present(&staging)?;
         remove_dir_if_present(&old)?;
-        let in_engine = self.entries_in_engine();
         if dir.exists() {
-            return if in_engine { self.delete_engine_entries() } else { Ok(()) };
+            return Ok(());
         }
-        if !in_engine {
+        if self.in_files()? {
+            return Err(self.files_missing(dir));
+        }
+        if !self.entries_in_engine() {
             return Ok(());
         }
         let mut log = SegmentLog::open(&staging, segment_bytes).map_err(|e| e.to_string())?;
@@ -340,16 +365,16 @@ impl LogStore {
         drop(log);
         std::fs::rename(&staging, dir).map_err(|e| e.to_string())?;
         segments::sync_dir(dir.parent().expect("a group's log directory has a parent")).map_err(|e| e.to_string())?;
-        self.delete_engine_entries()?;
         tracing::info!(group = self.group, entries = moved, dir = %dir.display(), "moved the Raft log from RocksDB into segment files (raft.log_files = true)");
         Ok(())
     }
 
     /// The reverse of [`Self::move_log_to_files`], for a node started with
     /// `raft.log_files = false` on a data directory whose group `dir`
-    /// holds the entries: they are copied into the engine (synced), then
-    /// `dir` is renamed to `<dir>.old` and deleted. While `dir` exists it
-    /// holds the whole log, so an interrupted move starts over.
+    /// holds the entries: they are copied into the engine (synced), the
+    /// record `Key::RaftLogFiles` deleted, then `dir` is renamed to
+    /// `<dir>.old` and deleted. While `dir` exists it holds the whole log,
+    /// so an interrupted move starts over.
     /// Blocking: run it off the async runtime.
     pub fn move_log_to_engine(&self, dir: &Path, segment_bytes: u64) -> Result<(), String> {
         let group = self.group;
@@ -358,9 +383,9 @@ impl LogStore {
         remove_dir_if_present(&dir.with_extension("moving")).map_err(failed)?;
         remove_dir_if_present(&old).map_err(failed)?;
         if !dir.exists() {
-            return Ok(());
+            return if self.in_files()? { Err(format!("group {group}: {}", self.files_missing(dir))) } else { Ok(()) };
         }
-        self.delete_engine_entries().map_err(failed)?;
+        self.engine.write(self.delete_engine_entries(), Durability::Sync).map_err(|e| failed(e.to_string()))?;
         let log = SegmentLog::open(dir, segment_bytes).map_err(|e| failed(e.to_string()))?;
         let purged: Option<LogId> = self.get_meta(Key::RaftPurged(group)).map_err(|e| failed(e.to_string()))?;
         let live = log.first_index().zip(log.last_index());
@@ -379,6 +404,11 @@ impl LogStore {
             }
         }
         drop(log);
+        // Before the rename: once `dir` is gone, nothing may say it holds
+        // the log.
+        let mut b = WriteBatch::new();
+        b.delete(Key::RaftLogFiles(group).encode());
+        self.engine.write(b, Durability::Sync).map_err(|e| failed(e.to_string()))?;
         std::fs::rename(dir, &old).map_err(|e| failed(e.to_string()))?;
         segments::sync_dir(dir.parent().expect("a group's log directory has a parent"))
             .map_err(|e| failed(e.to_string()))?;
@@ -892,6 +922,15 @@ mod tests {
         drop(store);
         stored_log(&engine, 5);
         assert_eq!(all(&to_engine()), want(101..=310), "the files win over a partial copy");
+
+        // Once the engine records that the files hold the log, losing them
+        // is an error in either setting, never an empty log.
+        drop(to_files());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = LogStore::new(3, engine.clone(), Durability::Sync).with_segment_log(&dir, 64 << 10).err().unwrap();
+        assert!(err.contains("group 3") && err.contains("are missing"), "{err}");
+        let err = LogStore::new(3, engine.clone(), Durability::Sync).move_log_to_engine(&dir, 64 << 10).unwrap_err();
+        assert!(err.contains("group 3") && err.contains("are missing"), "{err}");
 
         // A group never written to has nothing to move either way.
         let fresh = tmp.path().join("raft-log").join("4");
