@@ -284,11 +284,16 @@ impl LogStore {
         Ok(self)
     }
 
-    /// Whether the engine holds entries of this group.
-    fn entries_in_engine(&self) -> bool {
+    /// This group's entries in the engine (`Key::RaftLog`), in `direction`.
+    fn engine_entries(&self, direction: Direction) -> arbor_storage::ScanIter<'_> {
         let prefix = keys::raft_log_prefix(self.group);
         let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
-        self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward).next().is_some()
+        self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), direction)
+    }
+
+    /// Whether the engine holds entries of this group.
+    fn entries_in_engine(&self) -> bool {
+        self.engine_entries(Direction::Forward).next().is_some()
     }
 
     /// A batch deleting every entry of this group from the engine.
@@ -335,8 +340,6 @@ impl LogStore {
             return Ok(());
         }
         let mut log = SegmentLog::open(&staging, segment_bytes).map_err(|e| e.to_string())?;
-        let prefix = keys::raft_log_prefix(self.group);
-        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
         let (mut chunk, mut chunk_first, mut chunk_bytes, mut moved) = (Vec::new(), 0, 0, 0u64);
         let mut flush = |log: &mut SegmentLog, chunk: &mut Vec<Vec<u8>>, first: u64| {
             let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
@@ -345,7 +348,7 @@ impl LogStore {
             chunk.clear();
             result
         };
-        for item in self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Forward) {
+        for item in self.engine_entries(Direction::Forward) {
             let (k, v) = item.map_err(|e| e.to_string())?;
             let index = keys::decode_raft_log_index(&k).map_err(|e| e.to_string())?;
             if chunk.is_empty() {
@@ -459,10 +462,7 @@ impl LogStore {
             let bytes = log.read(last).map_err(read_err)?.ok_or_else(|| read_err("the last entry vanished"))?;
             return Ok(Some(self.decode_at(last, &bytes)?));
         }
-        let prefix = keys::raft_log_prefix(self.group);
-        let end = arbor_storage::prefix_end(&prefix).expect("group prefix is not all 0xff");
-        let mut it = self.engine.scan(Bound::Included(prefix), Bound::Excluded(end), Direction::Reverse);
-        match it.next() {
+        match self.engine_entries(Direction::Reverse).next() {
             Some(item) => {
                 let (k, v) = item.map_err(read_err)?;
                 let index = keys::decode_raft_log_index(&k).map_err(read_err)?;
