@@ -51,4 +51,10 @@ ensure_deps
 cd "$ROOT"
 log "building arbor and arbor-jepsen"
 cargo build --locked --workspace --bin arbor --bin arbor-jepsen
-exec "$CARGO_TARGET_DIR/debug/arbor-jepsen" run --arbor-bin "$ARBOR_BIN" "$@"
+# The binary's default store is the checkout it was built from, and the
+# target dir is shared between checkouts: name this one's unless given.
+store=(--store "$ROOT/jepsen/store")
+for arg in "$@"; do
+    case "$arg" in --store | --store=*) store=() ;; esac
+done
+exec "$CARGO_TARGET_DIR/debug/arbor-jepsen" run --arbor-bin "$ARBOR_BIN" "${store[@]}" "$@"
