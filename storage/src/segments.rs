@@ -540,6 +540,16 @@ mod tests {
         log.append(first, &refs).unwrap();
     }
 
+    /// A log in `dir` of `segment_bytes` segments holding records
+    /// 1..=`last` tagged `tag`, each written by an append of its own.
+    fn single_appends(dir: &Path, segment_bytes: u64, last: u64, tag: &str) -> SegmentLog {
+        let mut log = SegmentLog::open(dir, segment_bytes).unwrap();
+        for i in 1..=last {
+            append(&mut log, i..=i, tag);
+        }
+        log
+    }
+
     fn all(log: &SegmentLog) -> Vec<(u64, Vec<u8>)> {
         match (log.first_index(), log.last_index()) {
             (Some(first), Some(last)) => (first..=last).map(|i| (i, log.read(i).unwrap().unwrap())).collect(),
@@ -657,10 +667,7 @@ mod tests {
     #[test]
     fn a_truncation_is_durable_and_does_not_resurrect_records() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = SegmentLog::open(dir.path(), 300).unwrap();
-        for i in 1..=20 {
-            append(&mut log, i..=i, "old");
-        }
+        let mut log = single_appends(dir.path(), 300, 20, "old");
         log.truncate(9).unwrap();
         assert_eq!(log.last_index(), Some(8));
         log.truncate(50).unwrap();
@@ -683,10 +690,7 @@ mod tests {
     #[test]
     fn purged_segments_are_deleted_and_a_purged_log_restarts_anywhere() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = SegmentLog::open(dir.path(), 200).unwrap();
-        for i in 1..=40 {
-            append(&mut log, i..=i, "a");
-        }
+        let mut log = single_appends(dir.path(), 200, 40, "a");
         let files = segment_files(dir.path()).len();
         log.purge(25).unwrap();
         assert_eq!(log.first_index(), Some(26));
@@ -746,10 +750,7 @@ mod tests {
     #[test]
     fn damage_before_the_last_segment_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = SegmentLog::open(dir.path(), 200).unwrap();
-        for i in 1..=20 {
-            append(&mut log, i..=i, "a");
-        }
+        let log = single_appends(dir.path(), 200, 20, "a");
         let (path, at) = locate(&log, 2);
         drop(log);
         write_at(&path, at + RECORD_HEADER, b"?");
