@@ -340,30 +340,27 @@ impl LogStore {
             return Ok(());
         }
         let mut log = SegmentLog::open(&staging, segment_bytes).map_err(|e| e.to_string())?;
-        let (mut chunk, mut chunk_first, mut chunk_bytes, mut moved) = (Vec::new(), 0, 0, 0u64);
-        let mut flush = |log: &mut SegmentLog, chunk: &mut Vec<Vec<u8>>, first: u64| {
-            let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            let result = log.append(first, &refs).map_err(|e| e.to_string());
-            moved += chunk.len() as u64;
-            chunk.clear();
-            result
-        };
-        for item in self.engine_entries(Direction::Forward) {
+        let (mut chunk, mut first, mut bytes, mut moved) = (Vec::<Vec<u8>>::new(), 0, 0, 0u64);
+        let mut entries = self.engine_entries(Direction::Forward).peekable();
+        while let Some(item) = entries.next() {
             let (k, v) = item.map_err(|e| e.to_string())?;
             let index = keys::decode_raft_log_index(&k).map_err(|e| e.to_string())?;
             if chunk.is_empty() {
-                (chunk_first, chunk_bytes) = (index, 0);
+                first = index;
+            } else if index != first + chunk.len() as u64 {
+                let before = first + chunk.len() as u64 - 1;
+                return Err(format!("the log in RocksDB has entry {index} after {before}: a gap"));
             }
             // Copied as stored: each entry keeps its own checksum, checked
             // when it is read.
-            chunk_bytes += v.len();
+            bytes += v.len();
             chunk.push(v);
-            if chunk_bytes >= MOVE_CHUNK_BYTES {
-                flush(&mut log, &mut chunk, chunk_first)?;
+            if bytes >= MOVE_CHUNK_BYTES || entries.peek().is_none() {
+                let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                log.append(first, &refs).map_err(|e| e.to_string())?;
+                moved += chunk.len() as u64;
+                (chunk, bytes) = (Vec::new(), 0);
             }
-        }
-        if !chunk.is_empty() {
-            flush(&mut log, &mut chunk, chunk_first)?;
         }
         drop(log);
         std::fs::rename(&staging, dir).map_err(|e| e.to_string())?;
@@ -931,6 +928,17 @@ mod tests {
         assert!(err.contains("group 3") && err.contains("are missing"), "{err}");
         let err = LogStore::new(3, engine.clone(), Durability::Sync).move_log_to_engine(&dir, 64 << 10).unwrap_err();
         assert!(err.contains("group 3") && err.contains("are missing"), "{err}");
+
+        // A gap in the engine's log is refused, not renumbered.
+        let gapped = Arc::new(Memory::new());
+        stored_log(&gapped, 3);
+        let mut b = WriteBatch::new();
+        b.put(Key::RaftLog(3, 5).encode(), encode_entry(&entry(5)));
+        gapped.write(b, Durability::Sync).unwrap();
+        let gap_dir = tmp.path().join("gapped").join("3");
+        let err = LogStore::new(3, gapped, Durability::Sync).with_segment_log(&gap_dir, 64 << 10).err().unwrap();
+        assert!(err.contains("entry 5 after 3"), "{err}");
+        assert!(!gap_dir.exists(), "nothing moved");
 
         // A group never written to has nothing to move either way.
         let fresh = tmp.path().join("raft-log").join("4");
