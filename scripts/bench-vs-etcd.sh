@@ -17,7 +17,7 @@
 #      dir, also on Ctrl-C or failure.
 #
 # Settings (environment):
-#   BENCH_WORKLOADS    "put get txn mixed append"
+#   BENCH_WORKLOADS    "put get get-follower txn mixed append"
 #   BENCH_CLIENTS      "1 16 64 256"
 #   BENCH_ROUNDS       1     runs of each point per system (alternating which
 #                      goes first); the report takes each system's median
@@ -28,6 +28,8 @@
 #   BENCH_KEY_SPACE    10000
 #   BENCH_VALUE_SIZE   256   (keys are 16 bytes)
 #   BENCH_READ_RATIO   0.8   the mixed workload's share of gets
+#   BENCH_MAX_STALENESS_MS 1000  get-follower: how stale Arbor's replicas
+#                      may answer (etcd's serializable reads have no bound)
 #   BENCH_STORAGE      1     0 skips the storage and apply references
 #   BENCH_PROFILE      release  or dev (the tests' build: opt-level 1 for
 #                      Arbor's code, debug assertions in every crate)
@@ -37,7 +39,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-WORKLOADS="${BENCH_WORKLOADS:-put get txn mixed append}"
+WORKLOADS="${BENCH_WORKLOADS:-put get get-follower txn mixed append}"
 CLIENTS="${BENCH_CLIENTS:-1 16 64 256}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 case "$ROUNDS" in
@@ -50,6 +52,7 @@ CONNECTIONS="${BENCH_CONNECTIONS:-8}"
 KEY_SPACE="${BENCH_KEY_SPACE:-10000}"
 VALUE_SIZE="${BENCH_VALUE_SIZE:-256}"
 READ_RATIO="${BENCH_READ_RATIO:-0.8}"
+MAX_STALENESS_MS="${BENCH_MAX_STALENESS_MS:-1000}"
 STORAGE="${BENCH_STORAGE:-1}"
 PROFILE="${BENCH_PROFILE:-release}"
 case "$PROFILE" in
@@ -194,7 +197,7 @@ run_point() {
         eps="$ARBOR_EPS"; pids="$(IFS=,; echo "${ARBOR_PIDS[*]}")"
     fi
     # A reading workload needs the key space written, once per cluster.
-    if [ "$workload" = get ] || [ "$workload" = mixed ]; then
+    if [ "$workload" = get ] || [ "$workload" = get-follower ] || [ "$workload" = mixed ]; then
         if [ "$(eval echo "\${PRELOADED_$system:-0}")" = 1 ]; then extra+=(--no-preload); fi
         eval "PRELOADED_$system=1"
     fi
@@ -203,7 +206,7 @@ run_point() {
     echo "$workload $clients $system $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"
     "$BENCH_BIN" "$workload" "--$system" "$eps" --clients "$clients" --connections "$conns" \
         --duration "$DURATION" --warmup "$WARMUP" --key-space "$KEY_SPACE" --value-size "$VALUE_SIZE" \
-        --read-ratio "$READ_RATIO" --pids "$pids" "${extra[@]}" \
+        --read-ratio "$READ_RATIO" --max-staleness-ms "$MAX_STALENESS_MS" --pids "$pids" "${extra[@]}" \
         --json-out "$OUT/runs/$workload-c$(printf %03d "$clients")-$system$suffix.json" \
         || { echo "FAILED: $system $workload $clients clients" >&2; FAILED=$((FAILED + 1)); }
     if [ "$system" = arbor ] && grep -qh "stopping the replica" "$ARBOR_DIR"/n*/arbor.log 2>/dev/null; then
@@ -262,7 +265,7 @@ fi
     echo "  \"etcd\": $(json_str "$(etcd --version 2>/dev/null | head -1)"),"
     echo "  \"disk\": $(json_str "$(df -h "$TMP" | awk 'NR==2 {print $1 " (" $2 ")"}')"),"
     echo "  \"build\": $(json_str "$BUILD"),"
-    echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; rounds: $ROUNDS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; fresh clusters per workload")"
+    echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; rounds: $ROUNDS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; get-follower staleness bound $MAX_STALENESS_MS ms; fresh clusters per workload")"
     echo "}"
 } >"$OUT/machine.json"
 

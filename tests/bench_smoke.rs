@@ -75,6 +75,17 @@ async fn every_workload_runs_against_a_real_cluster_and_reports() {
     assert_eq!(get.preload.as_ref().map(|p| p.keys), Some(KEY_SPACE));
     assert_eq!(get.misses, 0, "every preloaded key is read back");
 
+    phase("get-follower: bounded-staleness reads from every node find every preloaded key");
+    let mut cfg = config(Workload::GetFollower, &pids);
+    cfg.preload = false;
+    // Four clients over two connections: one reads from node 1, one from
+    // node 2, so at least one follower answers whichever node leads.
+    let r = bench::run(target.clone(), &cfg).await.unwrap();
+    assert_sane(&r, &cfg);
+    assert_eq!(r.misses, 0, "the get run gave every replica time to apply the preload");
+    assert_eq!(r.max_staleness_ms, Some(bench::DEFAULT_MAX_STALENESS.as_millis() as u64));
+    records.push(r);
+
     phase("txn (4 compares + 4 puts), mixed without a new preload, append");
     for workload in [Workload::Txn, Workload::Mixed, Workload::Append] {
         let mut cfg = config(workload, &pids);

@@ -3,6 +3,8 @@
 //! script needs `protoc`, see `scripts/bench-vs-etcd.sh`).
 //!
 //! - put: `Put`. get: `Range` of one key, linearizable (etcd's default).
+//! - get-follower: `Range` of one key, serializable: the member the request
+//!   reaches answers from its own state, however stale (etcd has no bound).
 //! - txn: `Txn` with `version(k) < 2^62` on each key, then a `Put` per key.
 //! - append: etcd has no append, so the client does what an etcd user
 //!   would: read the value and its `mod_revision`, then a `Txn` that puts
@@ -11,7 +13,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
 
 use crate::bench::{BenchError, OpError, Target, VERSION_BOUND};
 
@@ -66,6 +68,11 @@ impl Target for EtcdTarget {
 
     async fn get(&self, conn: usize, key: &[u8]) -> Result<bool, OpError> {
         let resp = self.kv(conn).get(key, None).await.map_err(OpError::new)?;
+        Ok(!resp.kvs().is_empty())
+    }
+
+    async fn get_follower(&self, conn: usize, key: &[u8], _max_staleness: Duration) -> Result<bool, OpError> {
+        let resp = self.kv(conn).get(key, Some(GetOptions::new().with_serializable())).await.map_err(OpError::new)?;
         Ok(!resp.kvs().is_empty())
     }
 

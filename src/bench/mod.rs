@@ -24,8 +24,12 @@
 //! correction). Throughput counts the operations that started inside the
 //! measured window, divided by its length.
 //!
-//! Not here yet: `get-follower` (snapshot / bounded-staleness reads need
-//! issue #4).
+//! `get-follower` reads from every replica, not through the leader: each
+//! connection is pinned to one node (connection `i` to endpoint `i mod n`)
+//! and asks for Arbor's bounded-staleness read ([`LoadConfig::max_staleness`]),
+//! which that node answers from its own applied state; etcd's equivalent is
+//! a serializable read, answered by whichever member gets it, with no bound
+//! on its staleness at all.
 
 pub mod apply;
 pub mod cpu;
@@ -64,6 +68,11 @@ pub const TXN_KEYS: usize = 4;
 /// The compare of the `txn` workload: `version < VERSION_BOUND`, true for
 /// every key (a missing key has version 0) but evaluated by the server.
 pub const VERSION_BOUND: u64 = 1 << 62;
+/// The default staleness bound of the `get-follower` workload's reads. A
+/// replica's state moves on with every epoch it applies, and an idle
+/// leader closes an empty epoch every `reads.close_interval_ms` (200 ms by
+/// default), so a bound well above that never makes a read wait.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(1);
 /// How long a client pauses after a failed operation, so that a broken
 /// cluster is not hammered by a tight error loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
@@ -120,6 +129,15 @@ pub trait Target: Send + Sync + 'static {
     fn put(&self, conn: usize, key: &[u8], value: &[u8]) -> impl Future<Output = Result<(), OpError>> + Send;
     /// A linearizable read; `Ok(true)` if the key exists.
     fn get(&self, conn: usize, key: &[u8]) -> impl Future<Output = Result<bool, OpError>> + Send;
+    /// A read served by a replica without going through the leader, no
+    /// staler than `max_staleness` where the system can bound it;
+    /// `Ok(true)` if the key exists.
+    fn get_follower(
+        &self,
+        conn: usize,
+        key: &[u8],
+        max_staleness: Duration,
+    ) -> impl Future<Output = Result<bool, OpError>> + Send;
     /// One transaction: `version < VERSION_BOUND` on every key, then a put
     /// of `value` to every key. An unmet compare is an error.
     fn txn(&self, conn: usize, keys: &[Vec<u8>], value: &[u8]) -> impl Future<Output = Result<(), OpError>> + Send;
@@ -137,6 +155,9 @@ pub enum Workload {
     Put,
     /// One linearizable get of a random (preloaded) key.
     Get,
+    /// One get of a random (preloaded) key from any replica, at most
+    /// [`LoadConfig::max_staleness`] stale.
+    GetFollower,
     /// 4 compares + 4 puts on distinct keys in distinct vshards.
     Txn,
     /// A get with probability `read_ratio`, else a put.
@@ -146,12 +167,14 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [Workload::Put, Workload::Get, Workload::Txn, Workload::Mixed, Workload::Append];
+    pub const ALL: [Workload; 6] =
+        [Workload::Put, Workload::Get, Workload::GetFollower, Workload::Txn, Workload::Mixed, Workload::Append];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Put => "put",
             Workload::Get => "get",
+            Workload::GetFollower => "get-follower",
             Workload::Txn => "txn",
             Workload::Mixed => "mixed",
             Workload::Append => "append",
@@ -164,7 +187,7 @@ impl Workload {
 
     /// Workloads that read keys want them written first.
     pub fn reads(self) -> bool {
-        matches!(self, Workload::Get | Workload::Mixed)
+        matches!(self, Workload::Get | Workload::GetFollower | Workload::Mixed)
     }
 
     /// The key prefix of a run of this workload.
@@ -197,6 +220,9 @@ pub struct LoadConfig {
     pub value_size: usize,
     /// `mixed`: the fraction of operations that are gets.
     pub read_ratio: f64,
+    /// `get-follower`: how stale a replica's answer may be (Arbor's
+    /// bounded-staleness read; etcd's serializable read has no bound).
+    pub max_staleness: Duration,
     /// `txn`: pick keys in distinct vshards of this many (Arbor's
     /// `vshards`, 8 by default); 0 = just distinct keys.
     pub txn_vshards: u32,
@@ -226,6 +252,7 @@ impl LoadConfig {
             key_prefix: workload.run_prefix(),
             value_size: 256,
             read_ratio: 0.8,
+            max_staleness: DEFAULT_MAX_STALENESS,
             txn_vshards: 8,
             preload: workload.reads(),
             op_timeout: Duration::from_secs(10),
@@ -246,6 +273,9 @@ impl LoadConfig {
         }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return bad(format!("read ratio {} is not within 0..=1", self.read_ratio));
+        }
+        if self.workload == Workload::GetFollower && self.max_staleness < Duration::from_millis(1) {
+            return bad("the get-follower workload needs a staleness bound of at least 1 ms".into());
         }
         if self.workload == Workload::Txn && self.key_space < TXN_KEYS as u64 {
             return bad(format!("the txn workload needs a key space of at least {TXN_KEYS} keys"));
@@ -391,6 +421,10 @@ pub struct RunRecord {
     pub value_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_ratio: Option<f64>,
+    /// `get-follower`: the staleness bound asked of Arbor's replicas, in
+    /// milliseconds (etcd's serializable reads have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness_ms: Option<u64>,
     /// Storage reference: keys per synced write batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<usize>,
@@ -443,6 +477,10 @@ impl RunRecord {
             "{} {}: {who}, {:.1} s measured after {:.1} s warm-up\n",
             self.system, self.workload, self.duration_s, self.warmup_s
         );
+        if let Some(ms) = self.max_staleness_ms {
+            let bound = if self.system == "arbor" { format!("at most {ms} ms stale") } else { "serializable".into() };
+            s += &format!("  reads     from every replica, {bound}\n");
+        }
         s += &format!("  ops       {} ({:.1} ops/s), errors {}", self.ops, self.ops_per_sec, self.errors);
         if self.misses > 0 {
             s += &format!(", get misses {}", self.misses);
@@ -492,6 +530,7 @@ fn unix_now_ms() -> u64 {
 enum Op {
     Put(Vec<u8>),
     Get(Vec<u8>),
+    GetFollower(Vec<u8>),
     Txn(Vec<Vec<u8>>),
     Append(Vec<u8>),
 }
@@ -500,6 +539,7 @@ struct Plan {
     workload: Workload,
     keys: KeyGen,
     read_ratio: f64,
+    max_staleness: Duration,
     txn_vshards: u32,
     value_size: usize,
     op_timeout: Duration,
@@ -514,6 +554,7 @@ impl Plan {
         match self.workload {
             Workload::Put => Op::Put(self.keys.random(rng)),
             Workload::Get => Op::Get(self.keys.random(rng)),
+            Workload::GetFollower => Op::GetFollower(self.keys.random(rng)),
             Workload::Txn => Op::Txn(self.keys.distinct(rng, TXN_KEYS, self.txn_vshards)),
             Workload::Append => Op::Append(self.keys.random(rng)),
             Workload::Mixed => {
@@ -534,10 +575,12 @@ struct Done {
     retries: u32,
 }
 
-async fn execute<T: Target>(target: &T, conn: usize, op: &Op, value: &[u8]) -> Result<Done, OpError> {
+async fn execute<T: Target>(target: &T, conn: usize, plan: &Plan, op: &Op, value: &[u8]) -> Result<Done, OpError> {
+    let read = |found: bool| Done { missed: !found, retries: 0 };
     match op {
         Op::Put(k) => target.put(conn, k, value).await.map(|()| Done::default()),
-        Op::Get(k) => target.get(conn, k).await.map(|found| Done { missed: !found, retries: 0 }),
+        Op::Get(k) => target.get(conn, k).await.map(read),
+        Op::GetFollower(k) => target.get_follower(conn, k, plan.max_staleness).await.map(read),
         Op::Txn(keys) => target.txn(conn, keys, value).await.map(|()| Done::default()),
         Op::Append(k) => target.append(conn, k, value).await.map(|retries| Done { missed: false, retries }),
     }
@@ -581,7 +624,7 @@ async fn client_loop<T: Target>(target: Arc<T>, id: usize, plan: Arc<Plan>, live
         }
         let op = plan.next_op(&mut rng);
         rng.fill_bytes(&mut value);
-        let result = tokio::time::timeout(plan.op_timeout, execute(&*target, conn, &op, &value))
+        let result = tokio::time::timeout(plan.op_timeout, execute(&*target, conn, &plan, &op, &value))
             .await
             .unwrap_or_else(|_| Err(OpError::new(format!("no answer within {:?}", plan.op_timeout))));
         let measured = start >= plan.measure_from;
@@ -733,6 +776,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         workload: cfg.workload,
         keys,
         read_ratio: cfg.read_ratio,
+        max_staleness: cfg.max_staleness,
         txn_vshards: cfg.txn_vshards,
         value_size: cfg.value_size,
         op_timeout: cfg.op_timeout,
@@ -781,6 +825,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &LoadConfig) -> Result<RunRecor
         key_size: cfg.key_size,
         value_size: cfg.value_size,
         read_ratio: (cfg.workload == Workload::Mixed).then_some(cfg.read_ratio),
+        max_staleness_ms: (cfg.workload == Workload::GetFollower).then_some(cfg.max_staleness.as_millis() as u64),
         batch: None,
         ops,
         errors,

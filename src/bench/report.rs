@@ -244,6 +244,11 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
         if let Some(rr) = r.read_ratio {
             notes.push(format!("{:.0}% reads", rr * 100.0));
         }
+        if let Some(ms) = r.max_staleness_ms {
+            // Only Arbor's reads carry the bound; etcd's serializable ones
+            // have none.
+            notes.push(if r.system == "arbor" { format!("at most {ms} ms stale") } else { "serializable".to_string() });
+        }
         if r.misses > 0 {
             notes.push(format!("{} get misses", r.misses));
         }
@@ -574,6 +579,7 @@ mod tests {
             key_size: 16,
             value_size: 256,
             read_ratio: None,
+            max_staleness_ms: None,
             batch: (system == "rocksdb").then_some(1),
             ops: (ops_per_sec * 10.0) as u64,
             errors: 0,

@@ -112,6 +112,7 @@ pub fn run_storage(cfg: &StorageConfig) -> Result<RunRecord, BenchError> {
         key_size: cfg.key_size,
         value_size: cfg.value_size,
         read_ratio: None,
+        max_staleness_ms: None,
         batch: Some(cfg.batch),
         ops,
         errors: 0,

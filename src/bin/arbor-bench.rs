@@ -33,6 +33,10 @@ enum Command {
     Put(LoadArgs),
     /// Linearizable gets of random keys (the key space is preloaded first).
     Get(LoadArgs),
+    /// Gets of random keys from every replica: connection i reads from
+    /// endpoint i mod n, a bounded-staleness read (--max-staleness-ms);
+    /// etcd: serializable gets, which have no bound. Preloads like get.
+    GetFollower(LoadArgs),
     /// Transactions of 4 compares + 4 puts on keys in 4 distinct vshards.
     Txn(LoadArgs),
     /// Gets (--read-ratio of the operations) and puts.
@@ -82,11 +86,15 @@ struct LoadArgs {
     /// mixed: the fraction of gets.
     #[arg(long, default_value_t = 0.8)]
     read_ratio: f64,
+    /// get-follower: how stale (in ms) a replica's answer may be; a
+    /// replica further behind waits to catch up.
+    #[arg(long, default_value_t = bench::DEFAULT_MAX_STALENESS.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_staleness_ms: u64,
     /// txn: pick keys in distinct vshards of this many (the server's
     /// `vshards`); 0 = distinct keys only.
     #[arg(long, default_value_t = 8)]
     txn_vshards: u32,
-    /// Skip writing the key space before get / mixed.
+    /// Skip writing the key space before get / get-follower / mixed.
     #[arg(long)]
     no_preload: bool,
     /// Seconds after which an operation counts as an error.
@@ -205,6 +213,7 @@ impl LoadArgs {
         c.key_size = self.key_size;
         c.value_size = self.value_size;
         c.read_ratio = self.read_ratio;
+        c.max_staleness = Duration::from_millis(self.max_staleness_ms);
         c.txn_vshards = self.txn_vshards;
         c.preload = workload.reads() && !self.no_preload;
         c.op_timeout = seconds(self.op_timeout, "op-timeout")?;
@@ -305,6 +314,7 @@ async fn run(cli: Cli) -> Result<()> {
     let (workload, args) = match cli.command {
         Command::Put(a) => (Workload::Put, a),
         Command::Get(a) => (Workload::Get, a),
+        Command::GetFollower(a) => (Workload::GetFollower, a),
         Command::Txn(a) => (Workload::Txn, a),
         Command::Mixed(a) => (Workload::Mixed, a),
         Command::Append(a) => (Workload::Append, a),
