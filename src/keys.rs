@@ -12,7 +12,10 @@
 //! | 0x06 | `RaftLogFiles(group)`            | present: the group's entries are in     |
 //! |      |                                  | segment files (`raft.log_files`)        |
 //! | 0x10 | `Applied(group)`                 | applied log id, membership, epoch       |
-//! | 0x11 | `Watermark(group, vshard)`       | the vshard's applied (index, epoch)     |
+//! | 0x11 | `(group, vshard)`                | no longer written, never read: older    |
+//! |      |                                  | data dirs (and images made there) hold  |
+//! |      |                                  | each vshard's applied (index, epoch), a |
+//! |      |                                  | copy of the applied state's             |
 //! | 0x12 | `Dedup(group, request_id)`       | the first result of a request id        |
 //! | 0x13 | `DedupExpiry(group, stamp, "")`  | the request ids recorded at `stamp`     |
 //! |      |                                  | (a list), for GC; older data dirs also  |
@@ -45,7 +48,6 @@ pub enum Key<'a> {
     RaftLog(u64, u64),
     RaftLogFiles(u64),
     Applied(u64),
-    Watermark(u64, u32),
     Dedup(u64, &'a str),
     DedupExpiry(u64, u64, &'a str),
     Snapshot(u64),
@@ -87,7 +89,6 @@ impl Key<'_> {
             Key::RaftLog(g, i) => e.u8(RAFT_LOG).u64(g).u64(i),
             Key::RaftLogFiles(g) => e.u8(RAFT_LOG_FILES).u64(g),
             Key::Applied(g) => e.u8(APPLIED).u64(g),
-            Key::Watermark(g, v) => e.u8(WATERMARK).u64(g).u64(v as u64),
             Key::Dedup(g, id) => e.u8(DEDUP).u64(g).bytes(id.as_bytes()),
             Key::DedupExpiry(g, stamp, id) => e.u8(DEDUP_EXPIRY).u64(g).u64(stamp).bytes(id.as_bytes()),
             Key::Snapshot(g) => e.u8(SNAPSHOT).u64(g),
@@ -243,7 +244,8 @@ pub fn decode_version_gc(key: &[u8]) -> Result<(u64, Vec<u8>), DecodeError> {
 }
 
 /// The encoded keys of every per-group metadata kind that moves with a
-/// snapshot (applied state, watermarks, dedup table), as `[start, end)`.
+/// snapshot (applied state, dedup table, GC index, and the watermarks older
+/// data dirs hold), as `[start, end)`.
 pub fn group_state_ranges(group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
     [APPLIED, WATERMARK, DEDUP, DEDUP_EXPIRY, VERSION_GC]
         .iter()

@@ -12,10 +12,11 @@
 //! vshard waits only on transactions earlier in the same total order.
 //!
 //! Writes go to per-vshard in-memory overlays; when the epoch's latch
-//! reaches zero the caller turns all overlays, every vshard's watermark and
-//! the group's applied state into ONE WriteBatch. The overlays are therefore
-//! committed atomically per epoch, so after a crash every vshard resumes
-//! from the same log index: nothing applied twice, nothing skipped.
+//! reaches zero the caller turns all overlays and the group's applied state
+//! into ONE WriteBatch. The overlays are therefore committed atomically per
+//! epoch, so after a crash every vshard resumes from the same log index (the
+//! applied one): nothing applied twice, nothing skipped. Each vshard's
+//! [`Watermark`] is kept in memory only, for progress.
 //!
 //! Full queues: `push` blocks the apply thread (never drops a transaction).
 //! That cannot deadlock — every queued transaction has been sent to all its

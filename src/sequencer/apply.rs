@@ -11,9 +11,8 @@
 //!    that first result and is not executed again.
 //! 4. **Fan-out and execution** on the vshard executors ([`Scheduler`]).
 //! 5. **One WriteBatch** with the epoch's data (one `Version` per write:
-//!    a key's newest version is its current record, for every read),
-//!    every vshard's watermark, the dedup entries, the version GC and the
-//!    applied state, written before the entry counts as applied (and before
+//!    a key's newest version is its current record, for every read), the
+//!    dedup entries, the version GC and the applied state, written before the entry counts as applied (and before
 //!    any client hears of it). See "Durability" below for why this write
 //!    skips RocksDB's WAL.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
@@ -55,7 +54,7 @@
 //! The batch becomes durable when the memtable holding it is flushed, and a
 //! flush persists every write before it, so after a crash (of the process
 //! or the machine) the recovered state is exactly the state after some
-//! earlier epoch, applied index and watermarks included. The replica then
+//! earlier epoch, applied index included. The replica then
 //! applies the entries after it again, deterministically, reaching the same
 //! state and answering the same outcomes (the dedup records go with it).
 //!
@@ -588,9 +587,6 @@ impl GroupStateMachine {
         // would double the keys each write costs).
         if !written.is_empty() {
             wb.put(Key::VersionGc(self.group, stamp, b"").encode(), encode(&written));
-        }
-        for v in 0..self.scheduler.vshards() {
-            wb.put(Key::Watermark(self.group, v).encode(), encode(&(index, batch.epoch)));
         }
         let mut outcomes: Vec<TxnOutcome> = Vec::with_capacity(plans.len());
         for plan in plans {
