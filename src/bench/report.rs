@@ -3,7 +3,8 @@
 //! machine description `DIR/machine.json`) into
 //!
 //! - `DIR/results.json`: `{ "machine": {...}, "runs": [...] }`;
-//! - `DIR/results.md`: the side-by-side table (etcd, Arbor, Arbor/etcd), the
+//! - `DIR/results.md`: the side-by-side table (etcd, Arbor, Arbor/etcd),
+//!   issue #6's targets checked against it, the CPU per operation, the
 //!   storage reference, the peak RSS, every run in full and the script's
 //!   notes (`DIR/notes.md`, if any);
 //! - `DIR/plot.svg`: throughput and p99 latency against client count, one
@@ -186,6 +187,7 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
         }
     }
 
+    md += &goals_table(runs);
     md += &cpu_table(runs);
 
     let storage: Vec<&RunRecord> = runs.iter().filter(|r| r.system == "rocksdb").collect();
@@ -276,6 +278,81 @@ pub fn markdown(runs: &[RunRecord], machine: &Value) -> String {
             r.errors,
             notes.join("; ")
         );
+    }
+    md
+}
+
+/// One of issue #6's performance targets, checked against a run.
+struct Goal {
+    target: &'static str,
+    /// The run's figure and whether it meets the target; `None` when the
+    /// run lacks the points the target needs.
+    result: Option<(String, bool)>,
+}
+
+/// Arbor/etcd throughput of the median runs of a point, at least
+/// `at_least`; with several rounds, how many of them cleared it too.
+fn throughput_goal(runs: &[RunRecord], target: &'static str, workload: &str, clients: usize, at_least: f64) -> Goal {
+    let result = match (find(runs, "etcd", workload, clients), find(runs, "arbor", workload, clients)) {
+        (Some(e), Some(a)) if e.ops_per_sec > 0.0 => {
+            let r = a.ops_per_sec / e.ops_per_sec;
+            let rounds = round_ratios(runs, workload, clients);
+            let cleared = rounds.iter().filter(|&&x| x >= at_least).count();
+            let detail = match rounds.len() {
+                0 | 1 => String::new(),
+                n => format!(" ({cleared} of {n} rounds)"),
+            };
+            Some((format!("{r:.2}×{detail}"), r >= at_least))
+        }
+        _ => None,
+    };
+    Goal { target, result }
+}
+
+/// Issue #6's targets: ratios of the median runs (see [`find`]).
+fn goals(runs: &[RunRecord]) -> Vec<Goal> {
+    let both = |w: &str, c: usize| find(runs, "etcd", w, c).zip(find(runs, "arbor", w, c));
+    let p50 = both("put", 1).filter(|(e, _)| e.latency.p50_us > 0).map(|(e, a)| {
+        let r = a.latency.p50_us as f64 / e.latency.p50_us as f64;
+        (format!("{r:.2}× ({} against {} ms)", ms(a.latency.p50_us), ms(e.latency.p50_us)), r <= 1.2)
+    });
+    // The worst workload decides.
+    let worst_p99 = workloads(runs)
+        .into_iter()
+        .filter_map(|w| both(w, 64).filter(|(e, _)| e.latency.p99_us > 0).map(|(e, a)| (w, a, e)))
+        .map(|(w, a, e)| (w, a.latency.p99_us as f64 / e.latency.p99_us as f64))
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .map(|(w, r)| (format!("{r:.2}× at worst ({w})"), r <= 1.0));
+    let rss_kib = runs
+        .iter()
+        .filter(|r| r.system == "arbor")
+        .flat_map(|r| &r.rss)
+        .map(|p| p.hwm_kib.max(p.sampled_peak_kib))
+        .max();
+    let rss = rss_kib.map(|kib| (format!("{:.0} MiB", kib as f64 / 1024.0), kib <= 1 << 20));
+    vec![
+        throughput_goal(runs, "put, 64 clients: Arbor ≥ 2× etcd", "put", 64, 2.0),
+        throughput_goal(runs, "put, 256 clients: Arbor ≥ 3× etcd", "put", 256, 3.0),
+        throughput_goal(runs, "txn, 64 clients: Arbor ≥ 5× etcd", "txn", 64, 5.0),
+        throughput_goal(runs, "linearizable get, 64 clients: Arbor ≥ 1.5× etcd", "get", 64, 1.5),
+        Goal { target: "put, 1 client: Arbor's p50 ≤ 1.2× etcd's", result: p50 },
+        Goal { target: "p99 at 64 clients ≤ etcd's, every workload", result: worst_p99 },
+        Goal { target: "peak RSS of an Arbor node ≤ 1 GiB", result: rss },
+    ]
+}
+
+/// The targets as a markdown section.
+fn goals_table(runs: &[RunRecord]) -> String {
+    let mut md = String::from(
+        "\n### Issue #6's targets\n\nRatios of the median runs above; a throughput ratio also counts the \
+         rounds that cleared it.\n\n| target | this run | met |\n|---|---|---|\n",
+    );
+    for g in goals(runs) {
+        let (figure, met) = match g.result {
+            Some((figure, met)) => (figure, if met { "yes" } else { "**no**" }),
+            None => ("not measured".to_string(), "–"),
+        };
+        let _ = writeln!(md, "| {} | {figure} | {met} |", g.target);
     }
     md
 }
@@ -564,7 +641,7 @@ pub fn svg(runs: &[RunRecord]) -> String {
 mod tests {
     use super::*;
     use crate::bench::cpu::CpuUse;
-    use crate::bench::Latency;
+    use crate::bench::{rss, Latency};
 
     fn record(system: &str, workload: &str, clients: usize, ops_per_sec: f64, p99_us: u64) -> RunRecord {
         RunRecord {
@@ -682,6 +759,40 @@ mod tests {
         assert_eq!(svg(&runs).matches("<circle").count(), svg(&runs[..2]).matches("<circle").count());
         // Two rounds: the lower of the two middle runs.
         assert_eq!(find(&runs[..4], "arbor", "put", 64).unwrap().ops_per_sec, 8000.0);
+    }
+
+    #[test]
+    fn the_targets_are_checked_against_the_medians() {
+        let mut runs = vec![
+            // put at 64 clients, two rounds: 2.1× and 1.9×.
+            record("etcd", "put", 64, 10_000.0, 20_000),
+            record("arbor", "put", 64, 21_000.0, 10_000),
+            record("etcd", "put", 64, 10_000.0, 20_000),
+            record("arbor", "put", 64, 19_000.0, 10_000),
+            record("etcd", "put", 1, 1_000.0, 1_000),
+            record("arbor", "put", 1, 1_000.0, 1_100),
+            // p99 at 64 clients: put 0.5×, txn 1.5× (the worst).
+            record("etcd", "txn", 64, 1_000.0, 10_000),
+            record("arbor", "txn", 64, 6_000.0, 15_000),
+        ];
+        runs[1].rss = vec![rss::RssPeak { pid: 7, sampled_peak_kib: 600 << 10, hwm_kib: 640 << 10, samples: 1 }];
+        runs[3].rss = vec![rss::RssPeak { pid: 8, sampled_peak_kib: 1200 << 10, hwm_kib: 100, samples: 1 }];
+        let md = markdown(&runs, &serde_json::json!({}));
+        // The median of two rounds is the lower one: 19,000 / 10,000.
+        assert!(md.contains("| put, 64 clients: Arbor ≥ 2× etcd | 1.90× (1 of 2 rounds) | **no** |"), "{md}");
+        assert!(md.contains("| put, 256 clients: Arbor ≥ 3× etcd | not measured | – |"), "{md}");
+        assert!(md.contains("| txn, 64 clients: Arbor ≥ 5× etcd | 6.00× | yes |"), "{md}");
+        assert!(md.contains("| linearizable get, 64 clients: Arbor ≥ 1.5× etcd | not measured | – |"), "{md}");
+        assert!(
+            md.contains("| put, 1 client: Arbor's p50 ≤ 1.2× etcd's | 1.10× (0.55 against 0.50 ms) | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("| p99 at 64 clients ≤ etcd's, every workload | 1.50× at worst (txn) | **no** |"), "{md}");
+        assert!(md.contains("| peak RSS of an Arbor node ≤ 1 GiB | 1200 MiB | **no** |"), "{md}");
+        // Without etcd every ratio is unmeasured; the RSS still counts.
+        let arbor_only: Vec<RunRecord> = runs.iter().filter(|r| r.system == "arbor").cloned().collect();
+        let md = markdown(&arbor_only, &serde_json::json!({}));
+        assert_eq!(md.matches("| not measured | – |").count(), 6, "{md}");
     }
 
     #[test]
