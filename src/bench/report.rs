@@ -763,18 +763,20 @@ mod tests {
 
     #[test]
     fn the_targets_are_checked_against_the_medians() {
-        let mut runs = vec![
-            // put at 64 clients, two rounds: 2.1× and 1.9×.
-            record("etcd", "put", 64, 10_000.0, 20_000),
-            record("arbor", "put", 64, 21_000.0, 10_000),
-            record("etcd", "put", 64, 10_000.0, 20_000),
-            record("arbor", "put", 64, 19_000.0, 10_000),
-            record("etcd", "put", 1, 1_000.0, 1_000),
-            record("arbor", "put", 1, 1_000.0, 1_100),
-            // p99 at 64 clients: put 0.5×, txn 1.5× (the worst).
-            record("etcd", "txn", 64, 1_000.0, 10_000),
-            record("arbor", "txn", 64, 6_000.0, 15_000),
+        // (system, workload, clients, ops/s, p99 µs): put at 64 clients in
+        // two rounds, 2.1× and 1.9×; p99 at 64 clients 0.5× for put, 1.5×
+        // for txn (the worst).
+        let points = [
+            ("etcd", "put", 64, 10_000.0, 20_000),
+            ("arbor", "put", 64, 21_000.0, 10_000),
+            ("etcd", "put", 64, 10_000.0, 20_000),
+            ("arbor", "put", 64, 19_000.0, 10_000),
+            ("etcd", "put", 1, 1_000.0, 1_000),
+            ("arbor", "put", 1, 1_000.0, 1_100),
+            ("etcd", "txn", 64, 1_000.0, 10_000),
+            ("arbor", "txn", 64, 6_000.0, 15_000),
         ];
+        let mut runs: Vec<RunRecord> = points.iter().map(|&(s, w, c, ops, p99)| record(s, w, c, ops, p99)).collect();
         runs[1].rss = vec![rss::RssPeak { pid: 7, sampled_peak_kib: 600 << 10, hwm_kib: 640 << 10, samples: 1 }];
         runs[3].rss = vec![rss::RssPeak { pid: 8, sampled_peak_kib: 1200 << 10, hwm_kib: 100, samples: 1 }];
         let md = markdown(&runs, &serde_json::json!({}));
