@@ -319,8 +319,10 @@ fn goals(runs: &[RunRecord]) -> Vec<Goal> {
     // The worst workload decides.
     let worst_p99 = workloads(runs)
         .into_iter()
-        .filter_map(|w| both(w, 64).filter(|(e, _)| e.latency.p99_us > 0).map(|(e, a)| (w, a, e)))
-        .map(|(w, a, e)| (w, a.latency.p99_us as f64 / e.latency.p99_us as f64))
+        .filter_map(|w| {
+            let (e, a) = both(w, 64).filter(|(e, _)| e.latency.p99_us > 0)?;
+            Some((w, a.latency.p99_us as f64 / e.latency.p99_us as f64))
+        })
         .max_by(|x, y| x.1.total_cmp(&y.1))
         .map(|(w, r)| (format!("{r:.2}× at worst ({w})"), r <= 1.0));
     let rss_kib = runs

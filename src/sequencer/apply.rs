@@ -12,9 +12,9 @@
 //! 4. **Fan-out and execution** on the vshard executors ([`Scheduler`]).
 //! 5. **One WriteBatch** with the epoch's data (one `Version` per write:
 //!    a key's newest version is its current record, for every read), the
-//!    dedup entries, the version GC and the applied state, written before the entry counts as applied (and before
-//!    any client hears of it). See "Durability" below for why this write
-//!    skips RocksDB's WAL.
+//!    dedup entries, the version GC and the applied state, written before
+//!    the entry counts as applied (and before any client hears of it). See
+//!    "Durability" below for why this write skips RocksDB's WAL.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
 //!    below) and of the epoch's changes to this replica's watchers.
 //! 7. **Answers**: on the leader that proposed the epoch, its clients get
@@ -54,9 +54,9 @@
 //! The batch becomes durable when the memtable holding it is flushed, and a
 //! flush persists every write before it, so after a crash (of the process
 //! or the machine) the recovered state is exactly the state after some
-//! earlier epoch, applied index included. The replica then
-//! applies the entries after it again, deterministically, reaching the same
-//! state and answering the same outcomes (the dedup records go with it).
+//! earlier epoch, applied index included. The replica then applies the
+//! entries after it again, deterministically, reaching the same state and
+//! answering the same outcomes (the dedup records go with it).
 //!
 //! That needs those entries to still be in the log. The log is purged only
 //! up to a snapshot (openraft never purges past its snapshot), and:
