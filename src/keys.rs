@@ -27,14 +27,23 @@
 //! | 0x20 | `Data(user_key)`                 | no longer written: older data dirs and  |
 //! |      |                                  | images held each key's latest record    |
 //! |      |                                  | here (converted: `tree::legacy`)        |
-//! | 0x21 | `Version(user_key, stamp, pos)`  | the record (or tombstone) written by    |
-//! |      |                                  | txn `pos` of the epoch stamped `stamp`: |
-//! |      |                                  | a key's newest one is its record        |
+//! | 0x21 | `Version(user_key, stamp, pos)`  | no longer written: older data dirs and  |
+//! |      |                                  | images held every version of a key here |
+//! |      |                                  | (converted: `tree::legacy`)             |
+//! | 0x22 | `Current(user_key)`              | the key's newest version: stamp, pos    |
+//! |      |                                  | and record or tombstone                 |
+//! | 0x23 | `History(group, stamp, pos, key)`| the version of `key` that the write of  |
+//! |      |                                  | txn `pos` of the epoch `stamp`          |
+//! |      |                                  | superseded (stamp, pos, record or       |
+//! |      |                                  | tombstone), in a column family of its   |
+//! |      |                                  | own                                     |
 //!
-//! `Version` keys carry the user key escaped (so the stamp can follow) and
-//! the stamp and position inverted, so a key's versions sort newest first
-//! and every version of a range of user keys is one range of the keyspace,
-//! whatever group owns it.
+//! `Current` keys are the user key as is (nothing follows it), so the
+//! current records of a range of user keys are one range of the keyspace,
+//! whatever group owns it. `History` keys sort by group, then by the stamp
+//! at which the version stopped being current: a group's history is written
+//! in time order, and the part no read can reach any more is one range at
+//! its front (see "Version GC" in `sequencer::apply`).
 
 use arbor_storage::keycode::{DecodeError, Decoder, Encoder};
 
@@ -54,6 +63,8 @@ pub enum Key<'a> {
     VersionGc(u64, u64, &'a [u8]),
     Data(&'a [u8]),
     Version(&'a [u8], u64, u64),
+    Current(&'a [u8]),
+    History(u64, u64, u64, &'a [u8]),
 }
 
 const NODE_META: u8 = 0x01;
@@ -70,14 +81,16 @@ const SNAPSHOT: u8 = 0x14;
 const VERSION_GC: u8 = 0x15;
 const DATA: u8 = 0x20;
 const VERSION: u8 = 0x21;
+const CURRENT: u8 = 0x22;
+const HISTORY: u8 = 0x23;
 
 impl Key<'_> {
     pub fn encode(&self) -> Vec<u8> {
         // Tag, at most three u64s, and the variable part (escapes aside).
         let variable = match *self {
             Key::Dedup(_, id) | Key::DedupExpiry(_, _, id) => Encoder::bytes_len(id.as_bytes()),
-            Key::VersionGc(_, _, k) | Key::Version(k, _, _) => Encoder::bytes_len(k),
-            Key::Data(k) => k.len(),
+            Key::VersionGc(_, _, k) | Key::Version(k, _, _) | Key::History(_, _, _, k) => Encoder::bytes_len(k),
+            Key::Data(k) | Key::Current(k) => k.len(),
             _ => 0,
         };
         let e = Encoder::with_capacity(1 + 3 * 8 + variable);
@@ -95,9 +108,20 @@ impl Key<'_> {
             Key::VersionGc(g, stamp, k) => e.u8(VERSION_GC).u64(g).u64(stamp).bytes(k),
             Key::Data(k) => e.u8(DATA).raw(k),
             Key::Version(k, stamp, pos) => e.u8(VERSION).bytes(k).u64(!stamp).u64(!pos),
+            Key::Current(k) => e.u8(CURRENT).raw(k),
+            Key::History(g, stamp, pos, k) => e.u8(HISTORY).u64(g).u64(stamp).u64(pos).bytes(k),
         }
         .finish()
     }
+}
+
+/// The `History` keys of every group, which the node's RocksDB keeps in a
+/// column family of their own (`RocksOptions::own_column_families`): they
+/// are written in time order and collected from the front, so their files
+/// never overlap the rest and compactions move them rather than rewrite
+/// them with every current record.
+pub fn history_keys() -> arbor_storage::KeyRange {
+    arbor_storage::KeyRange { start: vec![HISTORY], end: vec![HISTORY + 1] }
 }
 
 /// The keys of every group's log, which the node's RocksDB keeps in a
@@ -157,6 +181,51 @@ pub fn decode_data(key: &[u8]) -> Result<&[u8], DecodeError> {
         Some((&DATA, user)) => Ok(user),
         _ => Err(DecodeError("not a data key")),
     }
+}
+
+/// `[start, end)` of the `Current` keys of every user key in `[start, end)`
+/// (an empty `end` is unbounded).
+pub fn current_bounds(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lo = Key::Current(start).encode();
+    let hi = if end.is_empty() { vec![CURRENT + 1] } else { Key::Current(end).encode() };
+    (lo, hi)
+}
+
+/// The user key of an encoded `Current` key.
+pub fn decode_current(key: &[u8]) -> Result<&[u8], DecodeError> {
+    match key.split_first() {
+        Some((&CURRENT, user)) => Ok(user),
+        _ => Err(DecodeError("not a current-record key")),
+    }
+}
+
+/// The encoded prefix of every `History` key of a group.
+pub fn history_prefix(group: u64) -> Vec<u8> {
+    Encoder::new().u8(HISTORY).u64(group).finish()
+}
+
+/// The first `History` key of `group` that a version superseded after
+/// `stamp` has: the group's versions superseded at or before `stamp` are
+/// the keys from [`history_prefix`] up to it.
+pub fn history_after(group: u64, stamp: u64) -> Vec<u8> {
+    match stamp.checked_add(1) {
+        Some(next) => Encoder::new().u8(HISTORY).u64(group).u64(next).finish(),
+        None => history_prefix(group + 1),
+    }
+}
+
+/// `(stamp, pos, user key)` of an encoded `History` key.
+pub fn decode_history(key: &[u8]) -> Result<(u64, u64, Vec<u8>), DecodeError> {
+    let mut d = Decoder::new(key);
+    if d.u8()? != HISTORY {
+        return Err(DecodeError("not a history key"));
+    }
+    d.u64()?;
+    let stamp = d.u64()?;
+    let pos = d.u64()?;
+    let user = d.bytes()?;
+    d.finish()?;
+    Ok((stamp, pos, user))
 }
 
 /// `[start, end)` of the `Version` keys of every user key in `[start, end)`
@@ -243,11 +312,11 @@ pub fn decode_version_gc(key: &[u8]) -> Result<(u64, Vec<u8>), DecodeError> {
     Ok((stamp, user))
 }
 
-/// The encoded keys of every per-group metadata kind that moves with a
-/// snapshot (applied state, dedup table, GC index, and the watermarks older
-/// data dirs hold), as `[start, end)`.
+/// The encoded keys of every per-group kind that moves with a snapshot
+/// (applied state, dedup table, GC index, the group's history, and the
+/// watermarks older data dirs hold), as `[start, end)`.
 pub fn group_state_ranges(group: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
-    [APPLIED, WATERMARK, DEDUP, DEDUP_EXPIRY, VERSION_GC]
+    [APPLIED, WATERMARK, DEDUP, DEDUP_EXPIRY, VERSION_GC, HISTORY]
         .iter()
         .map(|&tag| (Encoder::new().u8(tag).u64(group).finish(), Encoder::new().u8(tag).u64(group + 1).finish()))
         .collect()

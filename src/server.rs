@@ -216,11 +216,14 @@ impl Node {
         };
         if !fresh {
             let engine = engine.clone();
-            let moved = tokio::task::spawn_blocking(move || crate::tree::legacy::move_records_into_versions(&*engine))
-                .await
-                .map_err(|e| Error::Fatal(e.to_string()))??;
-            if moved > 0 {
-                tracing::info!(records = moved, "stored each key's current record as its newest version only");
+            let catalog = meta.catalog.clone();
+            let group_of = move |key: &[u8]| Ok(catalog.route(key)?.group);
+            let converted =
+                tokio::task::spawn_blocking(move || crate::tree::legacy::convert_stored_versions(&*engine, &group_of))
+                    .await
+                    .map_err(|e| Error::Fatal(e.to_string()))??;
+            if converted > 0 {
+                tracing::info!(keys = converted, "stored each key's versions as a current version and its history");
             }
         }
         let unsafe_switches = &config.unsafe_test_only;
@@ -465,7 +468,7 @@ impl Node {
                     if t < applied.gc_horizon {
                         return Err(Error::OutOfRange { group: g, requested: t, oldest: applied.gc_horizon });
                     }
-                    Ok((f(&VersionedTree::new(view.as_ref(), t))?, t))
+                    Ok((f(&VersionedTree::new(view.as_ref(), g, t))?, t))
                 }
                 _ => Ok((f(&VersionedTree::latest(view.as_ref()))?, applied.stamp)),
             }

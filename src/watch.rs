@@ -36,7 +36,7 @@ use crate::keys;
 use crate::sequencer::apply::read_applied;
 use crate::sequencer::Feed;
 use crate::server::Node;
-use crate::tree::{decode_version, KeyRange, Record};
+use crate::tree::{stored_position, stored_record, KeyRange, Record};
 
 /// One change: the key's new record, or `None` for a deletion.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,19 +53,33 @@ pub struct Batch {
     pub progress: u64,
 }
 
-/// Every stored version in `range` with `after < stamp <= upto`, in commit
-/// order, one batch per stamp.
-pub fn replay(view: &dyn ReadView, range: &KeyRange, after: u64, upto: u64) -> Result<Vec<Batch>> {
-    let (lo, hi) = keys::version_bounds(&range.start, &range.end);
+/// Every stored version in `range` (held by `group`) with `after < stamp <=
+/// upto`, in commit order, one batch per stamp. Each is either its key's
+/// current version or one that a later write superseded, so in the group's
+/// history after `after`.
+pub fn replay(view: &dyn ReadView, group: u64, range: &KeyRange, after: u64, upto: u64) -> Result<Vec<Batch>> {
     let mut found: Vec<(u64, u64, Event)> = Vec::new();
+    let mut take = |key: Vec<u8>, stored: &[u8]| -> Result<()> {
+        let (stamp, pos) = stored_position(stored)?;
+        if stamp > after && stamp <= upto {
+            found.push((stamp, pos, Event { key, record: stored_record(stored)?, stamp }));
+        }
+        Ok(())
+    };
+    let (lo, hi) = keys::current_bounds(&range.start, &range.end);
     for item in view.scan(Bound::Included(lo), Bound::Excluded(hi), Direction::Forward) {
         let (k, v) = item?;
-        let (key, stamp, pos) = keys::decode_version(&k).map_err(|e| Error::Corruption(e.to_string()))?;
-        if stamp > after && stamp <= upto {
-            found.push((stamp, pos, Event { key, record: decode_version(&v)?, stamp }));
+        take(keys::decode_current(&k).map_err(corrupt)?.to_vec(), &v)?;
+    }
+    let (lo, hi) = (keys::history_after(group, after), keys::history_prefix(group + 1));
+    for item in view.scan(Bound::Included(lo), Bound::Excluded(hi), Direction::Forward) {
+        let (k, v) = item?;
+        let (_, _, key) = keys::decode_history(&k).map_err(corrupt)?;
+        if range.contains(&key) {
+            take(key, &v)?;
         }
     }
-    // Versions come per key; commit order is (stamp, position in the epoch).
+    // Commit order is (stamp, position in the epoch).
     found.sort_by_key(|(stamp, pos, _)| (*stamp, *pos));
     let mut batches: Vec<Batch> = Vec::new();
     for (stamp, _, event) in found {
@@ -105,7 +119,7 @@ async fn stream(
             if start_after < applied.gc_horizon {
                 return Err(Error::OutOfRange { group, requested: start_after, oldest: applied.gc_horizon });
             }
-            Ok((applied.stamp.max(start_after), replay(view.as_ref(), &range, start_after, applied.stamp)?))
+            Ok((applied.stamp.max(start_after), replay(view.as_ref(), group, &range, start_after, applied.stamp)?))
         })
         .await
         .map_err(|e| Error::Fatal(e.to_string()))??
@@ -174,11 +188,14 @@ async fn stream(
     }
 }
 
+fn corrupt(e: arbor_storage::keycode::DecodeError) -> Error {
+    Error::Corruption(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Key;
-    use crate::tree::encode_version;
+    use crate::tree::put_versions;
     use arbor_storage::{Durability, Memory, WriteBatch};
 
     fn rec(v: &str) -> Record {
@@ -188,26 +205,32 @@ mod tests {
     #[test]
     fn replay_is_in_commit_order_grouped_by_epoch_and_bounded() {
         let mem = Memory::new();
-        let mut wb = WriteBatch::new();
-        let versions: [(&[u8], u64, u64, Option<Record>); 6] = [
+        let versions: [(&[u8], u64, u64, Option<Record>); 7] = [
             (b"/w/b", 10, 0, Some(rec("b1"))),
             (b"/w/a", 10, 1, Some(rec("a1"))),
             (b"/w/a", 20, 0, None),
+            (b"/x", 20, 1, Some(rec("x"))),
             (b"/w/c", 20, 3, Some(rec("c1"))),
             (b"/w/a", 30, 0, Some(rec("a2"))),
-            (b"/x", 20, 1, Some(rec("x"))),
+            (b"/x", 30, 1, Some(rec("x2"))),
         ];
-        for (k, s, p, r) in &versions {
-            wb.put(Key::Version(k, *s, *p).encode(), encode_version(r.as_ref()));
+        // One epoch per stamp, as the state machine writes them.
+        for stamp in [10, 20, 30] {
+            let mut wb = WriteBatch::new();
+            let epoch = versions.iter().filter(|v| v.1 == stamp).map(|(k, _, p, r)| (*p, *k, r.as_ref()));
+            put_versions(&mem, 1, stamp, epoch, &mut wb).unwrap();
+            mem.write(wb, Durability::Sync).unwrap();
         }
-        mem.write(wb, Durability::Sync).unwrap();
-        let got = replay(&mem, &KeyRange::prefix(b"/w/"), 5, 25).unwrap();
+        let got = replay(&mem, 1, &KeyRange::prefix(b"/w/"), 5, 25).unwrap();
         let flat: Vec<(u64, &[u8], bool)> = got
             .iter()
             .flat_map(|b| b.events.iter().map(|e| (b.progress, e.key.as_slice(), e.record.is_some())))
             .collect();
         assert_eq!(flat, [(10, &b"/w/b"[..], true), (10, b"/w/a", true), (20, b"/w/a", false), (20, b"/w/c", true)]);
         assert_eq!(got.len(), 2, "one batch per epoch");
-        assert!(replay(&mem, &KeyRange::prefix(b"/w/"), 30, 40).unwrap().is_empty(), "nothing after 30");
+        assert!(replay(&mem, 1, &KeyRange::prefix(b"/w/"), 30, 40).unwrap().is_empty(), "nothing after 30");
+        let all = replay(&mem, 1, &KeyRange::prefix(b"/"), 0, 30).unwrap();
+        let count: Vec<usize> = all.iter().map(|b| b.events.len()).collect();
+        assert_eq!(count, [2, 3, 2], "every version, current or superseded, once");
     }
 }

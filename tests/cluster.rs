@@ -144,47 +144,70 @@ fn move_log_to_default_family(dir: &std::path::Path) {
     db.drop_cf(LOG_FAMILY).unwrap();
 }
 
-/// Lays a stopped node's records out as versions before the versions-only
-/// layout kept them: each key's current record also under its `Data` key,
-/// plus `legacy`, a record written before versions existed (a `Data` key
-/// alone).
-fn write_data_keys(dir: &std::path::Path, legacy: (&[u8], &arbor::tree::Record)) {
+/// The name of the history's column family (`keys::history_keys`).
+const HISTORY_FAMILY: &str = "keys-23-24";
+
+/// Lays a stopped node's versions out as the layouts before current
+/// versions and history kept them: every version of a key under a
+/// `Version` key (the history's family dropped), each key's current record
+/// also under its `Data` key, plus `legacy`, a record written before
+/// versions existed (a `Data` key alone).
+fn write_legacy_layout(dir: &std::path::Path, legacy: (&[u8], &arbor::tree::Record)) {
     use arbor::keys::{self, Key};
-    let db = rocksdb::DB::open(&rocksdb::Options::default(), dir.join("db")).unwrap();
+    use arbor::tree::{encode_record, encode_version, stored_position, stored_record};
+    let path = dir.join("db");
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let mut db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &names).unwrap();
     let mut batch = rocksdb::WriteBatch::default();
-    let (start, end) = keys::version_bounds(b"", b"");
+    let mut version = |user: &[u8], stored: &[u8]| {
+        let (stamp, pos) = stored_position(stored).unwrap();
+        let record = stored_record(stored).unwrap();
+        batch.put(Key::Version(user, stamp, pos).encode(), encode_version(record.as_ref()));
+        record
+    };
+    let (start, end) = keys::current_bounds(b"", b"");
     let mut ro = rocksdb::ReadOptions::default();
-    ro.set_iterate_lower_bound(start);
-    ro.set_iterate_upper_bound(end);
-    let mut last_user = None;
+    ro.set_iterate_lower_bound(start.clone());
+    ro.set_iterate_upper_bound(end.clone());
+    let mut data = Vec::new();
     for item in db.iterator_opt(rocksdb::IteratorMode::Start, ro) {
         let (k, v) = item.unwrap();
-        let (user, _, _) = keys::decode_version(&k).unwrap();
-        // Versions sort newest first: the first one of a key is its record.
-        if last_user.as_ref() != Some(&user) {
-            if let Some(record) = arbor::tree::decode_version(&v).unwrap() {
-                batch.put(Key::Data(&user).encode(), arbor::tree::encode_record(&record));
-            }
-            last_user = Some(user);
+        let user = keys::decode_current(&k).unwrap().to_vec();
+        if let Some(record) = version(&user, &v) {
+            data.push((user, record));
         }
     }
-    batch.put(Key::Data(legacy.0).encode(), arbor::tree::encode_record(legacy.1));
+    for item in db.iterator_cf(db.cf_handle(HISTORY_FAMILY).unwrap(), rocksdb::IteratorMode::Start) {
+        let (k, v) = item.unwrap();
+        let (_, _, user) = keys::decode_history(&k).unwrap();
+        version(&user, &v);
+    }
+    for (user, record) in data {
+        batch.put(Key::Data(&user).encode(), encode_record(&record));
+    }
+    batch.put(Key::Data(legacy.0).encode(), encode_record(legacy.1));
+    batch.delete_range(start, end);
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.write_opt(batch, &wo).unwrap();
+    db.drop_cf(HISTORY_FAMILY).unwrap();
 }
 
-/// How many `Data` keys a stopped node's RocksDB holds.
-fn data_keys(dir: &std::path::Path) -> usize {
+/// How many `Data` and `Version` keys a stopped node's RocksDB holds, and
+/// how many keys its history's family.
+fn legacy_and_history_keys(dir: &std::path::Path) -> (usize, usize) {
     let path = dir.join("db");
     let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &names).unwrap();
-    db.prefix_iterator(arbor::keys::data_prefix()).take_while(|kv| kv.as_ref().unwrap().0[0] == 0x20).count()
+    let legacy = db.prefix_iterator(arbor::keys::data_prefix()).take_while(|kv| kv.as_ref().unwrap().0[0] <= 0x21);
+    let history = db.cf_handle(HISTORY_FAMILY).map_or(0, |f| db.iterator_cf(f, rocksdb::IteratorMode::Start).count());
+    (legacy.count(), history)
 }
 
 /// An upgrade: nodes whose data directories hold the Raft log in the
-/// default column family and each key's current record under a `Data` key,
-/// as earlier versions wrote them, killed with applied state only in their
+/// default column family, every version of a key under a `Version` key and
+/// each key's current record under a `Data` key, as earlier versions wrote
+/// them, killed with applied state only in their
 /// memtables, so that the restart must re-apply the log it moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
@@ -192,7 +215,11 @@ async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
     let mut c = Cluster::start_with_config(3, "[raft]\nlog_files = false\n", &[]);
     c.wait_for_leader(1).await;
     let client = c.client();
-    let last_index = put_numbered(&client, 40, |i| format!("/up/k{i:02}")).await;
+    put_numbered(&client, 40, |i| format!("/up/k{i:02}")).await;
+    for value in ["h1", "h2", "h3"] {
+        client.put("/up/h", value).await.unwrap();
+    }
+    let last_index = client.put("/up/h", "h4").await.unwrap().header.unwrap().log_index;
     c.wait_applied(1, last_index).await;
     let legacy = arbor::tree::Record { value: b"old".to_vec(), version: 3, create_stamp: 7, mod_stamp: 9 };
 
@@ -202,10 +229,11 @@ async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
         let before = log_keys_per_family(&c.nodes[i].dir);
         let in_family = before.iter().find(|(name, _)| name == LOG_FAMILY).map_or(0, |f| f.1);
         assert!(in_family as u64 >= last_index, "node {}: {before:?}", c.nodes[i].id);
+        write_legacy_layout(&c.nodes[i].dir, (b"/up/legacy", &legacy));
         move_log_to_default_family(&c.nodes[i].dir);
         assert_eq!(log_keys_per_family(&c.nodes[i].dir), [("default".to_string(), in_family)]);
-        write_data_keys(&c.nodes[i].dir, (b"/up/legacy", &legacy));
-        assert!(data_keys(&c.nodes[i].dir) >= 1);
+        let (legacy_keys, history) = legacy_and_history_keys(&c.nodes[i].dir);
+        assert!(legacy_keys >= 1 && history == 0, "node {}: {legacy_keys} legacy keys", c.nodes[i].id);
     }
 
     phase("restarted, the nodes re-apply the moved log and keep every write");
@@ -215,15 +243,18 @@ async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
     for (i, kv) in scan.kvs.iter().enumerate() {
         assert_eq!(kv.value, format!("v{i}").into_bytes());
     }
+    assert_eq!(client.get("/up/h").await.unwrap().unwrap().value, b"h4");
     let kv = client.get("/up/legacy").await.unwrap().expect("the record written before versions");
     assert_eq!((kv.value, kv.version), (legacy.value.clone(), legacy.version));
     let r = client.put("/up/after", "x").await.unwrap();
     c.wait_applied(1, r.header.unwrap().log_index).await;
 
-    phase("the log is in its own family again, records are versions only, and the replicas agree");
-    assert_eq!(stop_identical_replicas(&mut c).len(), 42);
+    phase("the log is in its own family again, versions are current ones and history, and the replicas agree");
+    assert_eq!(stop_identical_replicas(&mut c).len(), 43);
     for node in &c.nodes {
-        assert_eq!(data_keys(&node.dir), 0, "node {}", node.id);
+        let (legacy_keys, history) = legacy_and_history_keys(&node.dir);
+        assert_eq!(legacy_keys, 0, "node {}", node.id);
+        assert!(history >= 3, "node {}: /up/h's three older versions, {history} in all", node.id);
         let families = log_keys_per_family(&node.dir);
         let default = families.iter().find(|(name, _)| name == "default").unwrap().1;
         let log = families.iter().find(|(name, _)| name == LOG_FAMILY).expect("the log's family").1;

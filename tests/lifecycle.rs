@@ -126,16 +126,12 @@ impl Load {
 /// The user keys and values in groups' states (as read by
 /// [`assert_identical_groups`]).
 fn user_values(states: &[BTreeMap<Vec<u8>, Vec<u8>>]) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    // Versions sort per key, newest first: the first one is the current
-    // record (a tombstone: none).
+    // A key's current version is its record (a tombstone: none).
     let mut values = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
     for (k, v) in states.iter().flatten() {
-        let Ok((user, _, _)) = arbor::keys::decode_version(k) else { continue };
-        if seen.insert(user.clone()) {
-            if let Some(record) = arbor::tree::decode_version(v).unwrap() {
-                values.insert(user, record.value);
-            }
+        let Ok(user) = arbor::keys::decode_current(k) else { continue };
+        if let Some(record) = arbor::tree::stored_record(v).unwrap() {
+            values.insert(user.to_vec(), record.value);
         }
     }
     values

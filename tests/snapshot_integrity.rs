@@ -50,7 +50,7 @@ fn replica(key: &str, entries: u64) -> (Arc<dyn Engine>, GroupStateMachine) {
         create_stamp: 1,
         mod_stamp: 1,
     };
-    b.put(Key::Version(key.as_bytes(), 1, 0).encode(), arbor::tree::encode_version(Some(&record)));
+    b.put(Key::Current(key.as_bytes()).encode(), arbor::tree::encode_stored(1, 0, Some(&record)));
     engine.write(b, Durability::Sync).unwrap();
     let mut sm = open(engine.clone());
     for i in 1..=entries {
@@ -60,7 +60,7 @@ fn replica(key: &str, entries: u64) -> (Arc<dyn Engine>, GroupStateMachine) {
 }
 
 fn version_keys(engine: &Arc<dyn Engine>) -> Vec<Vec<u8>> {
-    let (start, end) = arbor::keys::version_bounds(b"", b"");
+    let (start, end) = arbor::keys::current_bounds(b"", b"");
     let scan = engine.scan(Bound::Included(start), Bound::Excluded(end), arbor_storage::Direction::Forward);
     scan.map(|kv| kv.unwrap().0).collect()
 }
@@ -105,7 +105,7 @@ fn a_corrupted_snapshot_is_refused_before_anything_is_installed() {
     phase("the intact snapshot installs: B now holds A's state");
     b.install_snapshot(&meta, data.clone().into()).unwrap();
     assert_eq!(b.applied().last_applied, meta.last_log_id);
-    assert_eq!(version_keys(&b_engine), vec![Key::Version(b"/a", 1, 0).encode()]);
+    assert_eq!(version_keys(&b_engine), vec![Key::Current(b"/a").encode()]);
     assert_eq!(b.current_snapshot().unwrap().map(|(_, d)| d.into_bytes().unwrap()), Some(data));
 }
 
@@ -224,5 +224,5 @@ fn a_damaged_stored_snapshot_is_replaced_by_an_image_rather_than_sent() {
     assert_eq!(meta.last_log_id.unwrap().index, 3);
     let (fresh_engine, mut fresh) = replica("/other", 0);
     fresh.install_snapshot(&meta, data).expect("the image verifies and installs");
-    assert_eq!(version_keys(&fresh_engine), vec![Key::Version(b"/a", 1, 0).encode()]);
+    assert_eq!(version_keys(&fresh_engine), vec![Key::Current(b"/a").encode()]);
 }

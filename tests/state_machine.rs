@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arbor::hlc::{Hlc, ManualClock};
 use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
+use arbor::sequencer::apply::HISTORY_GC_INTERVAL;
 use arbor::sequencer::driver::{epoch_number, Waiting};
 use arbor::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
 use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, TreeRead, Txn, VersionedTree};
@@ -178,7 +179,7 @@ fn snapshot_reads_see_exactly_the_state_after_each_epoch_within_retention() {
         assert_eq!(horizon, states.last().unwrap().0 - 20, "the horizon follows the batches' gc_before");
         let mut checked = 0;
         for (stamp, state) in states.iter().filter(|(s, _)| *s >= horizon) {
-            let at = VersionedTree::new(engine.as_ref(), *stamp);
+            let at = VersionedTree::new(engine.as_ref(), 1, *stamp);
             assert_eq!(&tree_of(&at), state, "seed {seed}: scan at {stamp}");
             for key in (0..12).map(|k| format!("/k/{k}").into_bytes()) {
                 let want = state.iter().find(|(k, _)| *k == key).map(|(_, r)| r.clone());
@@ -199,6 +200,26 @@ fn put_txn(key: String, value: u64) -> Txn {
     }
 }
 
+fn delete_txn(key: String) -> Txn {
+    Txn {
+        request_id: String::new(),
+        compares: vec![],
+        success: vec![Op::Delete { key: key.into_bytes() }],
+        failure: vec![],
+    }
+}
+
+/// Epoch `e`'s transactions for the GC tests: puts of four hot keys (with
+/// request ids), and a short-lived key created here and deleted by the next
+/// epoch, so that every epoch leaves a GC index entry.
+fn churn(e: u64) -> Vec<Txn> {
+    let mut txns: Vec<Txn> =
+        (0..4).map(|k| Txn { request_id: format!("req-{e}-{k}"), ..put_txn(format!("/hot/{k}"), e) }).collect();
+    txns.push(put_txn(format!("/tmp/{e}"), e));
+    txns.push(delete_txn(format!("/tmp/{}", e - 1)));
+    txns
+}
+
 #[test]
 fn version_gc_keeps_an_overwrite_heavy_load_bounded() {
     let engine: Arc<Memory> = Arc::new(Memory::new());
@@ -208,67 +229,74 @@ fn version_gc_keeps_an_overwrite_heavy_load_bounded() {
         let mut txns: Vec<Txn> = (0..10).map(|k| put_txn(format!("/hot/{k}"), e)).collect();
         // A short-lived key per epoch: created, then deleted by the next one.
         txns.push(put_txn(format!("/tmp/{e}"), e));
-        txns.push(Txn {
-            request_id: String::new(),
-            compares: vec![],
-            success: vec![Op::Delete { key: format!("/tmp/{}", e - 1).into_bytes() }],
-            failure: vec![],
-        });
+        txns.push(delete_txn(format!("/tmp/{}", e - 1)));
         let stamp = 1_000 + e;
         let batch = EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp - retention };
         sm.apply(entry(1, e, &batch)).unwrap();
     }
     let count = |tag: u8| dump(engine.as_ref()).iter().filter(|(k, _)| k[0] == tag).count();
-    // Per hot key: the versions newer than the horizon, and the newest at or
-    // below it. Deleted keys leave nothing once their tombstone is collected.
-    let bound = 10 * (retention as usize + 1) + 2 * (retention as usize + 2);
-    let (versions, index) = (count(0x21), count(0x15));
-    assert!(versions <= bound, "{versions} versions stored, bound {bound}");
+    // The history holds the versions superseded in the epochs since the last
+    // collection that are still above its horizon: at most 11 per epoch.
+    let epochs = (retention + HISTORY_GC_INTERVAL + 1) as usize;
+    let (history, current, index) = (count(0x23), count(0x22), count(0x15));
+    assert!(history <= 11 * epochs, "{history} superseded versions stored, bound {}", 11 * epochs);
+    // The hot keys, the live short-lived one, and the tombstones of the
+    // short-lived ones deleted since the horizon.
+    let bound = 10 + 1 + (retention as usize + 2);
+    assert!(current <= bound, "{current} current versions stored, bound {bound}");
     // One index entry per epoch still inside the retention.
     let index_bound = retention as usize + 2;
     assert!(index <= index_bound, "{index} GC index entries stored, bound {index_bound}");
     // What is still readable is right.
-    let now = VersionedTree::new(engine.as_ref(), 1_000 + 2000);
+    let now = VersionedTree::new(engine.as_ref(), 1, 1_000 + 2000);
     assert_eq!(now.get(b"/hot/3").unwrap().unwrap().value, b"2000");
     assert_eq!(now.get(b"/tmp/1999").unwrap(), None);
     assert_eq!(now.get(b"/tmp/2000").unwrap().unwrap().value, b"2000");
-    let horizon = VersionedTree::new(engine.as_ref(), 1_000 + 2000 - retention);
+    let horizon = VersionedTree::new(engine.as_ref(), 1, 1_000 + 2000 - retention);
     assert_eq!(horizon.get(b"/hot/3").unwrap().unwrap().value, b"1995");
 }
 
 /// Data dirs written before the per-epoch index lists hold one `VersionGc`
 /// entry per key and one `DedupExpiry` entry per request id, with empty
-/// values: they are still collected.
+/// values: they are still collected. (Their versions were converted into
+/// current versions and history as the node opened.)
 #[test]
 fn per_key_index_entries_of_older_data_dirs_are_still_collected() {
     use arbor::keys::Key;
-    use arbor::tree::encode_version;
+    use arbor::tree::encode_stored;
     let engine: Arc<Memory> = Arc::new(Memory::new());
     let record = |v: &str| Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 100, mod_stamp: 100 };
     let minute = arbor::hlc::pack(60_000, 0);
     let mut b = arbor_storage::WriteBatch::new();
-    b.put(Key::Version(b"/old", 100, 0).encode(), encode_version(Some(&record("a"))));
-    b.put(Key::Version(b"/old", 200, 0).encode(), encode_version(Some(&record("b"))));
-    b.put(Key::VersionGc(1, 100, b"/old").encode(), Vec::new());
-    b.put(Key::VersionGc(1, 200, b"/old").encode(), Vec::new());
+    b.put(Key::Current(b"/old").encode(), encode_stored(200, 0, Some(&record("b"))));
+    b.put(Key::History(1, 200, 0, b"/old").encode(), encode_stored(100, 0, Some(&record("a"))));
+    b.put(Key::Current(b"/gone").encode(), encode_stored(200, 1, None));
+    b.put(Key::History(1, 200, 1, b"/gone").encode(), encode_stored(100, 1, Some(&record("g"))));
+    for key in [&b"/old"[..], b"/gone"] {
+        b.put(Key::VersionGc(1, 100, key).encode(), Vec::new());
+        b.put(Key::VersionGc(1, 200, key).encode(), Vec::new());
+    }
     b.put(Key::Dedup(1, "req-old").encode(), b"(its first result; only deleted here)".to_vec());
     b.put(Key::DedupExpiry(1, 100, "req-old").encode(), Vec::new());
     engine.write(b, Durability::Sync).unwrap();
 
     let mut sm = open(engine.clone(), 2);
-    // Eleven minutes later, with a GC horizon past both versions.
-    let stamp = 11 * minute;
-    let batch = EpochBatch { epoch: epoch_number(1, 1), stamp, txns: vec![put_txn("/new".into(), 1)], gc_before: 300 };
-    sm.apply(entry(1, 1, &batch)).unwrap();
+    // Eleven minutes later, with a GC horizon past both versions, up to the
+    // first entry that collects the history.
+    for index in 1..=HISTORY_GC_INTERVAL {
+        let stamp = 11 * minute + index;
+        let txns = vec![put_txn("/new".into(), index)];
+        let batch = EpochBatch { epoch: epoch_number(1, index), stamp, txns, gc_before: 300 };
+        sm.apply(entry(1, index, &batch)).unwrap();
+    }
     let keys: Vec<Vec<u8>> = dump(engine.as_ref()).into_iter().map(|(k, _)| k).collect();
-    assert!(!keys.contains(&Key::Version(b"/old", 100, 0).encode()), "the superseded version is collected");
-    assert!(keys.contains(&Key::Version(b"/old", 200, 0).encode()), "the newest at the horizon stays");
-    assert!(!keys.contains(&Key::VersionGc(1, 100, b"/old").encode()));
-    assert!(!keys.contains(&Key::VersionGc(1, 200, b"/old").encode()));
+    assert!(!keys.contains(&Key::History(1, 200, 0, b"/old").encode()), "the superseded version is collected");
+    assert!(keys.contains(&Key::Current(b"/old").encode()), "the current version stays");
+    assert!(!keys.contains(&Key::Current(b"/gone").encode()), "so does a tombstone, once past the horizon");
+    assert!(!keys.iter().any(|k| k.starts_with(&arbor::keys::version_gc_prefix(1))), "the old entries are gone");
     assert!(!keys.contains(&Key::Dedup(1, "req-old").encode()), "the expired request id is forgotten");
     assert!(!keys.contains(&Key::DedupExpiry(1, 100, "req-old").encode()));
-    assert!(keys.contains(&Key::VersionGc(1, stamp, b"").encode()), "the new epoch's list");
-    assert_eq!(VersionedTree::new(engine.as_ref(), 300).get(b"/old").unwrap().unwrap().value, b"b");
+    assert_eq!(VersionedTree::new(engine.as_ref(), 1, 300).get(b"/old").unwrap().unwrap().value, b"b");
 }
 
 #[test]
@@ -448,8 +476,7 @@ fn gc_scans_resume_after_the_last_collected_entry_with_the_same_result() {
     let log: Vec<EpochBatch> = (1..=80u64)
         .map(|e| {
             let stamp = e * minute / 4;
-            let txns =
-                (0..4).map(|k| Txn { request_id: format!("req-{e}-{k}"), ..put_txn(format!("/hot/{k}"), e) }).collect();
+            let txns = churn(e);
             EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp.saturating_sub(minute / 2) }
         })
         .collect();
@@ -495,8 +522,7 @@ fn gc_scans_are_skipped_while_nothing_can_be_collected() {
     let log: Vec<EpochBatch> = (1..=200u64)
         .map(|e| {
             let stamp = hour + e * second;
-            let txns =
-                (0..4).map(|k| Txn { request_id: format!("req-{e}-{k}"), ..put_txn(format!("/hot/{k}"), e) }).collect();
+            let txns = churn(e);
             EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp - 60 * second }
         })
         .collect();
@@ -518,11 +544,12 @@ fn gc_scans_are_skipped_while_nothing_can_be_collected() {
     let keys: Vec<Vec<u8>> = dump(&engine.inner).into_iter().map(|(k, _)| k).collect();
     let gc_entries = keys.iter().filter(|k| k.starts_with(&arbor::keys::version_gc_prefix(1))).count();
     assert!(gc_entries <= 62, "the GC index entries past the horizon are collected: {gc_entries} left");
-    let versions = keys.iter().filter(|k| k[0] == 0x21).count();
-    assert!(versions <= 4 * 62, "superseded versions are collected: {versions} left");
+    let history = keys.iter().filter(|k| k[0] == 0x23).count();
+    let bound = 5 * (60 + HISTORY_GC_INTERVAL as usize);
+    assert!(history <= bound, "superseded versions are collected: {history} left, bound {bound}");
     let dedup_ids = keys.iter().filter(|k| k.starts_with(&[0x12])).count();
     assert_eq!(dedup_ids, 4 * 200, "no request id is old enough to expire");
-    let horizon = VersionedTree::new(&engine.inner, hour + 140 * second);
+    let horizon = VersionedTree::new(&engine.inner, 1, hour + 140 * second);
     assert_eq!(horizon.get(b"/hot/2").unwrap().unwrap().value, b"140");
 }
 

@@ -445,9 +445,8 @@ mod tests {
             // The next epoch reads the engine and the record cache, as
             // after the apply's batch.
             let mut wb = arbor_storage::WriteBatch::new();
-            for (key, record) in out.writes.iter().flatten() {
-                wb.put(crate::keys::Key::Version(key, index, 0).encode(), tree::encode_version(record.as_ref()));
-            }
+            let changes = out.changes.iter().map(|(pos, key, record)| (*pos as u64, key.as_slice(), record.as_ref()));
+            tree::put_versions(engine.as_ref(), 1, index, changes, &mut wb).unwrap();
             engine.write(wb, arbor_storage::Durability::Sync).unwrap();
             s.record_cache().absorb(out.writes);
             serial.clear();

@@ -10,9 +10,10 @@
 //! 3. **Dedup**: a transaction whose request id already has a result gets
 //!    that first result and is not executed again.
 //! 4. **Fan-out and execution** on the vshard executors ([`Scheduler`]).
-//! 5. **One WriteBatch** with the epoch's data (one `Version` per write:
-//!    a key's newest version is its current record, for every read), the
-//!    dedup entries, the version GC and the applied state, written before
+//! 5. **One WriteBatch** with the epoch's data (each written key's new
+//!    `Current` version, and each version a write superseded in the group's
+//!    `History`), the dedup entries, the version GC and the applied state,
+//!    written before
 //!    the entry counts as applied (and before any client hears of it). See
 //!    "Durability" below for why this write skips RocksDB's WAL.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
@@ -32,17 +33,33 @@
 //! epoch is a **closed timestamp**: no epoch applied later can carry a lower
 //! or equal stamp, and the state at any `t` up to it is final on this
 //! replica. A snapshot read at `t` waits until the closed timestamp reaches
-//! `t`, then reads the newest version at or below `t` of each key.
+//! `t`, then reads the newest version at or below `t` of each key: its
+//! current one, or the first old enough along the chain of versions each
+//! one superseded (`tree::VersionedTree`).
 //!
-//! Versions older than the **GC horizon** are collected: the leader puts
-//! `stamp - retention` in each batch and the horizon only moves forward. An
-//! epoch at stamp `s` that wrote keys stores one index entry
-//! `VersionGc(group, s)` listing them; once the horizon reaches `s`, every
-//! version of those keys older than their newest one at `s` is unreachable
-//! by reads at or above the horizon and is deleted (a tombstone at `s` too).
-//! The index is processed in stamp order, a bounded number of keys per
-//! epoch, by every replica alike. Request ids for dedup expire the same
-//! way, through one `DedupExpiry(group, s)` list per epoch.
+//! ## Version GC
+//!
+//! Versions no read can see are collected below the **GC horizon**: the
+//! leader puts `stamp - retention` in each batch and the horizon only moves
+//! forward. A version superseded at stamp `s` is stored under
+//! `History(group, s, ..)`, and reads at or above the horizon never see one
+//! superseded at or below it; the group's history is written in stamp
+//! order, so everything up to the horizon is one range at its front, deleted
+//! with one range deletion every [`HISTORY_GC_INTERVAL`] log entries (one
+//! per epoch would pile up hundreds of range deletions a second). A key's current version is only collected if it is a tombstone:
+//! an epoch at stamp `s` that left keys deleted stores one index entry
+//! `VersionGc(group, s)` listing them, and once the horizon reaches `s` each
+//! one still deleted since `s` loses its tombstone. The index is processed
+//! in stamp order, a bounded number of keys per epoch, by every replica
+//! alike. Request ids for dedup expire the same way, through one
+//! `DedupExpiry(group, s)` list per epoch.
+//!
+//! So collecting the history costs a range deletion now and then, and no
+//! reads. Earlier versions of Arbor kept every version of a key beside its
+//! current one, and collecting meant seeking each written key's versions:
+//! at tens of thousands of writes a second that took more than the writes
+//! themselves once the horizon caught up with the first of them
+//! (docs/BENCHMARKS.md, item 43).
 //!
 //! ## Durability
 //!
@@ -67,7 +84,7 @@
 //! - an installed snapshot is written with a synced, logged batch.
 //!
 //! So each write costs one fsync per replica (the log append) and goes
-//! through the WAL once, in the log entry; the data, its versions and the
+//! through the WAL once, in the log entry; the data, its history and the
 //! dedup records reach the disk in flushes. A restart re-applies at most
 //! what the memtables held.
 //!
@@ -91,7 +108,7 @@ use crate::scheduler::Scheduler;
 use crate::sequencer::driver::{epoch_term, Waiting};
 use crate::sequencer::snapshot::{self, SnapshotContent, SnapshotFiles, SnapshotStore};
 use crate::sequencer::EpochBatch;
-use crate::tree::{decode_version, encode_version, Footprint, Record, Txn, TxnOutcome};
+use crate::tree::{self, Footprint, Record, Txn, TxnOutcome};
 
 /// How long (in HLC physical time) a request id's first result is kept for
 /// retries. A constant, not a setting: every replica must expire the same
@@ -100,8 +117,11 @@ pub const DEDUP_RETENTION_MS: u64 = 10 * 60 * 1000;
 /// Expired request ids are removed an epoch's list at a time, until at
 /// least this many were removed in one epoch.
 const DEDUP_GC_PER_EPOCH: usize = 1024;
-/// Superseded versions are collected an epoch's key list at a time, until
-/// the keys of at least this many were collected in one epoch.
+/// Every this many log entries, an epoch deletes the group's history up
+/// to the GC horizon.
+pub const HISTORY_GC_INTERVAL: u64 = 64;
+/// Tombstones are collected an epoch's key list at a time, until the keys
+/// of at least this many were looked at in one epoch.
 const VERSION_GC_PER_EPOCH: usize = 4096;
 /// Epochs a watcher may fall behind before it is cancelled.
 pub const WATCH_FEED_CAPACITY: usize = 1024;
@@ -241,6 +261,19 @@ pub struct GroupStateMachine {
     snapshots: SnapshotStore,
     /// Where the GC scans of the next epoch start (see [`GcCursor`]).
     gc_cursor: GcCursor,
+}
+
+/// Deletes `key`'s current version if it is a tombstone from stamp `s` or
+/// earlier: once the horizon passed `s`, no read can see a version before
+/// it, and no version is left after it.
+fn collect_tombstone(view: &dyn ReadView, key: &[u8], s: u64, wb: &mut WriteBatch) -> Result<()> {
+    let current = Key::Current(key).encode();
+    if let Some(stored) = view.get(&current)? {
+        if tree::stored_position(&stored)?.0 <= s && tree::stored_record(&stored)?.is_none() {
+            wb.delete(current);
+        }
+    }
+    Ok(())
 }
 
 /// Where the version-GC and dedup-expiry scans resume: just after the last
@@ -574,19 +607,17 @@ impl GroupStateMachine {
             to_run.push(txn.clone());
         }
         let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
-        // Each write is one version; a key's newest is its current record.
-        let mut written = Vec::with_capacity(output.changes.len());
-        for (pos, key, record) in &output.changes {
-            wb.put(Key::Version(key, stamp, *pos as u64).encode(), encode_version(record.as_ref()));
-            written.push(serde_bytes::Bytes::new(key));
-        }
-        // Sorted and without repeats: encoded as a set would be.
-        written.sort_unstable();
-        written.dedup();
-        // One GC index entry per epoch, listing its keys (one key per write
-        // would double the keys each write costs).
-        if !written.is_empty() {
-            wb.put(Key::VersionGc(self.group, stamp, b"").encode(), encode(&written));
+        // Each write makes its key's current version and moves the one it
+        // superseded into the group's history.
+        let changes = output.changes.iter().map(|(pos, key, record)| (*pos as u64, key.as_slice(), record.as_ref()));
+        let deleted = tree::put_versions(self.engine.as_ref(), self.group, stamp, changes, wb)?;
+        // One GC index entry per epoch, listing the keys it left deleted
+        // (sorted, as a set would be encoded): their tombstones go once no
+        // read can see what they hid.
+        let indexed = !deleted.is_empty();
+        if indexed {
+            let deleted: Vec<_> = deleted.into_iter().map(serde_bytes::Bytes::new).collect();
+            wb.put(Key::VersionGc(self.group, stamp, b"").encode(), encode(&deleted));
         }
         let mut outcomes: Vec<TxnOutcome> = Vec::with_capacity(plans.len());
         for plan in plans {
@@ -609,9 +640,9 @@ impl GroupStateMachine {
             wb.put(Key::DedupExpiry(self.group, stamp, "").encode(), encode(&recorded));
         }
         self.expire_dedup(stamp, wb, &mut gc_cursor.dedup)?;
-        self.collect_versions(gc_horizon, wb, &mut gc_cursor.versions)?;
+        self.collect_versions(index, gc_horizon, wb, &mut gc_cursor.versions)?;
         // After the scans, which read the engine without this batch.
-        if !written.is_empty() {
+        if indexed {
             gc_cursor.versions.added(stamp);
         }
         if !recorded.is_empty() {
@@ -621,12 +652,17 @@ impl GroupStateMachine {
         Ok(EpochWrites { outcomes, changes, records: output.writes })
     }
 
-    /// Deletes the versions that no read at or above `horizon` can see (see
-    /// the module docs), for the index entries up to the one in which
-    /// [`VERSION_GC_PER_EPOCH`] keys have been processed.
-    fn collect_versions(&self, horizon: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
+    /// Deletes what no read at or above `horizon` can see (see "Version GC"
+    /// in the module docs): the group's history up to it if the epoch's log
+    /// `index` is a multiple of [`HISTORY_GC_INTERVAL`], and the tombstones
+    /// of the index entries up to the one in which [`VERSION_GC_PER_EPOCH`]
+    /// keys have been looked at.
+    fn collect_versions(&self, index: u64, horizon: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
         if horizon == 0 {
             return Ok(());
+        }
+        if index % HISTORY_GC_INTERVAL == 0 {
+            wb.delete_range(keys::history_prefix(self.group), keys::history_after(self.group, horizon));
         }
         let view: &dyn ReadView = self.engine.as_ref();
         let prefix = keys::version_gc_prefix(self.group);
@@ -643,7 +679,7 @@ impl GroupStateMachine {
                 let keys: Vec<serde_bytes::ByteBuf> =
                     if value.is_empty() { vec![serde_bytes::ByteBuf::from(key)] } else { decode(&value, "GC index")? };
                 for key in &keys {
-                    self.collect_key(view, key, s, wb)?;
+                    collect_tombstone(view, key, s, wb)?;
                 }
                 Ok(keys.len())
             },
@@ -687,23 +723,6 @@ impl GroupStateMachine {
             cursor.after = Some(index_key);
         }
         cursor.scanned(end);
-        Ok(())
-    }
-
-    /// Deletes the versions of `key` older than its newest one at `s`, and
-    /// that one too if it is a tombstone.
-    fn collect_key(&self, view: &dyn ReadView, key: &[u8], s: u64, wb: &mut WriteBatch) -> Result<()> {
-        let (lo, hi) = keys::versions_at_or_below(key, s);
-        let mut versions = view.scan(std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi), Direction::Forward);
-        if let Some(newest) = versions.next() {
-            let (k, v) = newest?;
-            if decode_version(&v)?.is_none() {
-                wb.delete(k);
-            }
-        }
-        for older in versions {
-            wb.delete(older?.0);
-        }
         Ok(())
     }
 

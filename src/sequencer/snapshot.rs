@@ -35,22 +35,24 @@
 //! ```
 //!
 //! The image is a MessagePack stream of every key of the group's range and
-//! state. Image format 4, written in one pass over the state:
+//! state (its current versions and its history). Image format 5, written
+//! in one pass over the state:
 //!
 //! ```text
-//! 4                               the format, then chunks of entries:
+//! 5                               the format, then chunks of entries:
 //! [[key, value], ...]             at most IMAGE_CHUNK_ENTRIES each
 //! ...
 //! nil                             the end (a stream cut short has none)
 //! ```
 //!
-//! Keys and values are `bin`. Format 3 was the same stream, from nodes
-//! that also stored each key's current record under a `Data` key; format
-//! 4 has none, so that nodes of those versions refuse it rather than
-//! install a state without current records. Formats 1 and 2 were one
-//! value, `[format, [[key, value], ...]]` (format 1 with arrays of
-//! integers instead of `bin`). All of them still install, their `Data`
-//! keys converted ([`crate::tree::legacy`]).
+//! Keys and values are `bin`. Formats 3 and 4 were the same stream, from
+//! nodes that stored every version of a key under `Version` keys (format 3
+//! also each key's current record under a `Data` key); format 5 has
+//! neither, so that nodes of those versions refuse it rather than install
+//! a state they cannot read. Formats 1 and 2 were one value, `[format,
+//! [[key, value], ...]]` (format 1 with arrays of integers instead of
+//! `bin`). All of them still install, their `Data` and `Version` keys
+//! converted ([`crate::tree::legacy`]).
 //!
 //! On a server node the data is a file in `<data_dir>/snapshots`, and it is
 //! never whole in memory: an image is streamed through zstd into a file
@@ -86,8 +88,8 @@ pub(super) const SNAPSHOT_DATA_V1: u8 = 1;
 /// checksum header existed.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The image format builds write (see the module docs).
-const IMAGE_FORMAT: u8 = 4;
-/// Entries per chunk of a format 3 or 4 image...
+const IMAGE_FORMAT: u8 = 5;
+/// Entries per chunk of a format 3, 4 or 5 image...
 const IMAGE_CHUNK_ENTRIES: u32 = 1024;
 /// ...or fewer, once a chunk holds this many bytes.
 const IMAGE_CHUNK_BYTES: usize = 1 << 20;
@@ -454,7 +456,7 @@ type ImageEntry = (serde_bytes::ByteBuf, serde_bytes::ByteBuf);
 struct EntrySink<'a> {
     applied_key: &'a [u8],
     wb: &'a mut WriteBatch,
-    /// Records of images from before format 4, stored as this version no
+    /// Versions of images from before format 5, stored as this version no
     /// longer stores them.
     records: &'a mut ImageRecords,
 }
@@ -466,7 +468,7 @@ impl EntrySink<'_> {
         if *k == *self.applied_key {
             return Some(v.into_vec());
         }
-        if !self.records.take(&k, &v) {
+        if !self.records.take(&k, &v, self.wb) {
             self.wb.put(k.into_vec(), v.into_vec());
         }
         None
@@ -519,7 +521,7 @@ pub(super) fn install_batch(
     for (start, end) in group_ranges(group, range) {
         wb.delete_range(start, end);
     }
-    let mut records = ImageRecords::default();
+    let mut records = ImageRecords::new(group);
     let applied = read_image(content, &verified, &applied_key, &mut wb, &mut records).map_err(corrupt)?;
     records.finish(&mut wb).map_err(|e| corrupt(e.to_string()))?;
     let mut state: AppliedState = match applied {
@@ -962,7 +964,7 @@ fn discard(content: &SnapshotContent) {
 /// Every key range holding `group`'s state and its range's data.
 pub(super) fn group_ranges(group: u64, range: &RangeDesc) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut ranges = keys::group_state_ranges(group);
-    ranges.push(keys::version_bounds(&range.start, &range.end));
+    ranges.push(keys::current_bounds(&range.start, &range.end));
     ranges
 }
 
@@ -988,7 +990,7 @@ mod tests {
 
     fn put(engine: &arbor_storage::Memory, key: &[u8], value: Vec<u8>) {
         let mut wb = WriteBatch::new();
-        wb.put(Key::Version(key, 1, 0).encode(), crate::tree::encode_version(Some(&record(value))));
+        wb.put(Key::Current(key).encode(), crate::tree::encode_stored(1, 0, Some(&record(value))));
         engine.write(wb, Durability::Sync).unwrap();
     }
 
@@ -1338,7 +1340,7 @@ mod tests {
     }
 
     #[test]
-    fn the_data_keys_of_older_images_install_as_versions() {
+    fn the_data_and_version_keys_of_older_images_install_as_current_versions_and_history() {
         use crate::tree::{encode_record, encode_version, TreeRead, VersionedTree};
         let (source, sm) = open_memory();
         let (meta, _) = sm.snapshot_image().unwrap();
@@ -1360,15 +1362,15 @@ mod tests {
         let (target, mut other) = open_memory();
         other.install_snapshot(&meta, format_3_data(entries).into()).unwrap();
         assert_eq!(value_of(&target, b"/x"), Some(b"x-now".to_vec()));
-        assert_eq!(VersionedTree::new(target.as_ref(), 4).get(b"/x").unwrap().unwrap().value, b"x-old");
-        assert_eq!(
-            target.get(&Key::Version(b"/x", 0, 0).encode()).unwrap(),
-            None,
-            "no version for a key that had some"
-        );
+        assert_eq!(VersionedTree::new(target.as_ref(), 1, 4).get(b"/x").unwrap().unwrap().value, b"x-old");
+        assert_eq!(VersionedTree::new(target.as_ref(), 1, 2).get(b"/x").unwrap(), None);
         assert_eq!(value_of(&target, b"/y"), Some(b"y".to_vec()));
-        assert_eq!(VersionedTree::new(target.as_ref(), 1).get(b"/y").unwrap().unwrap().value, b"y", "at stamp 0");
+        assert_eq!(VersionedTree::new(target.as_ref(), 1, 1).get(b"/y").unwrap().unwrap().value, b"y", "at stamp 0");
         assert_eq!(target.scan_prefix(&keys::data_prefix()).count(), 0, "no `Data` key is stored");
+        let (start, end) = keys::version_bounds(b"", b"");
+        let versions =
+            target.scan(std::ops::Bound::Included(start), std::ops::Bound::Excluded(end), Direction::Forward);
+        assert_eq!(versions.count(), 0, "no `Version` key is stored");
         drop(source);
 
         let broken = vec![(Key::Data(b"/z").encode(), b"not a record".to_vec())];

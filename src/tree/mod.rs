@@ -21,12 +21,15 @@ mod record;
 pub use exec::{execute, WriteSet};
 pub use merge::Merged;
 pub use model::*;
-pub use record::{decode_record, decode_version, encode_record, encode_version};
+pub use record::{
+    decode_record, decode_version, encode_record, encode_stored, encode_version, stored_from_version, stored_position,
+    stored_record,
+};
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use arbor_storage::{Cursor, ReadView};
+use arbor_storage::{Direction, ReadView, WriteBatch};
 
 use crate::error::Result;
 use crate::keys::{self, Key};
@@ -42,63 +45,42 @@ pub trait TreeRead {
 }
 
 /// The tree as it was at HLC stamp `at` (or as it is: [`VersionedTree::latest`]):
-/// for every key, its newest [`Key::Version`] at or below `at` (a tombstone
-/// hides the key). The newest version of every live key is never
-/// collected, so the latest tree is always whole; for older stamps it is
-/// only correct at or above the group's GC horizon, which the caller checks.
+/// for every key, its newest version at or below `at` (a tombstone hides the
+/// key). That is the key's `Current` version if it is old enough, else the
+/// first one old enough along its chain of superseded versions in the
+/// group's history. A current version is never collected, so the latest
+/// tree is always whole; for older stamps it is only correct at or above
+/// the group's GC horizon, which the caller checks.
 pub struct VersionedTree<'a> {
     view: &'a dyn ReadView,
+    group: u64,
     at: u64,
 }
 
-/// Older versions a scan steps over with `next` before it seeks past the
-/// rest of a key's versions: a seek costs a few steps, and most keys have
-/// only a version or two.
-const STEPS_BEFORE_SEEK: usize = 4;
-
 impl<'a> VersionedTree<'a> {
-    pub fn new(view: &'a dyn ReadView, at: u64) -> Self {
-        Self { view, at }
+    /// `group`'s tree at stamp `at`.
+    pub fn new(view: &'a dyn ReadView, group: u64, at: u64) -> Self {
+        Self { view, group, at }
     }
 
-    /// The tree as the view holds it now: every key's newest version.
+    /// The tree as the view holds it now: every key's current version (of
+    /// whichever group).
     pub fn latest(view: &'a dyn ReadView) -> Self {
-        Self::new(view, u64::MAX)
+        Self::new(view, 0, u64::MAX)
     }
-}
 
-/// Moves `cursor` past the versions of the user key whose version prefix
-/// is `prefix`.
-fn skip_versions(cursor: &mut dyn Cursor, prefix: &[u8]) -> Result<()> {
-    for _ in 0..STEPS_BEFORE_SEEK {
-        match cursor.current() {
-            Some((k, _)) if k.starts_with(prefix) => cursor.next()?,
-            _ => return Ok(()),
-        }
-    }
-    if cursor.current().is_some_and(|(k, _)| k.starts_with(prefix)) {
-        cursor.seek(&arbor_storage::prefix_end(prefix).expect("a version prefix ends with its terminator"))?;
-    }
-    Ok(())
-}
-
-impl VersionedTree<'_> {
-    /// The next key of the scan at or after the cursor, with its record at
-    /// `self.at`; the cursor is left past that key's versions.
-    fn next_record(&self, cursor: &mut dyn Cursor) -> Result<Option<(Vec<u8>, Record)>> {
+    /// The record of `key` at `self.at`, starting from its stored version
+    /// `stored` and going back through the versions each one superseded.
+    fn record_at(&self, key: &[u8], mut stored: Vec<u8>) -> Result<Option<Record>> {
         loop {
-            let Some((k, v)) = cursor.current() else { return Ok(None) };
-            let (user, stamp, _) = keys::decode_version(k)?;
-            if stamp > self.at {
-                // Newer than the read: on to the key's newest version at or
-                // below it (or to the next key's, if it has none).
-                cursor.seek(&Key::Version(&user, self.at, u64::MAX).encode())?;
-                continue;
+            let (stamp, pos) = stored_position(&stored)?;
+            if stamp <= self.at {
+                return stored_record(&stored);
             }
-            let record = decode_version(v)?;
-            skip_versions(cursor, &keys::version_prefix(&user))?;
-            if let Some(record) = record {
-                return Ok(Some((user, record)));
+            match self.view.get(&Key::History(self.group, stamp, pos, key).encode())? {
+                Some(older) => stored = older,
+                // Created after `at`.
+                None => return Ok(None),
             }
         }
     }
@@ -106,11 +88,8 @@ impl VersionedTree<'_> {
 
 impl TreeRead for VersionedTree<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Record>> {
-        let (lo, hi) = keys::versions_at_or_below(key, self.at);
-        let mut cursor = self.view.cursor(lo.clone(), Some(hi));
-        cursor.seek(&lo)?;
-        match cursor.current() {
-            Some((_, v)) => decode_version(v),
+        match self.view.get(&Key::Current(key).encode())? {
+            Some(stored) => self.record_at(key, stored),
             None => Ok(None),
         }
     }
@@ -119,24 +98,58 @@ impl TreeRead for VersionedTree<'_> {
         if !range.end.is_empty() && range.end <= range.start {
             return Box::new(std::iter::empty());
         }
-        let (lo, hi) = keys::version_bounds(&range.start, &range.end);
-        let mut cursor = self.view.cursor(lo.clone(), Some(hi));
-        let mut first = Some(lo);
+        let (lo, hi) = keys::current_bounds(&range.start, &range.end);
+        let mut items = self.view.scan(Bound::Included(lo), Bound::Excluded(hi), Direction::Forward);
         let mut failed = false;
         Box::new(std::iter::from_fn(move || {
-            if failed {
-                return None;
-            }
-            let step = (|| {
-                if let Some(lo) = first.take() {
-                    cursor.seek(&lo)?;
+            while !failed {
+                let step = items.next()?.map_err(Into::into).and_then(|(k, stored)| {
+                    let user = keys::decode_current(&k)?.to_vec();
+                    Ok(self.record_at(&user, stored)?.map(|record| (user, record)))
+                });
+                failed = step.is_err();
+                if let Some(found) = step.transpose() {
+                    return Some(found);
                 }
-                self.next_record(cursor.as_mut())
-            })();
-            failed = step.is_err();
-            step.transpose()
+            }
+            None
         }))
     }
+}
+
+/// Puts into `wb` the versions an epoch stamped `stamp` makes with
+/// `changes` (position in the epoch, key, record or `None` for a deletion;
+/// in commit order): each key's newest one under its `Current` key, and each
+/// version a write superseded under the `History` key of that write, in
+/// `group`'s history. `view` holds the versions before the epoch. Returns
+/// the keys the epoch leaves deleted, sorted.
+pub fn put_versions<'k>(
+    view: &dyn ReadView,
+    group: u64,
+    stamp: u64,
+    changes: impl IntoIterator<Item = (u64, &'k [u8], Option<&'k Record>)>,
+    wb: &mut WriteBatch,
+) -> Result<Vec<&'k [u8]>> {
+    // Each key's newest version so far, written once at the end.
+    let mut newest: BTreeMap<&[u8], (Vec<u8>, bool)> = BTreeMap::new();
+    for (pos, key, record) in changes {
+        let previous = match newest.remove(key) {
+            Some((stored, _)) => Some(stored),
+            None => view.get(&Key::Current(key).encode())?,
+        };
+        if let Some(previous) = previous {
+            wb.put(Key::History(group, stamp, pos, key).encode(), previous);
+        }
+        newest.insert(key, (encode_stored(stamp, pos, record), record.is_none()));
+    }
+    let mut deleted = Vec::new();
+    for (key, (stored, is_tombstone)) in newest {
+        wb.put(Key::Current(key).encode(), stored);
+        if is_tombstone {
+            deleted.push(key);
+        }
+    }
+    Ok(deleted)
 }
 
 /// Pending writes over a base view: `None` marks a deletion.
@@ -188,73 +201,39 @@ pub fn vshard_of(key: &[u8], vshards: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arbor_storage::{Durability, Engine, Memory, WriteBatch};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A view whose cursors count their steps and seeks.
-    struct Counting {
-        inner: Memory,
-        steps: AtomicUsize,
-        seeks: AtomicUsize,
-    }
-
-    struct CountingCursor<'a> {
-        inner: Box<dyn Cursor + 'a>,
-        view: &'a Counting,
-    }
-
-    impl Cursor for CountingCursor<'_> {
-        fn seek(&mut self, target: &[u8]) -> arbor_storage::Result<()> {
-            self.view.seeks.fetch_add(1, Ordering::Relaxed);
-            self.inner.seek(target)
-        }
-        fn next(&mut self) -> arbor_storage::Result<()> {
-            self.view.steps.fetch_add(1, Ordering::Relaxed);
-            self.inner.next()
-        }
-        fn current(&self) -> Option<(&[u8], &[u8])> {
-            self.inner.current()
-        }
-    }
-
-    impl ReadView for Counting {
-        fn get(&self, key: &[u8]) -> arbor_storage::Result<Option<Vec<u8>>> {
-            self.inner.get(key)
-        }
-        fn scan(
-            &self,
-            start: Bound<Vec<u8>>,
-            end: Bound<Vec<u8>>,
-            direction: arbor_storage::Direction,
-        ) -> arbor_storage::ScanIter<'_> {
-            self.inner.scan(start, end, direction)
-        }
-        fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
-            Box::new(CountingCursor { inner: self.inner.cursor(start, end), view: self })
-        }
-    }
+    use arbor_storage::{Durability, Engine, Memory};
 
     fn rec(value: &str, stamp: u64) -> Record {
         Record { value: value.into(), version: 1, create_stamp: stamp, mod_stamp: stamp }
     }
 
+    /// Writes one epoch of group 1 into `engine` as the state machine does;
+    /// returns the keys it left deleted.
+    fn epoch(engine: &Memory, stamp: u64, changes: &[(&[u8], Option<Record>)]) -> Vec<Vec<u8>> {
+        let mut wb = WriteBatch::new();
+        let changes = changes.iter().enumerate().map(|(pos, (k, r))| (pos as u64, *k, r.as_ref()));
+        let deleted = put_versions(engine, 1, stamp, changes, &mut wb).unwrap();
+        let deleted = deleted.into_iter().map(<[u8]>::to_vec).collect();
+        engine.write(wb, Durability::Sync).unwrap();
+        deleted
+    }
+
     /// `/a` written at stamps 1..=50, `/b` at 10 and deleted at 20, `/c`
-    /// written at 30, `/d` deleted at 5 (never written since the GC).
-    fn versioned() -> Counting {
-        let mut b = WriteBatch::new();
-        let mut version = |key: &[u8], stamp: u64, record: Option<Record>| {
-            b.put(Key::Version(key, stamp, 0).encode(), encode_version(record.as_ref()));
-        };
+    /// written at 30, `/d` deleted at 5 (never written before).
+    fn versioned() -> Memory {
+        let engine = Memory::new();
         for stamp in 1..=50 {
-            version(b"/a", stamp, Some(rec(&format!("a{stamp}"), stamp)));
+            let mut changes: Vec<(&[u8], Option<Record>)> = vec![(b"/a", Some(rec(&format!("a{stamp}"), stamp)))];
+            match stamp {
+                5 => changes.push((b"/d", None)),
+                10 => changes.push((b"/b", Some(rec("b", 10)))),
+                20 => changes.push((b"/b", None)),
+                30 => changes.push((b"/c", Some(rec("c", 30)))),
+                _ => {}
+            }
+            epoch(&engine, stamp, &changes);
         }
-        version(b"/b", 10, Some(rec("b", 10)));
-        version(b"/b", 20, None);
-        version(b"/c", 30, Some(rec("c", 30)));
-        version(b"/d", 5, None);
-        let inner = Memory::new();
-        inner.write(b, Durability::Sync).unwrap();
-        Counting { inner, steps: AtomicUsize::new(0), seeks: AtomicUsize::new(0) }
+        engine
     }
 
     fn scan_values(tree: &VersionedTree, start: &str, end: &str) -> Vec<String> {
@@ -276,7 +255,7 @@ mod tests {
         assert_eq!(latest.get(b"/d").unwrap(), None);
         assert_eq!(latest.get(b"/e").unwrap(), None, "never written");
         assert_eq!(latest.get(b"/").unwrap(), None, "a prefix of a written key");
-        let at = |t| VersionedTree::new(&view, t);
+        let at = |t| VersionedTree::new(&view, 1, t);
         assert_eq!(scan_values(&at(15), "", ""), ["/a=a15", "/b=b"]);
         assert_eq!(scan_values(&at(25), "", ""), ["/a=a25"]);
         assert_eq!(scan_values(&at(0), "", ""), Vec::<String>::new());
@@ -285,22 +264,45 @@ mod tests {
         assert_eq!(scan_values(&at(30), "/c", "/a"), Vec::<String>::new(), "an empty range");
         assert_eq!(at(15).get(b"/b").unwrap().unwrap().value, b"b");
         assert_eq!(at(9).get(b"/b").unwrap(), None);
+        assert_eq!(VersionedTree::new(&view, 2, 15).get(b"/a").unwrap(), None, "another group's history");
     }
 
     #[test]
-    fn scans_seek_past_the_older_versions_of_a_key() {
+    fn the_latest_tree_reads_current_versions_only() {
         let view = versioned();
+        view.write(
+            {
+                let mut wb = WriteBatch::new();
+                wb.delete_range(keys::history_prefix(1), keys::history_prefix(2));
+                wb
+            },
+            Durability::Sync,
+        )
+        .unwrap();
         assert_eq!(scan_values(&VersionedTree::latest(&view), "", ""), ["/a=a50", "/c=c"]);
-        let (steps, seeks) = (view.steps.load(Ordering::Relaxed), view.seeks.load(Ordering::Relaxed));
-        // 54 versions: stepping through them all would take 54 steps.
-        assert!(steps <= 4 * STEPS_BEFORE_SEEK, "{steps} steps");
-        assert_eq!(seeks, 2, "the first seek, then one past /a's older versions");
-        view.steps.store(0, Ordering::Relaxed);
-        view.seeks.store(0, Ordering::Relaxed);
-        assert_eq!(scan_values(&VersionedTree::new(&view, 15), "", "/b"), ["/a=a15"]);
-        let (steps, seeks) = (view.steps.load(Ordering::Relaxed), view.seeks.load(Ordering::Relaxed));
-        assert!(steps <= STEPS_BEFORE_SEEK, "{steps} steps");
-        assert_eq!(seeks, 3, "the first seek, one to /a's version at 15, one past the rest");
+        assert_eq!(VersionedTree::new(&view, 1, 40).get(b"/c").unwrap().unwrap().value, b"c", "current since 30");
+        assert_eq!(VersionedTree::new(&view, 1, 40).get(b"/a").unwrap(), None, "its history is gone");
+    }
+
+    #[test]
+    fn writes_of_one_key_in_one_epoch_chain_through_their_positions() {
+        let view = versioned();
+        let changes: [(&[u8], Option<Record>); 4] = [
+            (b"/a", Some(rec("first", 60))),
+            (b"/c", None),
+            (b"/a", Some(rec("second", 60))),
+            (b"/c", Some(rec("back", 60))),
+        ];
+        assert_eq!(epoch(&view, 60, &changes), Vec::<Vec<u8>>::new(), "/c was written again");
+        let history = |pos| view.get(&Key::History(1, 60, pos, b"/a").encode()).unwrap().unwrap();
+        assert_eq!(stored_position(&history(0)).unwrap(), (50, 0));
+        assert_eq!(stored_position(&history(2)).unwrap(), (60, 0));
+        assert_eq!(stored_record(&history(2)).unwrap().unwrap().value, b"first");
+        assert_eq!(VersionedTree::latest(&view).get(b"/a").unwrap().unwrap().value, b"second");
+        assert_eq!(VersionedTree::new(&view, 1, 59).get(b"/a").unwrap().unwrap().value, b"a50");
+        let changes: [(&[u8], Option<Record>); 2] = [(b"/c", Some(rec("again", 61))), (b"/c", None)];
+        assert_eq!(epoch(&view, 61, &changes), [b"/c".to_vec()], "left deleted");
+        assert_eq!(VersionedTree::new(&view, 1, 60).get(b"/c").unwrap().unwrap().value, b"back");
     }
 
     #[test]

@@ -356,9 +356,9 @@ pub fn values(records: &BTreeMap<Vec<u8>, arbor::tree::Record>) -> BTreeMap<Vec<
 }
 
 /// One group's replicated state on a stopped node, read from its RocksDB:
-/// every version of the keys of its range `[start, end)` (empty `end` = to
-/// the end of the key space) plus the executor state that moves with it
-/// (vshard watermarks, dedup table, GC indexes). The applied state is left
+/// the current versions of the keys of its range `[start, end)` (empty
+/// `end` = to the end of the key space) plus the state that moves with it
+/// (its history, dedup table, GC indexes). The applied state is left
 /// out: its last log id may differ by trailing blank or membership entries.
 pub fn group_state(dir: &Path, group: u64, start: &[u8], end: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     use arbor::keys::{self, Key};
@@ -367,7 +367,7 @@ pub fn group_state(dir: &Path, group: u64, start: &[u8], end: &[u8]) -> BTreeMap
     let db = Rocks::open(&dir.join("db"), &RocksOptions::default()).unwrap();
     let applied = Key::Applied(group).encode();
     let mut ranges = keys::group_state_ranges(group);
-    ranges.push(keys::version_bounds(start, end));
+    ranges.push(keys::current_bounds(start, end));
     let mut out = BTreeMap::new();
     for (s, e) in ranges {
         for item in db.scan(Bound::Included(s), Bound::Excluded(e), Direction::Forward) {
