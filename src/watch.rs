@@ -195,7 +195,7 @@ fn corrupt(e: arbor_storage::keycode::DecodeError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::put_versions;
+    use crate::tree::{put_versions, VersionedTree};
     use arbor_storage::{Durability, Memory, WriteBatch};
 
     fn rec(v: &str) -> Record {
@@ -218,7 +218,7 @@ mod tests {
         for stamp in [10, 20, 30] {
             let mut wb = WriteBatch::new();
             let epoch = versions.iter().filter(|v| v.1 == stamp).map(|(k, _, p, r)| (*p, *k, r.as_ref()));
-            put_versions(&mem, 1, stamp, epoch, &mut wb).unwrap();
+            put_versions(1, stamp, epoch, |k| VersionedTree::latest(&mem).current(k), &mut wb).unwrap();
             mem.write(wb, Durability::Sync).unwrap();
         }
         let got = replay(&mem, 1, &KeyRange::prefix(b"/w/"), 5, 25).unwrap();

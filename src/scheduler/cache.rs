@@ -1,4 +1,4 @@
-//! The executors' cache of current records.
+//! The executors' cache of current versions.
 //!
 //! A transaction reads the current record of every key it compares or
 //! writes (a put needs the previous version number and create stamp). From
@@ -7,16 +7,18 @@
 //! cache answers them from memory for recently used keys.
 //!
 //! It must never answer differently from the engine, or replicas would
-//! diverge. It holds, per key, the record the applied state holds (`None`:
-//! the key does not exist), and stays equal to it because of who writes:
+//! diverge. It holds, per key, the current version the applied state holds
+//! (`None`: none), with the position of the write that made it, which the
+//! apply needs to move it into the history when the key is written again;
+//! and it stays equal to the applied state because of who writes:
 //!
 //! - the executors read a key's current record only through the epoch's
 //!   overlay, then this cache, then the engine, and a miss is filled from
 //!   the engine, which holds every earlier epoch (epochs apply one after the
 //!   other, each written before the next runs);
-//! - an epoch's writes enter the cache only after its batch is written
-//!   ([`RecordCache::absorb`]); until then they live in the epoch's
-//!   overlays, which are read first;
+//! - an epoch's new current versions enter the cache only after its batch
+//!   is written ([`RecordCache::absorb`]); until then its writes live in the
+//!   epoch's overlays, which are read first;
 //! - nothing else writes a group's versions except a snapshot install,
 //!   which empties the cache ([`RecordCache::clear`]).
 //!
@@ -30,7 +32,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::tree::{Overlay, Record};
+use crate::tree::{vshard_of, StoredVersion};
 
 /// Bytes counted for an entry besides its key and value (hash map slot,
 /// record header, allocations).
@@ -38,15 +40,15 @@ const ENTRY_OVERHEAD: usize = 64;
 
 /// One vshard's entries.
 struct Shard {
-    young: HashMap<Vec<u8>, Option<Record>>,
-    old: HashMap<Vec<u8>, Option<Record>>,
+    young: HashMap<Vec<u8>, Option<StoredVersion>>,
+    old: HashMap<Vec<u8>, Option<StoredVersion>>,
     young_bytes: usize,
     /// The young generation turns old beyond this many bytes.
     generation_bytes: usize,
 }
 
-fn entry_bytes(key: &[u8], record: &Option<Record>) -> usize {
-    key.len() + record.as_ref().map_or(0, |r| r.value.len()) + ENTRY_OVERHEAD
+fn entry_bytes(key: &[u8], version: &Option<StoredVersion>) -> usize {
+    key.len() + version.as_ref().map_or(0, StoredVersion::value_len) + ENTRY_OVERHEAD
 }
 
 impl Shard {
@@ -54,7 +56,7 @@ impl Shard {
         Self { young: HashMap::new(), old: HashMap::new(), young_bytes: 0, generation_bytes }
     }
 
-    fn get(&mut self, key: &[u8]) -> Option<Option<Record>> {
+    fn get(&mut self, key: &[u8]) -> Option<Option<StoredVersion>> {
         if let Some(found) = self.young.get(key) {
             return Some(found.clone());
         }
@@ -66,11 +68,11 @@ impl Shard {
 
     /// Inserts, turning the young generation old when it is full.
     /// A copy in the old generation is dropped: the young one shadows it.
-    fn insert(&mut self, key: Vec<u8>, record: Option<Record>) {
+    fn insert(&mut self, key: Vec<u8>, version: Option<StoredVersion>) {
         self.old.remove(&key);
-        let added = entry_bytes(&key, &record);
+        let added = entry_bytes(&key, &version);
         let replaced = self.young.get(&key).map_or(0, |r| entry_bytes(&key, r));
-        self.young.insert(key, record);
+        self.young.insert(key, version);
         self.young_bytes = self.young_bytes + added - replaced;
         if self.young_bytes > self.generation_bytes {
             self.old = std::mem::take(&mut self.young);
@@ -79,9 +81,10 @@ impl Shard {
     }
 }
 
-/// Per-vshard caches of current records, bounded in bytes (see the module
+/// Per-vshard caches of current versions, bounded in bytes (see the module
 /// docs). A budget of 0 disables it.
 pub struct RecordCache {
+    vshards: u32,
     /// Empty when disabled.
     shards: Vec<Mutex<Shard>>,
 }
@@ -95,35 +98,35 @@ impl RecordCache {
         } else {
             (0..vshards).map(|_| Mutex::new(Shard::new(generation_bytes))).collect()
         };
-        Self { shards }
+        Self { vshards, shards }
     }
 
     fn shard(&self, vshard: u32) -> Option<std::sync::MutexGuard<'_, Shard>> {
         self.shards.get(vshard as usize).map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The current record of `key` (of `vshard`) if cached: `Some(None)`
-    /// means cached as absent.
-    pub fn get(&self, vshard: u32, key: &[u8]) -> Option<Option<Record>> {
+    /// The current version of `key` (of `vshard`) if cached: `Some(None)`
+    /// means cached as having none.
+    pub fn get(&self, vshard: u32, key: &[u8]) -> Option<Option<StoredVersion>> {
         self.shard(vshard)?.get(key)
     }
 
     /// Records what the applied state holds for `key` (read from the
     /// engine after a miss).
-    pub fn fill(&self, vshard: u32, key: &[u8], record: &Option<Record>) {
+    pub fn fill(&self, vshard: u32, key: &[u8], version: &Option<StoredVersion>) {
         if let Some(mut shard) = self.shard(vshard) {
-            shard.insert(key.to_vec(), record.clone());
+            shard.insert(key.to_vec(), version.clone());
         }
     }
 
-    /// Takes in an epoch's final writes, per vshard, once its batch is
-    /// written.
-    pub fn absorb(&self, writes: Vec<Overlay>) {
-        for (vshard, overlay) in writes.into_iter().enumerate() {
-            if let Some(mut shard) = self.shard(vshard as u32) {
-                for (key, record) in overlay {
-                    shard.insert(key, record);
-                }
+    /// Takes in an epoch's new current versions once its batch is written.
+    pub fn absorb(&self, versions: Vec<(Vec<u8>, StoredVersion)>) {
+        if self.shards.is_empty() {
+            return;
+        }
+        for (key, version) in versions {
+            if let Some(mut shard) = self.shard(vshard_of(&key, self.vshards)) {
+                shard.insert(key, Some(version));
             }
         }
     }
@@ -153,27 +156,34 @@ impl RecordCache {
 mod tests {
     use super::*;
 
-    fn record(value: &[u8], version: u64) -> Option<Record> {
-        Some(Record { value: value.to_vec(), version, create_stamp: 1, mod_stamp: version })
+    use crate::tree::Record;
+
+    fn record(value: &[u8], version: u64) -> Option<StoredVersion> {
+        let record = Record { value: value.to_vec(), version, create_stamp: 1, mod_stamp: version };
+        Some(StoredVersion { stamp: version, pos: 0, record: Some(record) })
+    }
+
+    /// The vshard of `key` among 2.
+    fn of(key: &[u8]) -> u32 {
+        vshard_of(key, 2)
     }
 
     #[test]
     fn answers_what_was_filled_or_absorbed_and_nothing_else() {
         let cache = RecordCache::new(2, 1 << 20);
-        assert_eq!(cache.get(0, b"/a"), None, "a miss");
-        cache.fill(0, b"/a", &record(b"1", 1));
-        cache.fill(1, b"/gone", &None);
-        assert_eq!(cache.get(0, b"/a"), Some(record(b"1", 1)));
-        assert_eq!(cache.get(1, b"/gone"), Some(None), "cached as absent");
-        assert_eq!(cache.get(1, b"/a"), None, "shards are apart");
-        let mut writes = vec![Overlay::new(), Overlay::new()];
-        writes[0].insert(b"/a".to_vec(), None);
-        writes[1].insert(b"/gone".to_vec(), record(b"back", 2));
-        cache.absorb(writes);
-        assert_eq!(cache.get(0, b"/a"), Some(None), "deleted");
-        assert_eq!(cache.get(1, b"/gone"), Some(record(b"back", 2)));
+        let (a, gone) = (&b"/a"[..], &b"/gone"[..]);
+        assert_eq!(cache.get(of(a), a), None, "a miss");
+        cache.fill(of(a), a, &record(b"1", 1));
+        cache.fill(of(gone), gone, &None);
+        assert_eq!(cache.get(of(a), a), Some(record(b"1", 1)));
+        assert_eq!(cache.get(of(gone), gone), Some(None), "cached as absent");
+        assert_eq!(cache.get(1 - of(a), a), None, "shards are apart");
+        let tombstone = StoredVersion { stamp: 2, pos: 0, record: None };
+        cache.absorb(vec![(a.to_vec(), tombstone.clone()), (gone.to_vec(), record(b"back", 2).unwrap())]);
+        assert_eq!(cache.get(of(a), a), Some(Some(tombstone)), "deleted");
+        assert_eq!(cache.get(of(gone), gone), Some(record(b"back", 2)));
         cache.clear();
-        assert_eq!((cache.get(0, b"/a"), cache.get(1, b"/gone")), (None, None));
+        assert_eq!((cache.get(of(a), a), cache.get(of(gone), gone)), (None, None));
         assert_eq!(cache.bytes(), 0);
     }
 
@@ -198,7 +208,7 @@ mod tests {
         cache.fill(0, b"/a", &record(b"old", 1));
         cache.fill(0, b"/b", &record(b"b", 1));
         cache.fill(0, b"/c", &record(b"c", 1)); // the young generation turns old
-        cache.absorb(vec![Overlay::from([(b"/a".to_vec(), record(b"new", 2))])]);
+        cache.absorb(vec![(b"/a".to_vec(), record(b"new", 2).unwrap())]);
         for i in 0..10u8 {
             assert_eq!(cache.get(0, b"/a"), Some(record(b"new", 2)));
             cache.fill(0, &[b'/', b'x', i], &None);

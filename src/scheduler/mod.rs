@@ -32,10 +32,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use arbor_storage::Engine;
+use arbor_storage::{Engine, ReadView};
 
 use crate::error::{Error, Result};
-use crate::tree::{self, Footprint, KeyRange, Overlay, Record, RecordIter, TreeRead, Txn, TxnOutcome, VersionedTree};
+use crate::tree::{
+    self, Footprint, KeyRange, Overlay, Record, RecordIter, StoredVersion, TreeRead, Txn, TxnOutcome, VersionedTree,
+};
 pub use cache::RecordCache;
 use sync::{Arrival, BoundedQueue, Latch, Rendezvous, Watermark};
 
@@ -108,11 +110,11 @@ impl TreeRead for EpochView<'_> {
             return Ok(p);
         }
         if let Some(cached) = self.epoch.cache.get(v, key) {
-            return Ok(cached);
+            return Ok(cached.and_then(|c| c.record));
         }
-        let stored = self.stored.get(key)?;
+        let stored = self.stored.current(key)?;
         self.epoch.cache.fill(v, key, &stored);
-        Ok(stored)
+        Ok(stored.and_then(|c| c.record))
     }
 
     fn scan(&self, range: &KeyRange) -> RecordIter<'_> {
@@ -198,12 +200,11 @@ impl VshardProgress {
     }
 }
 
-/// The result of executing an epoch: an outcome per transaction (in order),
-/// each vshard's final writes, and every write of every transaction in
-/// transaction order (for versions and watchers).
+/// The result of executing an epoch: an outcome per transaction (in order)
+/// and every write of every transaction in transaction order (for versions
+/// and watchers).
 pub struct EpochOutput {
     pub outcomes: Vec<TxnOutcome>,
-    pub writes: Vec<Overlay>,
     pub changes: Vec<Change>,
 }
 
@@ -241,11 +242,23 @@ impl Scheduler {
         self.inline_max = txns;
     }
 
-    /// The executors' cache of current records: an epoch's writes go in
-    /// once its batch is written ([`RecordCache::absorb`]); a replaced
+    /// The executors' cache of current versions: an epoch's go in once its
+    /// batch is written ([`RecordCache::absorb`]); a replaced
     /// state empties it ([`RecordCache::clear`]).
     pub fn record_cache(&self) -> &RecordCache {
         &self.cache
+    }
+
+    /// The current version of `key` in `engine`, from the record cache if
+    /// it holds it. Between an epoch's execution and the cache taking in its
+    /// writes, that is the version before the epoch of every key its
+    /// transactions read (which every write does first), without a read of
+    /// the engine.
+    pub fn current_version(&self, engine: &dyn ReadView, key: &[u8]) -> Result<Option<StoredVersion>> {
+        match self.cache.get(tree::vshard_of(key, self.vshards), key) {
+            Some(cached) => Ok(cached),
+            None => VersionedTree::latest(engine).current(key),
+        }
     }
 
     /// A handle on every vshard's progress (see [`VshardProgress::lags`]).
@@ -264,8 +277,9 @@ impl Scheduler {
 
     /// Executes `txns` (in order) as the epoch at log `index` stamped
     /// `stamp`. Blocking: call from a blocking thread. The caller writes
-    /// the output's `writes`, then hands them to the record cache
-    /// ([`RecordCache::absorb`]) before the next epoch runs.
+    /// the versions of the output's `changes`, then hands the new current
+    /// ones to the record cache ([`RecordCache::absorb`]) before the next
+    /// epoch runs.
     pub fn run_epoch(
         &self,
         engine: Arc<dyn Engine>,
@@ -298,8 +312,6 @@ impl Scheduler {
             .iter()
             .map(|o| take(o).unwrap_or_else(|| Err(Error::Fatal("transaction never executed".into()))))
             .collect::<Result<Vec<_>>>()?;
-        let writes =
-            epoch.overlays.iter().map(|o| std::mem::take(&mut *o.lock().unwrap_or_else(|e| e.into_inner()))).collect();
         let mut changes: Vec<Change> = epoch
             .changes
             .iter()
@@ -308,7 +320,7 @@ impl Scheduler {
         // Within a vshard, changes are in execution order; across vshards
         // only the transaction order matters (a key lives in one vshard).
         changes.sort_by_key(|c| c.0);
-        Ok(EpochOutput { outcomes, writes, changes })
+        Ok(EpochOutput { outcomes, changes })
     }
 }
 
@@ -408,8 +420,8 @@ mod tests {
             assert_eq!(got, &want);
             serial.extend(writes);
         }
-        let merged: Overlay = out.writes.into_iter().flatten().collect();
-        assert_eq!(merged, serial);
+        let merged: Overlay = out.changes.into_iter().map(|(_, key, record)| (key, record)).collect();
+        assert_eq!(merged, serial, "each key's last write");
         let TxnOutcome::Done { results, .. } = &out.outcomes[199] else { panic!() };
         assert!(matches!(results[0], OpResult::Increment { .. }));
         assert!(s.watermarks().iter().all(|&w| w >> 20 == 7), "every vshard passed the epoch");
@@ -442,13 +454,21 @@ mod tests {
                 assert_eq!(got, &want, "epoch {index} of {size}");
                 serial.extend(writes);
             }
+            // Until it takes in the epoch, the cache answers as the engine.
+            let stored = VersionedTree::latest(engine.as_ref());
+            for key in keys {
+                let cached = s.current_version(engine.as_ref(), key.as_bytes()).unwrap();
+                assert_eq!(cached, stored.current(key.as_bytes()).unwrap(), "epoch {index}");
+            }
             // The next epoch reads the engine and the record cache, as
             // after the apply's batch.
             let mut wb = arbor_storage::WriteBatch::new();
             let changes = out.changes.iter().map(|(pos, key, record)| (*pos as u64, key.as_slice(), record.as_ref()));
-            tree::put_versions(engine.as_ref(), 1, index, changes, &mut wb).unwrap();
+            let before = |k: &[u8]| s.current_version(engine.as_ref(), k);
+            let versions = tree::put_versions(1, index, changes, before, &mut wb).unwrap();
+            let versions = versions.into_iter().map(|(k, v)| (k.to_vec(), v)).collect();
             engine.write(wb, arbor_storage::Durability::Sync).unwrap();
-            s.record_cache().absorb(out.writes);
+            s.record_cache().absorb(versions);
             serial.clear();
         }
         // Waiting vshards of the last fanned-out epoch finish on their own.

@@ -190,8 +190,8 @@ struct EpochWrites {
     outcomes: Vec<TxnOutcome>,
     /// Every change, in commit order (for watchers).
     changes: Vec<KeyChange>,
-    /// Per vshard, each written key's final record (for the record cache).
-    records: Vec<crate::tree::Overlay>,
+    /// Each written key's new current version (for the record cache).
+    records: Vec<(Vec<u8>, tree::StoredVersion)>,
 }
 
 /// Progress of a group's state machine, readable without locks by the
@@ -609,16 +609,21 @@ impl GroupStateMachine {
         let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
         // Each write makes its key's current version and moves the one it
         // superseded into the group's history.
+        // The versions the writes supersede, from the record cache, where
+        // the transactions' reads left them.
+        let before = |key: &[u8]| self.scheduler.current_version(self.engine.as_ref(), key);
         let changes = output.changes.iter().map(|(pos, key, record)| (*pos as u64, key.as_slice(), record.as_ref()));
-        let deleted = tree::put_versions(self.engine.as_ref(), self.group, stamp, changes, wb)?;
+        let versions = tree::put_versions(self.group, stamp, changes, before, wb)?;
         // One GC index entry per epoch, listing the keys it left deleted
         // (sorted, as a set would be encoded): their tombstones go once no
         // read can see what they hid.
+        let deleted: Vec<_> =
+            versions.iter().filter(|(_, v)| v.record.is_none()).map(|(k, _)| serde_bytes::Bytes::new(k)).collect();
         let indexed = !deleted.is_empty();
         if indexed {
-            let deleted: Vec<_> = deleted.into_iter().map(serde_bytes::Bytes::new).collect();
             wb.put(Key::VersionGc(self.group, stamp, b"").encode(), encode(&deleted));
         }
+        let records = versions.into_iter().map(|(k, v)| (k.to_vec(), v)).collect();
         let mut outcomes: Vec<TxnOutcome> = Vec::with_capacity(plans.len());
         for plan in plans {
             let outcome = match plan {
@@ -649,7 +654,7 @@ impl GroupStateMachine {
             gc_cursor.dedup.added(stamp);
         }
         let changes = output.changes.into_iter().map(|(_, key, record)| (key, record)).collect();
-        Ok(EpochWrites { outcomes, changes, records: output.writes })
+        Ok(EpochWrites { outcomes, changes, records })
     }
 
     /// Deletes what no read at or above `horizon` can see (see "Version GC"

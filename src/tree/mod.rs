@@ -23,7 +23,7 @@ pub use merge::Merged;
 pub use model::*;
 pub use record::{
     decode_record, decode_version, encode_record, encode_stored, encode_version, stored_from_version, stored_position,
-    stored_record,
+    stored_record, StoredVersion,
 };
 
 use std::collections::BTreeMap;
@@ -67,6 +67,12 @@ impl<'a> VersionedTree<'a> {
     /// whichever group).
     pub fn latest(view: &'a dyn ReadView) -> Self {
         Self::new(view, 0, u64::MAX)
+    }
+
+    /// The current version of `key` (`None`: the key was never written, or
+    /// its tombstone was collected).
+    pub fn current(&self, key: &[u8]) -> Result<Option<StoredVersion>> {
+        self.view.get(&Key::Current(key).encode())?.map(|stored| StoredVersion::decode(&stored)).transpose()
     }
 
     /// The record of `key` at `self.at`, starting from its stored version
@@ -121,35 +127,33 @@ impl TreeRead for VersionedTree<'_> {
 /// `changes` (position in the epoch, key, record or `None` for a deletion;
 /// in commit order): each key's newest one under its `Current` key, and each
 /// version a write superseded under the `History` key of that write, in
-/// `group`'s history. `view` holds the versions before the epoch. Returns
-/// the keys the epoch leaves deleted, sorted.
+/// `group`'s history. `before` gives a key's current version before the
+/// epoch. Returns the epoch's last version of each key, in key order.
 pub fn put_versions<'k>(
-    view: &dyn ReadView,
     group: u64,
     stamp: u64,
     changes: impl IntoIterator<Item = (u64, &'k [u8], Option<&'k Record>)>,
+    mut before: impl FnMut(&[u8]) -> Result<Option<StoredVersion>>,
     wb: &mut WriteBatch,
-) -> Result<Vec<&'k [u8]>> {
-    // Each key's newest version so far, written once at the end.
-    let mut newest: BTreeMap<&[u8], (Vec<u8>, bool)> = BTreeMap::new();
-    for (pos, key, record) in changes {
-        let previous = match newest.remove(key) {
-            Some((stored, _)) => Some(stored),
-            None => view.get(&Key::Current(key).encode())?,
-        };
-        if let Some(previous) = previous {
-            wb.put(Key::History(group, stamp, pos, key).encode(), previous);
+) -> Result<Vec<(&'k [u8], StoredVersion)>> {
+    // By key, each key's writes in commit order (the sort is stable).
+    let mut changes: Vec<_> = changes.into_iter().collect();
+    changes.sort_by_key(|&(_, key, _)| key);
+    let mut newest = Vec::new();
+    for writes in changes.chunk_by(|a, b| a.1 == b.1) {
+        let key = writes[0].1;
+        let mut previous = before(key)?.map(|v| v.encode());
+        for &(pos, _, record) in writes {
+            if let Some(previous) = previous {
+                wb.put(Key::History(group, stamp, pos, key).encode(), previous);
+            }
+            previous = Some(encode_stored(stamp, pos, record));
         }
-        newest.insert(key, (encode_stored(stamp, pos, record), record.is_none()));
+        let (pos, _, record) = writes[writes.len() - 1];
+        wb.put(Key::Current(key).encode(), previous.expect("a key has a write"));
+        newest.push((key, StoredVersion { stamp, pos, record: record.cloned() }));
     }
-    let mut deleted = Vec::new();
-    for (key, (stored, is_tombstone)) in newest {
-        wb.put(Key::Current(key).encode(), stored);
-        if is_tombstone {
-            deleted.push(key);
-        }
-    }
-    Ok(deleted)
+    Ok(newest)
 }
 
 /// Pending writes over a base view: `None` marks a deletion.
@@ -212,8 +216,8 @@ mod tests {
     fn epoch(engine: &Memory, stamp: u64, changes: &[(&[u8], Option<Record>)]) -> Vec<Vec<u8>> {
         let mut wb = WriteBatch::new();
         let changes = changes.iter().enumerate().map(|(pos, (k, r))| (pos as u64, *k, r.as_ref()));
-        let deleted = put_versions(engine, 1, stamp, changes, &mut wb).unwrap();
-        let deleted = deleted.into_iter().map(<[u8]>::to_vec).collect();
+        let versions = put_versions(1, stamp, changes, |k| VersionedTree::latest(engine).current(k), &mut wb).unwrap();
+        let deleted = versions.into_iter().filter(|(_, v)| v.record.is_none()).map(|(k, _)| k.to_vec()).collect();
         engine.write(wb, Durability::Sync).unwrap();
         deleted
     }

@@ -61,6 +61,31 @@ pub fn decode_version(bytes: &[u8]) -> Result<Option<Record>> {
 /// Bytes of a stored version before its record.
 const POSITION: usize = 16;
 
+/// A version as stored: the write that made it, transaction `pos` of the
+/// epoch stamped `stamp`, and its record (`None`: a tombstone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub stamp: u64,
+    pub pos: u64,
+    pub record: Option<Record>,
+}
+
+impl StoredVersion {
+    pub fn encode(&self) -> Vec<u8> {
+        encode_stored(self.stamp, self.pos, self.record.as_ref())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let (stamp, pos) = stored_position(bytes)?;
+        Ok(Self { stamp, pos, record: stored_record(bytes)? })
+    }
+
+    /// Bytes of its value, if a record.
+    pub fn value_len(&self) -> usize {
+        self.record.as_ref().map_or(0, |r| r.value.len())
+    }
+}
+
 /// A stored version: the record `r` (`None`: a tombstone) written by
 /// transaction `pos` of the epoch stamped `stamp`.
 pub fn encode_stored(stamp: u64, pos: u64, r: Option<&Record>) -> Vec<u8> {
@@ -124,6 +149,9 @@ mod tests {
         assert_eq!(stored_position(&stored).unwrap(), (20, 7));
         assert_eq!(stored_record(&stored).unwrap(), Some(r.clone()));
         assert_eq!(stored, stored_from_version(20, 7, &encode_version(Some(&r))));
+        let version = StoredVersion { stamp: 20, pos: 7, record: Some(r) };
+        assert_eq!(StoredVersion::decode(&stored).unwrap(), version);
+        assert_eq!(version.encode(), stored);
         let tombstone = encode_stored(u64::MAX, 0, None);
         assert_eq!(stored_position(&tombstone).unwrap(), (u64::MAX, 0));
         assert_eq!(stored_record(&tombstone).unwrap(), None);
