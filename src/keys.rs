@@ -274,13 +274,6 @@ pub fn version_user_key_prefix() -> arbor_storage::KeyPrefix {
     }
 }
 
-/// `[start, end)` of the versions of `key` at or below `stamp`, newest first.
-pub fn versions_at_or_below(key: &[u8], stamp: u64) -> (Vec<u8>, Vec<u8>) {
-    let lo = Key::Version(key, stamp, u64::MAX).encode();
-    let hi = Encoder::new().u8(VERSION).bytes(key).u64(u64::MAX).u64(u64::MAX).u8(0).finish();
-    (lo, hi)
-}
-
 /// `(user key, stamp, pos)` of an encoded `Version` key.
 pub fn decode_version(key: &[u8]) -> Result<(Vec<u8>, u64, u64), DecodeError> {
     let mut d = Decoder::new(key);
@@ -376,9 +369,6 @@ mod tests {
         }
         let next = arbor_storage::prefix_end(&version_prefix(b"/a")).unwrap();
         assert!(keys[2].encode() < next && next <= keys[3].encode(), "the next user key's versions start after");
-        let (lo, hi) = versions_at_or_below(b"/a", 8);
-        let inside: Vec<_> = keys.iter().filter(|k| (lo.clone()..hi.clone()).contains(&k.encode())).collect();
-        assert_eq!(inside, [&Key::Version(b"/a", 5, 0)]);
         assert!(Key::Data(b"\xff\xff").encode() < version_bounds(b"", b"").0, "data and versions do not overlap");
     }
 
@@ -391,8 +381,6 @@ mod tests {
                 assert!((prefix.in_domain)(&key), "{key:?}");
                 assert_eq!((prefix.of)(&key), p.as_slice(), "{key:?}");
             }
-            let (lo, hi) = versions_at_or_below(user, 5);
-            assert_eq!((prefix.of)(&lo), (prefix.of)(&hi), "a point read's bounds share the prefix");
         }
         for other in
             [Key::Data(b"/a").encode(), Key::RaftLog(1, 2).encode(), vec![VERSION], vec![VERSION, 1, 0], vec![]]
@@ -401,6 +389,41 @@ mod tests {
         }
         let (_, all) = version_bounds(b"", b"");
         assert!(!(prefix.in_domain)(&all), "a scan to the end of the versions spans prefixes");
+    }
+
+    #[test]
+    fn current_keys_keep_user_order_and_history_keys_sort_by_group_then_time() {
+        let (lo, hi) = current_bounds(b"/a", b"/b");
+        for user in [&b"/a"[..], b"/a/x", b"/a\xff"] {
+            let key = Key::Current(user).encode();
+            assert!(lo <= key && key < hi, "{user:?}");
+            assert_eq!(decode_current(&key), Ok(user));
+        }
+        assert!(Key::Current(b"/b").encode() >= hi);
+        assert!(Key::Current(b"\xff\xff").encode() < current_bounds(b"", b"").1);
+        assert!(Key::Version(b"\xff", 0, 0).encode() < lo, "versions of older data dirs sort before");
+
+        let mut keys = vec![
+            Key::History(2, 1, 0, b"/a"),
+            Key::History(1, 9, 0, b"/a"),
+            Key::History(1, 5, 3, b"/z"),
+            Key::History(1, 5, 7, b"/a"),
+        ];
+        keys.sort_by_key(|k| k.encode());
+        let order = [
+            Key::History(1, 5, 3, b"/z"),
+            Key::History(1, 5, 7, b"/a"),
+            Key::History(1, 9, 0, b"/a"),
+            Key::History(2, 1, 0, b"/a"),
+        ];
+        assert_eq!(keys, order, "by group, stamp and position, whatever the key");
+        assert_eq!(decode_history(&Key::History(1, 9, 4, b"/k").encode()), Ok((9, 4, b"/k".to_vec())));
+        // Group 1's history up to stamp 5 is the range before `history_after`.
+        let after = history_after(1, 5);
+        assert!(history_prefix(1) <= keys[0].encode() && keys[1].encode() < after && after <= keys[2].encode());
+        assert_eq!(history_after(1, u64::MAX), history_prefix(2));
+        let family = history_keys();
+        assert!(family.start <= keys[0].encode() && keys[3].encode() < family.end);
     }
 
     #[test]
