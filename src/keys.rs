@@ -142,14 +142,21 @@ pub fn raft_log_prefix(group: u64) -> Vec<u8> {
 
 /// The log index of an encoded `RaftLog` key.
 pub fn decode_raft_log_index(key: &[u8]) -> Result<u64, DecodeError> {
-    let mut d = Decoder::new(key);
-    if d.u8()? != RAFT_LOG {
-        return Err(DecodeError("not a raft log key"));
-    }
+    let mut d = tagged(key, RAFT_LOG, "not a raft log key")?;
     d.u64()?;
     let index = d.u64()?;
     d.finish()?;
     Ok(index)
+}
+
+/// A decoder of `key` past its tag, which must be `tag` (else the error
+/// says it is `not_it`).
+fn tagged<'k>(key: &'k [u8], tag: u8, not_it: &'static str) -> Result<Decoder<'k>, DecodeError> {
+    let mut d = Decoder::new(key);
+    if d.u8()? != tag {
+        return Err(DecodeError(not_it));
+    }
+    Ok(d)
 }
 
 /// The encoded prefix of every dedup-expiry key of a group.
@@ -159,10 +166,7 @@ pub fn dedup_expiry_prefix(group: u64) -> Vec<u8> {
 
 /// `(stamp, request_id)` of an encoded `DedupExpiry` key.
 pub fn decode_dedup_expiry(key: &[u8]) -> Result<(u64, String), DecodeError> {
-    let mut d = Decoder::new(key);
-    if d.u8()? != DEDUP_EXPIRY {
-        return Err(DecodeError("not a dedup expiry key"));
-    }
+    let mut d = tagged(key, DEDUP_EXPIRY, "not a dedup expiry key")?;
     d.u64()?;
     let stamp = d.u64()?;
     let id = String::from_utf8(d.bytes()?).map_err(|_| DecodeError("request id is not UTF-8"))?;
@@ -216,10 +220,7 @@ pub fn history_after(group: u64, stamp: u64) -> Vec<u8> {
 
 /// `(stamp, pos, user key)` of an encoded `History` key.
 pub fn decode_history(key: &[u8]) -> Result<(u64, u64, Vec<u8>), DecodeError> {
-    let mut d = Decoder::new(key);
-    if d.u8()? != HISTORY {
-        return Err(DecodeError("not a history key"));
-    }
+    let mut d = tagged(key, HISTORY, "not a history key")?;
     d.u64()?;
     let stamp = d.u64()?;
     let pos = d.u64()?;
@@ -276,10 +277,7 @@ pub fn version_user_key_prefix() -> arbor_storage::KeyPrefix {
 
 /// `(user key, stamp, pos)` of an encoded `Version` key.
 pub fn decode_version(key: &[u8]) -> Result<(Vec<u8>, u64, u64), DecodeError> {
-    let mut d = Decoder::new(key);
-    if d.u8()? != VERSION {
-        return Err(DecodeError("not a version key"));
-    }
+    let mut d = tagged(key, VERSION, "not a version key")?;
     let user = d.bytes()?;
     let stamp = !d.u64()?;
     let pos = !d.u64()?;
@@ -294,10 +292,7 @@ pub fn version_gc_prefix(group: u64) -> Vec<u8> {
 
 /// `(stamp, user key)` of an encoded `VersionGc` key.
 pub fn decode_version_gc(key: &[u8]) -> Result<(u64, Vec<u8>), DecodeError> {
-    let mut d = Decoder::new(key);
-    if d.u8()? != VERSION_GC {
-        return Err(DecodeError("not a version GC key"));
-    }
+    let mut d = tagged(key, VERSION_GC, "not a version GC key")?;
     d.u64()?;
     let stamp = d.u64()?;
     let user = d.bytes()?;
