@@ -242,9 +242,9 @@ impl Scheduler {
         self.inline_max = txns;
     }
 
-    /// The executors' cache of current versions: an epoch's go in once its
-    /// batch is written ([`RecordCache::absorb`]); a replaced
-    /// state empties it ([`RecordCache::clear`]).
+    /// The executors' cache of current versions: an epoch's new ones go in
+    /// once its batch is written ([`RecordCache::absorb`]); a replaced state
+    /// empties it ([`RecordCache::clear`]).
     pub fn record_cache(&self) -> &RecordCache {
         &self.cache
     }

@@ -13,9 +13,9 @@
 //! 5. **One WriteBatch** with the epoch's data (each written key's new
 //!    `Current` version, and each version a write superseded in the group's
 //!    `History`), the dedup entries, the version GC and the applied state,
-//!    written before
-//!    the entry counts as applied (and before any client hears of it). See
-//!    "Durability" below for why this write skips RocksDB's WAL.
+//!    written before the entry counts as applied (and before any client
+//!    hears of it). See "Durability" below for why this write skips
+//!    RocksDB's WAL.
 //! 6. **Publication** of the new applied stamp (the closed timestamp, see
 //!    below) and of the epoch's changes to this replica's watchers.
 //! 7. **Answers**: on the leader that proposed the epoch, its clients get
@@ -46,8 +46,9 @@
 //! superseded at or below it; the group's history is written in stamp
 //! order, so everything up to the horizon is one range at its front, deleted
 //! with one range deletion every [`HISTORY_GC_INTERVAL`] log entries (one
-//! per epoch would pile up hundreds of range deletions a second). A key's current version is only collected if it is a tombstone:
-//! an epoch at stamp `s` that left keys deleted stores one index entry
+//! per epoch would pile up hundreds of range deletions a second). A key's
+//! current version is only collected if it is a tombstone: an epoch at
+//! stamp `s` that left keys deleted stores one index entry
 //! `VersionGc(group, s)` listing them, and once the horizon reaches `s` each
 //! one still deleted since `s` loses its tombstone. The index is processed
 //! in stamp order, a bounded number of keys per epoch, by every replica
@@ -608,9 +609,8 @@ impl GroupStateMachine {
         }
         let output = self.scheduler.run_epoch(self.engine.clone(), index, stamp, to_run)?;
         // Each write makes its key's current version and moves the one it
-        // superseded into the group's history.
-        // The versions the writes supersede, from the record cache, where
-        // the transactions' reads left them.
+        // superseded into the group's history; that one comes from the
+        // record cache, where the transactions' reads left it.
         let before = |key: &[u8]| self.scheduler.current_version(self.engine.as_ref(), key);
         let changes = output.changes.iter().map(|(pos, key, record)| (*pos as u64, key.as_slice(), record.as_ref()));
         let versions = tree::put_versions(self.group, stamp, changes, before, wb)?;

@@ -90,6 +90,7 @@ fn convert_in_chunks(engine: &dyn Engine, group_of: &dyn Fn(&[u8]) -> Result<u64
         ) {
             let (k, v) = item?;
             let (user, stamp, pos) = keys::decode_version(&k)?;
+            let entry_bytes = k.len() + v.len();
             match &mut key {
                 Some((current, versions)) if *current == user => versions.push((stamp, pos, v)),
                 _ => {
@@ -103,10 +104,10 @@ fn convert_in_chunks(engine: &dyn Engine, group_of: &dyn Fn(&[u8]) -> Result<u64
                     key = Some((user, vec![(stamp, pos, v)]));
                 }
             }
-            bytes += k.len();
+            bytes += entry_bytes;
             last_key = Some(k);
         }
-        // The scan reached the end: the last key's versions are whole.
+        // Left pending only when the scan reached the end: whole.
         if let Some((done, versions)) = key.take() {
             put_converted(group_of(&done)?, &done, &versions, &mut wb);
             converted += 1;
