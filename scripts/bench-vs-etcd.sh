@@ -33,6 +33,12 @@
 #   BENCH_STORAGE      1     0 skips the storage and apply references
 #   BENCH_PROFILE      release  or dev (the tests' build: opt-level 1 for
 #                      Arbor's code, debug assertions in every crate)
+#   BENCH_ARBOR_FLAGS  ""    extra `arbor server` flags, e.g. "--config gc.toml"
+#                      with a short `reads.version_retention_ms`, so that
+#                      version GC runs during the points
+#   BENCH_ETCD_FLAGS   ""    extra etcd flags, e.g. "--auto-compaction-mode
+#                      periodic --auto-compaction-retention 20s" (etcd's
+#                      counterpart of a short retention)
 #   BENCH_ARBOR_PORT   7201  Arbor nodes on 7201..7203
 #   BENCH_ETCD_PORT    23790 etcd clients on 23790..23792, peers on +100
 #   BENCH_OUT          bench-results/<timestamp>
@@ -54,6 +60,8 @@ VALUE_SIZE="${BENCH_VALUE_SIZE:-256}"
 READ_RATIO="${BENCH_READ_RATIO:-0.8}"
 MAX_STALENESS_MS="${BENCH_MAX_STALENESS_MS:-1000}"
 STORAGE="${BENCH_STORAGE:-1}"
+ARBOR_FLAGS="${BENCH_ARBOR_FLAGS:-}"
+ETCD_FLAGS="${BENCH_ETCD_FLAGS:-}"
 PROFILE="${BENCH_PROFILE:-release}"
 case "$PROFILE" in
     release) PROFILE_DIR=release; BUILD="release profile (opt-level 3, no debug assertions)" ;;
@@ -144,11 +152,12 @@ start_etcd() {
     for i in 1 2 3; do initial+="${initial:+,}e$i=http://127.0.0.1:$((ETCD_PORT + 99 + i))"; done
     for i in 1 2 3; do
         client="http://127.0.0.1:$((ETCD_PORT + i - 1))" peer="http://127.0.0.1:$((ETCD_PORT + 99 + i))"
+        # shellcheck disable=SC2086 # BENCH_ETCD_FLAGS is a list of flags
         etcd --name "e$i" --data-dir "$ETCD_DIR/e$i" \
             --listen-client-urls "$client" --advertise-client-urls "$client" \
             --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
             --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "arbor-bench-$$-$1" \
-            --logger zap --log-outputs stderr --log-level warn >"$ETCD_DIR/e$i.log" 2>&1 &
+            --logger zap --log-outputs stderr --log-level warn $ETCD_FLAGS >"$ETCD_DIR/e$i.log" 2>&1 &
         ETCD_PIDS+=($!)
     done
     for _ in $(seq 1 150); do
@@ -167,7 +176,7 @@ start_arbor() {
     if [ -n "$ARBOR_DIR" ] && [ -d "$ARBOR_DIR" ]; then rm -rf "$ARBOR_DIR"; fi
     ARBOR_DIR="$TMP/$1/arbor"
     ARBOR_BIN="$TMP/build/arbor" ARBOR_DATA="$ARBOR_DIR" ARBOR_BASE_PORT="$ARBOR_PORT" \
-        "$ROOT/scripts/cluster.sh" start 3 >/dev/null
+        ARBOR_SERVER_FLAGS="$ARBOR_FLAGS" "$ROOT/scripts/cluster.sh" start 3 >/dev/null
     for f in "$ARBOR_DIR"/n*/arbor.pid; do ARBOR_PIDS+=("$(cat "$f")"); done
 }
 
@@ -265,7 +274,7 @@ fi
     echo "  \"etcd\": $(json_str "$(etcd --version 2>/dev/null | head -1)"),"
     echo "  \"disk\": $(json_str "$(df -h "$TMP" | awk 'NR==2 {print $1 " (" $2 ")"}')"),"
     echo "  \"build\": $(json_str "$BUILD"),"
-    echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; rounds: $ROUNDS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; get-follower staleness bound $MAX_STALENESS_MS ms; fresh clusters per workload")"
+    echo "  \"settings\": $(json_str "workloads: $WORKLOADS; clients: $CLIENTS; rounds: $ROUNDS; ${DURATION} s + ${WARMUP} s warm-up per point; up to $CONNECTIONS connections; key space $KEY_SPACE; values $VALUE_SIZE B; mixed read ratio $READ_RATIO; get-follower staleness bound $MAX_STALENESS_MS ms; fresh clusters per workload${ARBOR_FLAGS:+; arbor server flags: $ARBOR_FLAGS}${ETCD_FLAGS:+; etcd flags: $ETCD_FLAGS}")"
     echo "}"
 } >"$OUT/machine.json"
 
