@@ -270,7 +270,8 @@ pub struct GroupStateMachine {
 fn collect_tombstone(view: &dyn ReadView, key: &[u8], s: u64, wb: &mut WriteBatch) -> Result<()> {
     let current = Key::Current(key).encode();
     if let Some(stored) = view.get(&current)? {
-        if tree::stored_position(&stored)?.0 <= s && tree::stored_record(&stored)?.is_none() {
+        let version = tree::StoredVersion::decode(&stored)?;
+        if version.stamp <= s && version.record.is_none() {
             wb.delete(current);
         }
     }

@@ -41,6 +41,31 @@ fn put_converted(group: u64, user: &[u8], versions: &Versions, wb: &mut WriteBat
     }
 }
 
+/// Gathers `Version` entries (in key order) into each user key's versions.
+#[derive(Default)]
+struct Gathered {
+    key: Option<(Vec<u8>, Versions)>,
+}
+
+impl Gathered {
+    /// Adds a version of `user`; returns the previous key's versions, whole,
+    /// if this one starts another key.
+    fn add(&mut self, user: Vec<u8>, stamp: u64, pos: u64, value: Vec<u8>) -> Option<(Vec<u8>, Versions)> {
+        if let Some((current, versions)) = &mut self.key {
+            if *current == user {
+                versions.push((stamp, pos, value));
+                return None;
+            }
+        }
+        self.key.replace((user, vec![(stamp, pos, value)]))
+    }
+
+    /// The last key's versions.
+    fn take(&mut self) -> Option<(Vec<u8>, Versions)> {
+        self.key.take()
+    }
+}
+
 /// The current version, at stamp 0, of the record `value` of a `Data` key.
 fn current_at_zero(value: &[u8]) -> Result<Vec<u8>> {
     Ok(encode_stored(0, 0, Some(&decode_record(value)?)))
@@ -82,7 +107,7 @@ fn convert_in_chunks(engine: &dyn Engine, group_of: &dyn Fn(&[u8]) -> Result<u64
     loop {
         let mut wb = WriteBatch::new();
         let (mut bytes, mut last_key) = (0, None);
-        let mut key: Option<(Vec<u8>, Versions)> = None;
+        let mut gathered = Gathered::default();
         for item in engine.scan(
             std::ops::Bound::Included(versions_start.clone()),
             std::ops::Bound::Excluded(versions_end.clone()),
@@ -91,24 +116,20 @@ fn convert_in_chunks(engine: &dyn Engine, group_of: &dyn Fn(&[u8]) -> Result<u64
             let (k, v) = item?;
             let (user, stamp, pos) = keys::decode_version(&k)?;
             let entry_bytes = k.len() + v.len();
-            match &mut key {
-                Some((current, versions)) if *current == user => versions.push((stamp, pos, v)),
-                _ => {
-                    if let Some((done, versions)) = key.take() {
-                        put_converted(group_of(&done)?, &done, &versions, &mut wb);
-                        converted += 1;
-                        if bytes >= chunk_bytes {
-                            break;
-                        }
-                    }
-                    key = Some((user, vec![(stamp, pos, v)]));
+            if let Some((done, versions)) = gathered.add(user, stamp, pos, v) {
+                put_converted(group_of(&done)?, &done, &versions, &mut wb);
+                converted += 1;
+                if bytes >= chunk_bytes {
+                    // The key this entry starts goes to the next chunk.
+                    gathered.take();
+                    break;
                 }
             }
             bytes += entry_bytes;
             last_key = Some(k);
         }
         // Left pending only when the scan reached the end: whole.
-        if let Some((done, versions)) = key.take() {
+        if let Some((done, versions)) = gathered.take() {
             put_converted(group_of(&done)?, &done, &versions, &mut wb);
             converted += 1;
         }
@@ -133,13 +154,13 @@ pub struct ImageRecords {
     /// User key → record, of the `Data` entries not yet matched by a
     /// version.
     pending: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// The versions of the last user key seen.
-    versions: Option<(Vec<u8>, Versions)>,
+    /// The versions of the user keys seen so far.
+    versions: Gathered,
 }
 
 impl ImageRecords {
     pub fn new(group: u64) -> Self {
-        Self { group, pending: BTreeMap::new(), versions: None }
+        Self { group, pending: BTreeMap::new(), versions: Gathered::default() }
     }
 
     /// Takes the image entry `key` if it is one this version no longer
@@ -152,26 +173,18 @@ impl ImageRecords {
         }
         let Ok((user, stamp, pos)) = keys::decode_version(key) else { return false };
         self.pending.remove(&user);
-        match &mut self.versions {
-            Some((current, versions)) if *current == user => versions.push((stamp, pos, value.to_vec())),
-            _ => {
-                self.put_versions(wb);
-                self.versions = Some((user, vec![(stamp, pos, value.to_vec())]));
-            }
+        if let Some((done, versions)) = self.versions.add(user, stamp, pos, value.to_vec()) {
+            put_converted(self.group, &done, &versions, wb);
         }
         true
-    }
-
-    fn put_versions(&mut self, wb: &mut WriteBatch) {
-        if let Some((user, versions)) = self.versions.take() {
-            put_converted(self.group, &user, &versions, wb);
-        }
     }
 
     /// Puts the last key's versions, and the current version of every
     /// record whose key had none, into `wb`.
     pub fn finish(mut self, wb: &mut WriteBatch) -> Result<()> {
-        self.put_versions(wb);
+        if let Some((user, versions)) = self.versions.take() {
+            put_converted(self.group, &user, &versions, wb);
+        }
         for (user, value) in std::mem::take(&mut self.pending) {
             wb.put(Key::Current(&user).encode(), current_at_zero(&value)?);
         }
