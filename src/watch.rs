@@ -199,7 +199,7 @@ mod tests {
     use arbor_storage::{Durability, Memory, WriteBatch};
 
     fn rec(v: &str) -> Record {
-        Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 1, mod_stamp: 1 }
+        Record { value: v.as_bytes().to_vec().into(), version: 1, create_stamp: 1, mod_stamp: 1 }
     }
 
     #[test]

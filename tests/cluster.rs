@@ -221,7 +221,7 @@ async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
     }
     let last_index = client.put("/up/h", "h4").await.unwrap().header.unwrap().log_index;
     c.wait_applied(1, last_index).await;
-    let legacy = arbor::tree::Record { value: b"old".to_vec(), version: 3, create_stamp: 7, mod_stamp: 9 };
+    let legacy = arbor::tree::Record { value: b"old".to_vec().into(), version: 3, create_stamp: 7, mod_stamp: 9 };
 
     phase("kill -9 every node and lay their logs and records out as before");
     for i in 0..3 {
@@ -245,7 +245,7 @@ async fn a_data_dir_of_an_earlier_layout_is_converted_at_start() {
     }
     assert_eq!(client.get("/up/h").await.unwrap().unwrap().value, b"h4");
     let kv = client.get("/up/legacy").await.unwrap().expect("the record written before versions");
-    assert_eq!((kv.value, kv.version), (legacy.value.clone(), legacy.version));
+    assert_eq!((kv.value, kv.version), (legacy.value.to_vec(), legacy.version));
     let r = client.put("/up/after", "x").await.unwrap();
     c.wait_applied(1, r.header.unwrap().log_index).await;
 
@@ -418,7 +418,7 @@ async fn crash_in_a_write_load_loses_nothing_and_applies_nothing_twice() {
     let mut total_applied = 0;
     for (k, a) in acked.iter().enumerate() {
         let record = &data[format!("/ctr/{k}").as_bytes()];
-        let value: u64 = String::from_utf8(record.value.clone()).unwrap().parse().unwrap();
+        let value: u64 = String::from_utf8(record.value.to_vec()).unwrap().parse().unwrap();
         let acked = a.load(Ordering::Relaxed);
         assert!(value >= acked, "counter {k}: {value} < {acked} acknowledged increments (lost write)");
         assert_eq!(record.version, value, "counter {k}: one version per applied increment");

@@ -131,7 +131,7 @@ fn user_values(states: &[BTreeMap<Vec<u8>, Vec<u8>>]) -> BTreeMap<Vec<u8>, Vec<u
     for (k, v) in states.iter().flatten() {
         let Ok(user) = arbor::keys::decode_current(k) else { continue };
         if let Some(record) = arbor::tree::stored_record(v).unwrap() {
-            values.insert(user.to_vec(), record.value);
+            values.insert(user.to_vec(), record.value.to_vec());
         }
     }
     values
@@ -293,7 +293,7 @@ async fn grow_to_five_and_shrink_to_three_under_a_write_load() {
     let replica = data_of(&c.nodes[remaining[0]].dir);
     for (k, a) in counted.iter().enumerate() {
         let record = &replica[format!("/c/{k}").as_bytes()];
-        let value: u64 = String::from_utf8(record.value.clone()).unwrap().parse().unwrap();
+        let value: u64 = String::from_utf8(record.value.to_vec()).unwrap().parse().unwrap();
         assert!(value >= a.load(Ordering::Relaxed), "counter {k} lost increments");
         assert_eq!(record.version, value, "counter {k}: one version per increment");
         total += value;

@@ -45,7 +45,7 @@ fn replica(key: &str, entries: u64) -> (Arc<dyn Engine>, GroupStateMachine) {
     let engine: Arc<dyn Engine> = Arc::new(Memory::new());
     let mut b = WriteBatch::new();
     let record = arbor::tree::Record {
-        value: format!("value of {key}").into_bytes(),
+        value: format!("value of {key}").into_bytes().into(),
         version: 1,
         create_stamp: 1,
         mod_stamp: 1,

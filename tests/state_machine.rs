@@ -43,7 +43,7 @@ fn random_txn(rng: &mut StdRng, id: usize) -> Txn {
         0 => Op::Get { key: key(rng) },
         1 => Op::Put {
             key: key(rng),
-            value: vec![b'a' + rng.gen_range(0..26u8); rng.gen_range(0..20)],
+            value: vec![b'a' + rng.gen_range(0..26u8); rng.gen_range(0..20)].into(),
             prev_kv: rng.gen_bool(0.5),
         },
         2 => Op::Delete { key: key(rng) },
@@ -51,7 +51,7 @@ fn random_txn(rng: &mut StdRng, id: usize) -> Txn {
         4 => Op::Append { key: key(rng), value: b"x".to_vec(), prev_kv: rng.gen_bool(0.5) },
         5 => Op::Range(RangeSpec { range: KeyRange::prefix(b"/k/"), limit: 5, delimiter: None, keys_only: false }),
         6 => Op::DeleteRange(KeyRange { start: key(rng), end: b"/k/5".to_vec() }),
-        _ => Op::Put { key: key(rng), value: rng.gen_range(0..100).to_string().into_bytes(), prev_kv: false },
+        _ => Op::Put { key: key(rng), value: rng.gen_range(0..100).to_string().into_bytes().into(), prev_kv: false },
     };
     let compares = (0..rng.gen_range(0..3))
         .map(|_| Compare {
@@ -195,7 +195,7 @@ fn put_txn(key: String, value: u64) -> Txn {
     Txn {
         request_id: String::new(),
         compares: vec![],
-        success: vec![Op::Put { key: key.into_bytes(), value: value.to_string().into_bytes(), prev_kv: false }],
+        success: vec![Op::Put { key: key.into_bytes(), value: value.to_string().into_bytes().into(), prev_kv: false }],
         failure: vec![],
     }
 }
@@ -249,11 +249,11 @@ fn version_gc_keeps_an_overwrite_heavy_load_bounded() {
     assert!(index <= index_bound, "{index} GC index entries stored, bound {index_bound}");
     // What is still readable is right.
     let now = VersionedTree::new(engine.as_ref(), 1, 1_000 + 2000);
-    assert_eq!(now.get(b"/hot/3").unwrap().unwrap().value, b"2000");
+    assert_eq!(now.get(b"/hot/3").unwrap().unwrap().value, &b"2000"[..]);
     assert_eq!(now.get(b"/tmp/1999").unwrap(), None);
-    assert_eq!(now.get(b"/tmp/2000").unwrap().unwrap().value, b"2000");
+    assert_eq!(now.get(b"/tmp/2000").unwrap().unwrap().value, &b"2000"[..]);
     let horizon = VersionedTree::new(engine.as_ref(), 1, 1_000 + 2000 - retention);
-    assert_eq!(horizon.get(b"/hot/3").unwrap().unwrap().value, b"1995");
+    assert_eq!(horizon.get(b"/hot/3").unwrap().unwrap().value, &b"1995"[..]);
 }
 
 /// Data dirs written before the per-epoch index lists hold one `VersionGc`
@@ -265,7 +265,8 @@ fn per_key_index_entries_of_older_data_dirs_are_still_collected() {
     use arbor::keys::Key;
     use arbor::tree::encode_stored;
     let engine: Arc<Memory> = Arc::new(Memory::new());
-    let record = |v: &str| Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 100, mod_stamp: 100 };
+    let record =
+        |v: &str| Record { value: v.as_bytes().to_vec().into(), version: 1, create_stamp: 100, mod_stamp: 100 };
     let minute = arbor::hlc::pack(60_000, 0);
     let mut b = arbor_storage::WriteBatch::new();
     b.put(Key::Current(b"/old").encode(), encode_stored(200, 0, Some(&record("b"))));
@@ -296,7 +297,7 @@ fn per_key_index_entries_of_older_data_dirs_are_still_collected() {
     assert!(!keys.iter().any(|k| k.starts_with(&arbor::keys::version_gc_prefix(1))), "the old entries are gone");
     assert!(!keys.contains(&Key::Dedup(1, "req-old").encode()), "the expired request id is forgotten");
     assert!(!keys.contains(&Key::DedupExpiry(1, 100, "req-old").encode()));
-    assert_eq!(VersionedTree::new(engine.as_ref(), 1, 300).get(b"/old").unwrap().unwrap().value, b"b");
+    assert_eq!(VersionedTree::new(engine.as_ref(), 1, 300).get(b"/old").unwrap().unwrap().value, &b"b"[..]);
 }
 
 #[test]
@@ -550,7 +551,7 @@ fn gc_scans_are_skipped_while_nothing_can_be_collected() {
     let dedup_ids = keys.iter().filter(|k| k.starts_with(&[0x12])).count();
     assert_eq!(dedup_ids, 4 * 200, "no request id is old enough to expire");
     let horizon = VersionedTree::new(&engine.inner, 1, hour + 140 * second);
-    assert_eq!(horizon.get(b"/hot/2").unwrap().unwrap().value, b"140");
+    assert_eq!(horizon.get(b"/hot/2").unwrap().unwrap().value, &b"140"[..]);
 }
 
 /// Through openraft's state machine trait, an epoch small enough to apply

@@ -122,7 +122,7 @@ fn no_read_options(read: &Option<pb::ReadOptions>) -> Result<()> {
     }
 }
 
-fn compare(c: &pb::Compare, limits: &Limits) -> Result<Compare> {
+fn compare(c: pb::Compare, limits: &Limits) -> Result<Compare> {
     check_key(&c.key, limits, "compare key")?;
     let op = match pb::compare::Op::try_from(c.op) {
         Ok(pb::compare::Op::Equal) => CmpOp::Equal,
@@ -134,7 +134,7 @@ fn compare(c: &pb::Compare, limits: &Limits) -> Result<Compare> {
     let target = match pb::compare::Target::try_from(c.target) {
         Ok(pb::compare::Target::Value) => {
             check_value(&c.value, limits)?;
-            CmpTarget::Value(c.value.clone())
+            CmpTarget::Value(c.value)
         }
         Ok(pb::compare::Target::Version) => CmpTarget::Version(c.version),
         Ok(pb::compare::Target::Exists) => {
@@ -145,40 +145,40 @@ fn compare(c: &pb::Compare, limits: &Limits) -> Result<Compare> {
         }
         Err(_) => return invalid(format!("unknown compare target {}", c.target)),
     };
-    Ok(Compare { key: c.key.clone(), op, target })
+    Ok(Compare { key: c.key, op, target })
 }
 
-fn op(o: &pb::Op, limits: &Limits) -> Result<Op> {
+fn op(o: pb::Op, limits: &Limits) -> Result<Op> {
     use pb::op::Op as P;
-    Ok(match o.op.as_ref() {
+    Ok(match o.op {
         None => return invalid("an op has no operation set".to_string()),
         Some(P::Get(g)) => {
             check_key(&g.key, limits, "key")?;
             no_read_options(&g.read)?;
-            Op::Get { key: g.key.clone() }
+            Op::Get { key: g.key }
         }
         Some(P::Range(r)) => {
             no_read_options(&r.read)?;
-            Op::Range(range_spec(r, limits)?)
+            Op::Range(range_spec(&r, limits)?)
         }
         Some(P::Put(p)) => {
             check_key(&p.key, limits, "key")?;
             check_value(&p.value, limits)?;
-            Op::Put { key: p.key.clone(), value: p.value.clone(), prev_kv: p.prev_kv }
+            Op::Put { key: p.key, value: p.value.into(), prev_kv: p.prev_kv }
         }
         Some(P::Delete(d)) => {
             check_key(&d.key, limits, "key")?;
-            Op::Delete { key: d.key.clone() }
+            Op::Delete { key: d.key }
         }
         Some(P::DeleteRange(d)) => Op::DeleteRange(key_range(&d.prefix, &d.start, &d.end, limits)?),
         Some(P::Increment(i)) => {
             check_key(&i.key, limits, "key")?;
-            Op::Increment { key: i.key.clone(), delta: i.delta }
+            Op::Increment { key: i.key, delta: i.delta }
         }
         Some(P::Append(a)) => {
             check_key(&a.key, limits, "key")?;
             check_value(&a.value, limits)?;
-            Op::Append { key: a.key.clone(), value: a.value.clone(), prev_kv: a.prev_kv }
+            Op::Append { key: a.key, value: a.value, prev_kv: a.prev_kv }
         }
     })
 }
@@ -190,7 +190,8 @@ fn check_request_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn txn(t: &pb::TxnRequest, limits: &Limits) -> Result<Txn> {
+/// Takes the request apart: keys and values move into the transaction.
+pub fn txn(t: pb::TxnRequest, limits: &Limits) -> Result<Txn> {
     let count = t.compare.len() + t.success.len() + t.failure.len();
     if count > limits.max_ops_per_txn {
         return invalid(format!(
@@ -203,10 +204,10 @@ pub fn txn(t: &pb::TxnRequest, limits: &Limits) -> Result<Txn> {
     }
     check_request_id(&t.request_id)?;
     Ok(Txn {
-        request_id: t.request_id.clone(),
-        compares: t.compare.iter().map(|c| compare(c, limits)).collect::<Result<_>>()?,
-        success: t.success.iter().map(|o| op(o, limits)).collect::<Result<_>>()?,
-        failure: t.failure.iter().map(|o| op(o, limits)).collect::<Result<_>>()?,
+        request_id: t.request_id,
+        compares: t.compare.into_iter().map(|c| compare(c, limits)).collect::<Result<_>>()?,
+        success: t.success.into_iter().map(|o| op(o, limits)).collect::<Result<_>>()?,
+        failure: t.failure.into_iter().map(|o| op(o, limits)).collect::<Result<_>>()?,
     })
 }
 
@@ -248,7 +249,7 @@ pub fn watch_response(group: u64, batch: crate::watch::Batch) -> pb::WatchRespon
 pub fn kv(k: KeyValue) -> pb::KeyValue {
     pb::KeyValue {
         key: k.key,
-        value: k.record.value,
+        value: Vec::from(k.record.value),
         version: k.record.version,
         create_stamp: k.record.create_stamp,
         mod_stamp: k.record.mod_stamp,
@@ -295,7 +296,7 @@ mod tests {
     }
 
     fn err(t: pb::TxnRequest) -> String {
-        txn(&t, &limits()).unwrap_err().to_string()
+        txn(t, &limits()).unwrap_err().to_string()
     }
 
     #[test]

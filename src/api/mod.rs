@@ -101,7 +101,7 @@ impl KvService {
     /// A single write op, sequenced as a one-op transaction.
     async fn write_op(&self, request_id: String, op: pb::op::Op) -> Result<(u64, Committed, OpResult), Status> {
         let req = pb::TxnRequest { success: vec![pb::Op { op: Some(op) }], request_id, ..Default::default() };
-        let txn = convert::txn(&req, &self.node.config.limits).map_err(status)?;
+        let txn = convert::txn(req, &self.node.config.limits).map_err(status)?;
         let (group, c) = self.node.submit(txn).await.map_err(status)?;
         let (_, mut results) = done(&c)?;
         let result = results.pop().ok_or_else(|| Status::internal("a one-op transaction returned no result"))?;
@@ -178,7 +178,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Reply<pb::TxnResponse> {
         check_cluster(&self.node, &req)?;
-        let txn = convert::txn(req.get_ref(), &self.node.config.limits).map_err(status)?;
+        let txn = convert::txn(req.into_inner(), &self.node.config.limits).map_err(status)?;
         let (group, c) = self.node.submit(txn).await.map_err(status)?;
         let (succeeded, results) = done(&c)?;
         Ok(Response::new(pb::TxnResponse {

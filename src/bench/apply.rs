@@ -124,7 +124,7 @@ fn epochs(cfg: &ApplyConfig, keys: &KeyGen, rng: &mut StdRng, first: u64, ids: &
             .into_iter()
             .map(|key| {
                 rng.fill_bytes(&mut value);
-                Op::Put { key, value: value.clone(), prev_kv: false }
+                Op::Put { key, value: value.clone().into(), prev_kv: false }
             })
             .collect();
         Txn { request_id, compares, success, failure: Vec::new() }

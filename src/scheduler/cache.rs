@@ -159,7 +159,7 @@ mod tests {
     use crate::tree::Record;
 
     fn record(value: &[u8], version: u64) -> Option<StoredVersion> {
-        let record = Record { value: value.to_vec(), version, create_stamp: 1, mod_stamp: version };
+        let record = Record { value: value.to_vec().into(), version, create_stamp: 1, mod_stamp: version };
         Some(StoredVersion { stamp: version, pos: 0, record: Some(record) })
     }
 

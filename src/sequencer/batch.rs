@@ -175,7 +175,11 @@ mod tests {
             .map(|i| Txn {
                 request_id: format!("r{i}"),
                 compares: vec![],
-                success: vec![Op::Put { key: format!("/k/{i}").into_bytes(), value: vec![b'v'; 100], prev_kv: false }],
+                success: vec![Op::Put {
+                    key: format!("/k/{i}").into_bytes(),
+                    value: vec![b'v'; 100].into(),
+                    prev_kv: false,
+                }],
                 failure: vec![],
             })
             .collect();
@@ -203,13 +207,13 @@ mod tests {
         let mut b = batch(40);
         for t in &mut b.txns {
             if let Op::Put { value, .. } = &mut t.success[0] {
-                value.resize(400, 0);
-                for byte in value.iter_mut() {
+                let random = (0..400).map(|_| {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    *byte = x as u8;
-                }
+                    x as u8
+                });
+                *value = random.collect();
             }
         }
         let mut compression = Compression::new(4096);

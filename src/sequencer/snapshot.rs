@@ -985,7 +985,7 @@ mod tests {
     }
 
     fn record(value: Vec<u8>) -> crate::tree::Record {
-        crate::tree::Record { value, version: 1, create_stamp: 1, mod_stamp: 1 }
+        crate::tree::Record { value: value.into(), version: 1, create_stamp: 1, mod_stamp: 1 }
     }
 
     fn put(engine: &arbor_storage::Memory, key: &[u8], value: Vec<u8>) {
@@ -997,7 +997,7 @@ mod tests {
     /// The current value of `key` in `engine`.
     fn value_of(engine: &arbor_storage::Memory, key: &[u8]) -> Option<Vec<u8>> {
         use crate::tree::TreeRead;
-        crate::tree::VersionedTree::latest(engine).get(key).unwrap().map(|r| r.value)
+        crate::tree::VersionedTree::latest(engine).get(key).unwrap().map(|r| r.value.to_vec())
     }
 
     /// How many keys `engine` has current records of.
@@ -1345,7 +1345,7 @@ mod tests {
         let (source, sm) = open_memory();
         let (meta, _) = sm.snapshot_image().unwrap();
         let at = |v: &str, stamp: u64| crate::tree::Record {
-            value: v.into(),
+            value: bytes::Bytes::copy_from_slice(v.as_bytes()),
             version: 1,
             create_stamp: stamp,
             mod_stamp: stamp,
@@ -1362,10 +1362,14 @@ mod tests {
         let (target, mut other) = open_memory();
         other.install_snapshot(&meta, format_3_data(entries).into()).unwrap();
         assert_eq!(value_of(&target, b"/x"), Some(b"x-now".to_vec()));
-        assert_eq!(VersionedTree::new(target.as_ref(), 1, 4).get(b"/x").unwrap().unwrap().value, b"x-old");
+        assert_eq!(VersionedTree::new(target.as_ref(), 1, 4).get(b"/x").unwrap().unwrap().value, &b"x-old"[..]);
         assert_eq!(VersionedTree::new(target.as_ref(), 1, 2).get(b"/x").unwrap(), None);
         assert_eq!(value_of(&target, b"/y"), Some(b"y".to_vec()));
-        assert_eq!(VersionedTree::new(target.as_ref(), 1, 1).get(b"/y").unwrap().unwrap().value, b"y", "at stamp 0");
+        assert_eq!(
+            VersionedTree::new(target.as_ref(), 1, 1).get(b"/y").unwrap().unwrap().value,
+            &b"y"[..],
+            "at stamp 0"
+        );
         assert_eq!(target.scan_prefix(&keys::data_prefix()).count(), 0, "no `Data` key is stored");
         let (start, end) = keys::version_bounds(b"", b"");
         let versions =

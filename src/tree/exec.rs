@@ -1,6 +1,8 @@
 //! Deterministic execution of one transaction. See the module docs of
 //! [`crate::tree`].
 
+use bytes::Bytes;
+
 use crate::error::Result;
 use crate::tree::{
     CmpOp, CmpTarget, Compare, KeyRange, KeyValue, Layered, Op, OpResult, Overlay, RangeSpec, Record, TreeRead, Txn,
@@ -62,7 +64,7 @@ fn describe(op: &Op) -> String {
 pub(crate) fn compare_holds(cmp: &Compare, current: Option<&Record>) -> bool {
     use std::cmp::Ordering;
     let ordering = match (&cmp.target, current) {
-        (CmpTarget::Value(want), Some(r)) => r.value.as_slice().cmp(want.as_slice()),
+        (CmpTarget::Value(want), Some(r)) => r.value[..].cmp(want.as_slice()),
         (CmpTarget::Value(_), None) => return false,
         (CmpTarget::Version(want), r) => r.map_or(0, |r| r.version).cmp(want),
         (CmpTarget::Exists(want), r) => {
@@ -88,9 +90,9 @@ fn kv(key: &[u8], record: Record) -> KeyValue {
 }
 
 /// The record written over `prev` with `value`.
-fn next_record(prev: Option<&Record>, value: Vec<u8>, stamp: u64) -> Record {
+fn next_record(prev: Option<&Record>, value: impl Into<Bytes>, stamp: u64) -> Record {
     Record {
-        value,
+        value: value.into(),
         version: prev.map_or(1, |p| p.version + 1),
         create_stamp: prev.map_or(stamp, |p| p.create_stamp),
         mod_stamp: stamp,
@@ -138,8 +140,9 @@ fn apply_op(op: &Op, view: &dyn TreeRead, stamp: u64) -> Result<Result<OpOutput,
             let mut prev = view.get(key)?;
             // The old value is moved into the new one unless it is returned.
             let mut joined = match &mut prev {
-                Some(r) if *prev_kv => r.value.clone(),
-                Some(r) => std::mem::take(&mut r.value),
+                Some(r) if *prev_kv => r.value.to_vec(),
+                // No copy unless the bytes are shared (a cached record).
+                Some(r) => Vec::from(std::mem::take(&mut r.value)),
                 None => Vec::new(),
             };
             joined.extend_from_slice(value);
@@ -215,7 +218,7 @@ mod tests {
     }
 
     fn put(k: &str, v: &str) -> Op {
-        Op::Put { key: k.into(), value: v.into(), prev_kv: false }
+        Op::Put { key: k.into(), value: Bytes::copy_from_slice(v.as_bytes()), prev_kv: false }
     }
 
     fn state(pairs: &[(&str, &str)]) -> Overlay {
@@ -224,7 +227,7 @@ mod tests {
             .map(|(k, v)| {
                 (
                     k.as_bytes().to_vec(),
-                    Some(Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 1, mod_stamp: 1 }),
+                    Some(Record { value: v.as_bytes().to_vec().into(), version: 1, create_stamp: 1, mod_stamp: 1 }),
                 )
             })
             .collect()
@@ -236,10 +239,10 @@ mod tests {
         let cmp = |v: &str| Compare { key: b"/a".to_vec(), op: CmpOp::Equal, target: CmpTarget::Value(v.into()) };
         let (out, ws) = run(&s, txn(vec![cmp("1")], vec![put("/b", "yes")], vec![put("/b", "no")]));
         assert!(matches!(out, TxnOutcome::Done { succeeded: true, .. }));
-        assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, b"yes");
+        assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, &b"yes"[..]);
         let (out, ws) = run(&s, txn(vec![cmp("2")], vec![put("/b", "yes")], vec![put("/b", "no")]));
         assert!(matches!(out, TxnOutcome::Done { succeeded: false, .. }));
-        assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, b"no");
+        assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, &b"no"[..]);
     }
 
     #[test]
@@ -271,13 +274,13 @@ mod tests {
             OpResult::Append {
                 prev: Some(KeyValue {
                     key: b"/a".to_vec(),
-                    record: Record { value: b"x".to_vec(), version: 1, create_stamp: 100, mod_stamp: 100 }
+                    record: Record { value: b"x".to_vec().into(), version: 1, create_stamp: 100, mod_stamp: 100 }
                 }),
                 version: 2
             }
         );
         let OpResult::Get(Some(got)) = &results[2] else { panic!() };
-        assert_eq!(got.record.value, b"xy");
+        assert_eq!(got.record.value, &b"xy"[..]);
         assert_eq!(results[3], OpResult::Increment { value: -2, version: 2 });
         assert_eq!(results[4], OpResult::Delete { deleted: 1 });
         assert_eq!(results[5], OpResult::Get(None));
@@ -289,20 +292,20 @@ mod tests {
         let s = state(&[("/a", "x"), ("/b", "y")]);
         for prev_kv in [false, true] {
             let ops = vec![
-                Op::Put { key: b"/a".to_vec(), value: b"x2".to_vec(), prev_kv },
+                Op::Put { key: b"/a".to_vec(), value: b"x2".to_vec().into(), prev_kv },
                 Op::Append { key: b"/b".to_vec(), value: b"z".to_vec(), prev_kv },
             ];
             let (out, ws) = run(&s, txn(vec![], ops, vec![]));
             let TxnOutcome::Done { results, .. } = out else { panic!("aborted") };
             let old = |key: &[u8], value: &[u8]| {
-                let record = Record { value: value.to_vec(), version: 1, create_stamp: 1, mod_stamp: 1 };
+                let record = Record { value: value.to_vec().into(), version: 1, create_stamp: 1, mod_stamp: 1 };
                 Some(KeyValue { key: key.to_vec(), record }).filter(|_| prev_kv)
             };
             assert_eq!(results[0], OpResult::Put { prev: old(b"/a", b"x"), version: 2 });
             assert_eq!(results[1], OpResult::Append { prev: old(b"/b", b"y"), version: 2 });
             // The writes are the same either way.
-            assert_eq!(ws[&b"/a".to_vec()].as_ref().unwrap().value, b"x2");
-            assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, b"yz");
+            assert_eq!(ws[&b"/a".to_vec()].as_ref().unwrap().value, &b"x2"[..]);
+            assert_eq!(ws[&b"/b".to_vec()].as_ref().unwrap().value, &b"yz"[..]);
         }
     }
 

@@ -197,9 +197,10 @@ mod tests {
     use super::*;
     use crate::tree::{encode_record, encode_version, KeyRange, Record, TreeRead, VersionedTree};
     use arbor_storage::{Memory, ReadView};
+    use bytes::Bytes;
 
     fn rec(value: &str, stamp: u64) -> Record {
-        Record { value: value.into(), version: 2, create_stamp: 1, mod_stamp: stamp }
+        Record { value: Bytes::copy_from_slice(value.as_bytes()), version: 2, create_stamp: 1, mod_stamp: stamp }
     }
 
     fn latest(engine: &Memory) -> Vec<(Vec<u8>, Record)> {
@@ -245,9 +246,9 @@ mod tests {
         assert_eq!(versions.count(), 0, "no `Version` key is left");
         let at = |group, t| VersionedTree::new(&engine, group, t);
         assert_eq!(at(1, 4).get(b"/x").unwrap(), None, "the tombstone at 4");
-        assert_eq!(at(1, 3).get(b"/x").unwrap().unwrap().value, b"x-old");
+        assert_eq!(at(1, 3).get(b"/x").unwrap().unwrap().value, &b"x-old"[..]);
         assert_eq!(at(1, 2).get(b"/x").unwrap(), None);
-        assert_eq!(at(2, 6).get(b"/m/a").unwrap().unwrap().value, b"m-old", "in its group's history");
+        assert_eq!(at(2, 6).get(b"/m/a").unwrap().unwrap().value, &b"m-old"[..], "in its group's history");
         assert!(engine.get(&Key::History(2, 7, 2, b"/m/a").encode()).unwrap().is_some());
         let records = latest(&engine);
         assert_eq!(records.len(), 1 + 1 + 30 + 20);

@@ -65,7 +65,7 @@ mod tests {
     use super::*;
 
     fn rec(v: &str) -> Record {
-        Record { value: v.as_bytes().to_vec(), version: 1, create_stamp: 0, mod_stamp: 0 }
+        Record { value: v.as_bytes().to_vec().into(), version: 1, create_stamp: 0, mod_stamp: 0 }
     }
 
     #[test]
@@ -76,7 +76,7 @@ mod tests {
             .into_iter()
             .map(|(k, v): (&str, Option<&str>)| (k.as_bytes().to_vec(), v.map(rec)));
         let got: Vec<_> = Merged::new(base, overlay)
-            .map(|r| r.map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v.value).unwrap())))
+            .map(|r| r.map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v.value.to_vec()).unwrap())))
             .collect::<Result<_>>()
             .unwrap();
         let want: Vec<_> =

@@ -206,9 +206,10 @@ pub fn vshard_of(key: &[u8], vshards: u32) -> u32 {
 mod tests {
     use super::*;
     use arbor_storage::{Durability, Engine, Memory};
+    use bytes::Bytes;
 
     fn rec(value: &str, stamp: u64) -> Record {
-        Record { value: value.into(), version: 1, create_stamp: stamp, mod_stamp: stamp }
+        Record { value: Bytes::copy_from_slice(value.as_bytes()), version: 1, create_stamp: stamp, mod_stamp: stamp }
     }
 
     /// Writes one epoch of group 1 into `engine` as the state machine does;
@@ -254,7 +255,7 @@ mod tests {
         let view = versioned();
         let latest = VersionedTree::latest(&view);
         assert_eq!(scan_values(&latest, "", ""), ["/a=a50", "/c=c"]);
-        assert_eq!(latest.get(b"/a").unwrap().unwrap().value, b"a50");
+        assert_eq!(latest.get(b"/a").unwrap().unwrap().value, &b"a50"[..]);
         assert_eq!(latest.get(b"/b").unwrap(), None, "deleted");
         assert_eq!(latest.get(b"/d").unwrap(), None);
         assert_eq!(latest.get(b"/e").unwrap(), None, "never written");
@@ -266,7 +267,7 @@ mod tests {
         assert_eq!(scan_values(&at(30), "/b", ""), ["/c=c"]);
         assert_eq!(scan_values(&at(30), "/a", "/c"), ["/a=a30"], "the end is excluded");
         assert_eq!(scan_values(&at(30), "/c", "/a"), Vec::<String>::new(), "an empty range");
-        assert_eq!(at(15).get(b"/b").unwrap().unwrap().value, b"b");
+        assert_eq!(at(15).get(b"/b").unwrap().unwrap().value, &b"b"[..]);
         assert_eq!(at(9).get(b"/b").unwrap(), None);
         assert_eq!(VersionedTree::new(&view, 2, 15).get(b"/a").unwrap(), None, "another group's history");
     }
@@ -284,7 +285,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scan_values(&VersionedTree::latest(&view), "", ""), ["/a=a50", "/c=c"]);
-        assert_eq!(VersionedTree::new(&view, 1, 40).get(b"/c").unwrap().unwrap().value, b"c", "current since 30");
+        assert_eq!(VersionedTree::new(&view, 1, 40).get(b"/c").unwrap().unwrap().value, &b"c"[..], "current since 30");
         assert_eq!(VersionedTree::new(&view, 1, 40).get(b"/a").unwrap(), None, "its history is gone");
     }
 
@@ -301,12 +302,12 @@ mod tests {
         let history = |pos| view.get(&Key::History(1, 60, pos, b"/a").encode()).unwrap().unwrap();
         assert_eq!(stored_position(&history(0)).unwrap(), (50, 0));
         assert_eq!(stored_position(&history(2)).unwrap(), (60, 0));
-        assert_eq!(stored_record(&history(2)).unwrap().unwrap().value, b"first");
-        assert_eq!(VersionedTree::latest(&view).get(b"/a").unwrap().unwrap().value, b"second");
-        assert_eq!(VersionedTree::new(&view, 1, 59).get(b"/a").unwrap().unwrap().value, b"a50");
+        assert_eq!(stored_record(&history(2)).unwrap().unwrap().value, &b"first"[..]);
+        assert_eq!(VersionedTree::latest(&view).get(b"/a").unwrap().unwrap().value, &b"second"[..]);
+        assert_eq!(VersionedTree::new(&view, 1, 59).get(b"/a").unwrap().unwrap().value, &b"a50"[..]);
         let changes: [(&[u8], Option<Record>); 2] = [(b"/c", Some(rec("again", 61))), (b"/c", None)];
         assert_eq!(epoch(&view, 61, &changes), [b"/c".to_vec()], "left deleted");
-        assert_eq!(VersionedTree::new(&view, 1, 60).get(b"/c").unwrap().unwrap().value, b"back");
+        assert_eq!(VersionedTree::new(&view, 1, 60).get(b"/c").unwrap().unwrap().value, &b"back"[..]);
     }
 
     #[test]

@@ -9,13 +9,15 @@
 //! known from the request, so the sequencer can route and lock them before
 //! execution.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// A key's stored state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
+    /// Shared, not copied, when a record is cloned: the executors' cache,
+    /// the epoch's overlays and the answers all hold the same bytes.
+    pub value: Bytes,
     /// 1 on creation, +1 on every modification; a delete removes the record.
     pub version: u64,
     /// HLC stamp of the epoch that created the key.
@@ -99,8 +101,8 @@ pub enum Op {
     Put {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
+        /// Becomes the record's value without a copy.
+        value: Bytes,
         #[serde(default = "returned_prev_before_the_flag")]
         prev_kv: bool,
     },
@@ -211,7 +213,8 @@ impl Txn {
         fn op_bytes(op: &Op) -> usize {
             match op {
                 Op::Get { key } | Op::Delete { key } | Op::Increment { key, .. } => key.len() + 16,
-                Op::Put { key, value, .. } | Op::Append { key, value, .. } => key.len() + value.len() + 16,
+                Op::Put { key, value, .. } => key.len() + value.len() + 16,
+                Op::Append { key, value, .. } => key.len() + value.len() + 16,
                 Op::Range(s) => s.range.start.len() + s.range.end.len() + 16,
                 Op::DeleteRange(r) => r.start.len() + r.end.len() + 16,
             }
@@ -248,14 +251,14 @@ mod tests {
     fn keys_and_values_are_bin_and_old_arrays_still_decode() {
         let value: Vec<u8> = (0..=255).collect();
         // Entries older than `prev_kv` decode with it set, as they behaved.
-        let put = Op::Put { key: b"/k".to_vec(), value: value.clone(), prev_kv: true };
+        let put = Op::Put { key: b"/k".to_vec(), value: value.clone().into(), prev_kv: true };
         let new = rmp_serde::to_vec(&put).unwrap();
         assert!(new.len() < value.len() + 16, "bin encoding: {} bytes for a 256-byte value", new.len());
         let old = rmp_serde::to_vec(&OldOp::Put { key: b"/k".to_vec(), value: value.clone() }).unwrap();
         assert!(old.len() > value.len() + 100, "the old encoding spent a marker per byte");
         assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), put);
         assert_eq!(rmp_serde::from_slice::<Op>(&new).unwrap(), put);
-        let record = Record { value, version: 2, create_stamp: 3, mod_stamp: 4 };
+        let record = Record { value: value.into(), version: 2, create_stamp: 3, mod_stamp: 4 };
         let old = rmp_serde::to_vec(&(record.value.clone(), 2u64, 3u64, 4u64)).unwrap();
         assert_eq!(rmp_serde::from_slice::<Record>(&old).unwrap(), record);
     }
@@ -291,13 +294,13 @@ mod tests {
     fn puts_and_appends_logged_before_prev_kv_still_return_prev() {
         let (key, value) = (b"/k".to_vec(), b"v".to_vec());
         let old = rmp_serde::to_vec(&BeforePrevKv::Put { key: key.clone(), value: value.clone() }).unwrap();
-        let put = Op::Put { key: key.clone(), value: value.clone(), prev_kv: true };
+        let put = Op::Put { key: key.clone(), value: value.clone().into(), prev_kv: true };
         assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), put);
         let old = rmp_serde::to_vec(&BeforePrevKv::Append { key: key.clone(), value: value.clone() }).unwrap();
         let append = Op::Append { key: key.clone(), value: value.clone(), prev_kv: true };
         assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), append);
         for prev_kv in [false, true] {
-            let put = Op::Put { key: key.clone(), value: value.clone(), prev_kv };
+            let put = Op::Put { key: key.clone(), value: value.clone().into(), prev_kv };
             assert_eq!(rmp_serde::from_slice::<Op>(&rmp_serde::to_vec(&put).unwrap()).unwrap(), put);
         }
     }

@@ -7,6 +7,8 @@
 //! the record. A key's current version leads to the one before it: the
 //! `History` key of the same position holds it.
 
+use bytes::Bytes;
+
 use crate::error::{Error, Result};
 use crate::tree::Record;
 
@@ -32,7 +34,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record> {
         return Err(Error::Corruption(format!("bad record encoding ({} bytes)", bytes.len())));
     }
     let u = |i: usize| u64::from_be_bytes(bytes[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
-    Ok(Record { version: u(0), create_stamp: u(1), mod_stamp: u(2), value: bytes[HEADER..].to_vec() })
+    Ok(Record { version: u(0), create_stamp: u(1), mod_stamp: u(2), value: Bytes::copy_from_slice(&bytes[HEADER..]) })
 }
 
 /// A stored version: `0` for a deletion (tombstone), else `1` and the
@@ -135,7 +137,7 @@ mod tests {
 
     #[test]
     fn versions_round_trip() {
-        let r = Record { value: b"v".to_vec(), version: 3, create_stamp: 10, mod_stamp: 20 };
+        let r = Record { value: b"v".to_vec().into(), version: 3, create_stamp: 10, mod_stamp: 20 };
         assert_eq!(decode_version(&encode_version(Some(&r))).unwrap(), Some(r));
         assert_eq!(decode_version(&encode_version(None)).unwrap(), None);
         assert!(decode_version(&[0, 1]).is_err());
@@ -144,7 +146,7 @@ mod tests {
 
     #[test]
     fn stored_versions_round_trip_with_their_position() {
-        let r = Record { value: b"v".to_vec(), version: 3, create_stamp: 10, mod_stamp: 20 };
+        let r = Record { value: b"v".to_vec().into(), version: 3, create_stamp: 10, mod_stamp: 20 };
         let stored = encode_stored(20, 7, Some(&r));
         assert_eq!(stored_position(&stored).unwrap(), (20, 7));
         assert_eq!(stored_record(&stored).unwrap(), Some(r.clone()));
@@ -161,7 +163,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_reject_garbage() {
-        let r = Record { value: b"v".to_vec(), version: 3, create_stamp: 10, mod_stamp: 20 };
+        let r = Record { value: b"v".to_vec().into(), version: 3, create_stamp: 10, mod_stamp: 20 };
         assert_eq!(decode_record(&encode_record(&r)).unwrap(), r);
         assert!(decode_record(b"\x01short").is_err());
         let mut bad = encode_record(&r);

@@ -352,7 +352,7 @@ pub fn data_of(dir: &Path) -> BTreeMap<Vec<u8>, arbor::tree::Record> {
 
 /// The values of `records`.
 pub fn values(records: &BTreeMap<Vec<u8>, arbor::tree::Record>) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    records.iter().map(|(k, r)| (k.clone(), r.value.clone())).collect()
+    records.iter().map(|(k, r)| (k.clone(), r.value.to_vec())).collect()
 }
 
 /// One group's replicated state on a stopped node, read from its RocksDB:
