@@ -181,7 +181,6 @@ impl StorageConfig {
             background_write_bytes_per_sec: self.background_write_bytes_per_sec,
             direct_background_writes: self.direct_background_writes,
             own_column_families: vec![crate::keys::raft_log_keys(), crate::keys::history_keys()],
-            key_prefix: Some(crate::keys::version_user_key_prefix()),
         }
     }
 }

@@ -244,37 +244,6 @@ pub fn version_prefix(key: &[u8]) -> Vec<u8> {
     Encoder::new().u8(VERSION).bytes(key).finish()
 }
 
-/// The length of the [`version_prefix`] an encoded `Version` key (or a
-/// prefix of one that holds its whole user key) starts with.
-fn version_prefix_len(key: &[u8]) -> Option<usize> {
-    if key.first() != Some(&VERSION) {
-        return None;
-    }
-    // The user key is escaped (0 as 0 0xff) and ends with 0 0.
-    let mut i = 1;
-    while i + 1 < key.len() {
-        match (key[i], key[i + 1]) {
-            (0, 0) => return Some(i + 2),
-            (0, 0xff) => i += 2,
-            (0, _) => return None,
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// RocksDB's prefix extractor for Arbor's keys: a `Version` key's prefix is
-/// its user key's [`version_prefix`], so a point read of a key's newest
-/// version skips the files that hold no version of it. No other key has a
-/// prefix.
-pub fn version_user_key_prefix() -> arbor_storage::KeyPrefix {
-    arbor_storage::KeyPrefix {
-        name: "arbor.version-user-key.v1",
-        in_domain: |key| version_prefix_len(key).is_some(),
-        of: |key| &key[..version_prefix_len(key).expect("a key in the domain")],
-    }
-}
-
 /// `(user key, stamp, pos)` of an encoded `Version` key.
 pub fn decode_version(key: &[u8]) -> Result<(Vec<u8>, u64, u64), DecodeError> {
     let mut d = tagged(key, VERSION, "not a version key")?;
@@ -365,25 +334,6 @@ mod tests {
         let next = arbor_storage::prefix_end(&version_prefix(b"/a")).unwrap();
         assert!(keys[2].encode() < next && next <= keys[3].encode(), "the next user key's versions start after");
         assert!(Key::Data(b"\xff\xff").encode() < version_bounds(b"", b"").0, "data and versions do not overlap");
-    }
-
-    #[test]
-    fn a_version_key_prefix_is_its_user_key() {
-        let prefix = version_user_key_prefix();
-        for user in [&b"/a"[..], b"", b"/with\0zero", b"\0", b"/a\xff\0\xff"] {
-            let p = version_prefix(user);
-            for key in [Key::Version(user, 7, 1).encode(), Key::Version(user, u64::MAX, 0).encode(), p.clone()] {
-                assert!((prefix.in_domain)(&key), "{key:?}");
-                assert_eq!((prefix.of)(&key), p.as_slice(), "{key:?}");
-            }
-        }
-        for other in
-            [Key::Data(b"/a").encode(), Key::RaftLog(1, 2).encode(), vec![VERSION], vec![VERSION, 1, 0], vec![]]
-        {
-            assert!(!(prefix.in_domain)(&other), "{other:?}");
-        }
-        let (_, all) = version_bounds(b"", b"");
-        assert!(!(prefix.in_domain)(&all), "a scan to the end of the versions spans prefixes");
     }
 
     #[test]

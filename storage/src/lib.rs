@@ -17,4 +17,4 @@ pub use engine::{
     prefix_end, BatchOp, Cursor, Direction, Durability, Engine, Error, ReadView, Result, ScanIter, WriteBatch,
 };
 pub use memory::Memory;
-pub use rocks::{KeyPrefix, KeyRange, Rocks, RocksOptions};
+pub use rocks::{KeyRange, Rocks, RocksOptions};

@@ -49,25 +49,6 @@ pub struct RocksOptions {
     /// and gains the ones asked for: the keys of a new range are moved into
     /// its family when the database is opened.
     pub own_column_families: Vec<KeyRange>,
-    /// How the default family's keys group under prefixes, for bloom
-    /// filters per prefix: a cursor whose whole range shares one prefix
-    /// then skips every memtable and file without it, as a point read
-    /// skips those without its key. Every other read seeks in total order.
-    pub key_prefix: Option<KeyPrefix>,
-}
-
-/// A RocksDB prefix extractor: which keys have a prefix, and what it is.
-/// The keys sharing a prefix must be contiguous, and a prefix must be its
-/// own prefix.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyPrefix {
-    /// Recorded in every file written with it: files written with another
-    /// name, or none, are read without their prefix filters.
-    pub name: &'static str,
-    /// Whether `key` has a prefix.
-    pub in_domain: fn(&[u8]) -> bool,
-    /// The prefix of a key in the domain.
-    pub of: fn(&[u8]) -> &[u8],
 }
 
 /// The keys `start..end` (end excluded).
@@ -120,7 +101,6 @@ impl Default for RocksOptions {
             background_write_bytes_per_sec: 0,
             direct_background_writes: true,
             own_column_families: Vec::new(),
-            key_prefix: None,
         }
     }
 }
@@ -130,7 +110,6 @@ pub struct Rocks {
     db: DB,
     layout: Layout,
     direct_background_writes: bool,
-    key_prefix: Option<KeyPrefix>,
 }
 
 fn map_err(e: rocksdb::Error) -> Error {
@@ -173,7 +152,7 @@ impl Rocks {
             .map(|(_, name)| ColumnFamilyDescriptor::new(name, family_options(options, &cache, false)));
         let families = std::iter::once(ColumnFamilyDescriptor::new(DEFAULT_FAMILY, opts.clone())).chain(own);
         let db = DB::open_cf_descriptors(&opts, path, families).map_err(map_err)?;
-        let rocks = Self { db, layout, direct_background_writes, key_prefix: options.key_prefix };
+        let rocks = Self { db, layout, direct_background_writes };
         rocks.move_into_own_families()?;
         Ok(rocks)
     }
@@ -188,7 +167,7 @@ impl Rocks {
         for (range, name) in &self.layout.own {
             let family = self.family(name);
             loop {
-                let ro = bounded_reads(range.start.clone(), Some(range.end.clone()), false);
+                let ro = bounded_reads(range.start.clone(), Some(range.end.clone()));
                 let mut batch = rocksdb::WriteBatch::default();
                 let (mut bytes, mut last) = (0, None);
                 for item in self.db.iterator_cf_opt(default, ro, IteratorMode::Start) {
@@ -259,7 +238,7 @@ impl Rocks {
         let pieces = self.pieces(&start, &end, direction);
         to_iter(pieces.into_iter().flat_map(move |piece| {
             let family = self.family(piece.family);
-            open(family, bounded_reads(piece.lo, piece.hi, false), mode(direction))
+            open(family, bounded_reads(piece.lo, piece.hi), mode(direction))
         }))
     }
 
@@ -276,14 +255,6 @@ impl Rocks {
             _ => self.layout.pieces(start, end),
         };
         Box::new(RocksCursor { rocks: self, pieces, at: 0, iter: None, open: Box::new(open) })
-    }
-
-    /// Whether every key of `piece` has the same prefix: its bounds have
-    /// (the keys sharing a prefix are contiguous).
-    fn one_prefix(&self, piece: &Piece) -> bool {
-        let (Some(prefix), Some(hi)) = (self.key_prefix, piece.hi.as_deref()) else { return false };
-        let lo = piece.lo.as_slice();
-        (prefix.in_domain)(lo) && (prefix.in_domain)(hi) && (prefix.of)(lo) == (prefix.of)(hi)
     }
 
     /// Whether flushes and compactions write with `O_DIRECT`: asked for in
@@ -346,9 +317,6 @@ fn family_options(options: &RocksOptions, cache: &rocksdb::Cache, compressed: bo
         // searching the skip list.
         opts.set_memtable_whole_key_filtering(true);
         opts.set_memtable_prefix_bloom_ratio(0.05);
-        if let Some(prefix) = options.key_prefix {
-            opts.set_prefix_extractor(rocksdb::SliceTransform::create(prefix.name, prefix.of, Some(prefix.in_domain)));
-        }
     } else {
         opts.set_compression_type(Plain);
         opts.set_bottommost_compression_type(Plain);
@@ -486,21 +454,12 @@ fn empty_range(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
     }
 }
 
-/// Reads of the keys `lo..hi` (`hi` `None`: to the end). With
-/// `one_prefix`, they stay within the prefix of the key they seek, and
-/// skip the memtables and files whose filters lack it. Otherwise they seek
-/// in total order: with a prefix extractor, RocksDB's default is to filter
-/// by the prefix of the sought key even when the range spans others.
-fn bounded_reads(lo: Vec<u8>, hi: Option<Vec<u8>>, one_prefix: bool) -> ReadOptions {
+/// Reads of the keys `lo..hi` (`hi` `None`: to the end).
+fn bounded_reads(lo: Vec<u8>, hi: Option<Vec<u8>>) -> ReadOptions {
     let mut ro = ReadOptions::default();
     ro.set_iterate_lower_bound(lo);
     if let Some(hi) = hi {
         ro.set_iterate_upper_bound(hi);
-    }
-    if one_prefix {
-        ro.set_prefix_same_as_start(true);
-    } else {
-        ro.set_total_order_seek(true);
     }
     ro
 }
@@ -627,8 +586,7 @@ impl<'a> RocksCursor<'a> {
     /// An iterator bounded to piece `i`.
     fn open_piece(&self, i: usize) -> DBRawIterator<'a> {
         let piece = &self.pieces[i];
-        let one_prefix = self.pieces.len() == 1 && piece.family == DEFAULT_FAMILY && self.rocks.one_prefix(piece);
-        let ro = bounded_reads(piece.lo.clone(), piece.hi.clone(), one_prefix);
+        let ro = bounded_reads(piece.lo.clone(), piece.hi.clone());
         (self.open)(self.rocks.family(piece.family), ro)
     }
 
@@ -771,57 +729,6 @@ mod tests {
             range(b"\xff", b"\xff\xff\x00"),
         ];
         RocksOptions { own_column_families, ..RocksOptions::default() }
-    }
-
-    /// Keys of two bytes or more are grouped by their first two.
-    fn two_byte_prefixes() -> RocksOptions {
-        let key_prefix = KeyPrefix { name: "test.first-two-bytes", in_domain: |k| k.len() >= 2, of: |k| &k[..2] };
-        RocksOptions { key_prefix: Some(key_prefix), ..split_options() }
-    }
-
-    #[test]
-    fn conformance_with_a_key_prefix() {
-        conformance_with(two_byte_prefixes());
-    }
-
-    /// A scan or cursor that starts in one prefix and spans others must not
-    /// skip the files lacking the first one (RocksDB's default with a
-    /// prefix extractor); a cursor within one prefix finds its keys in
-    /// files and memtables alike.
-    #[test]
-    fn reads_across_prefixes_see_files_without_the_first_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Rocks::open(dir.path(), &two_byte_prefixes()).unwrap();
-        for key in [&b"ab1"[..], b"ab2", b"ac1", b"ad1"] {
-            let mut b = WriteBatch::new();
-            b.put(key.to_vec(), key.to_vec());
-            db.write(b, Durability::Sync).unwrap();
-            db.flush().unwrap();
-        }
-        let mut b = WriteBatch::new();
-        b.put(b"ab3".to_vec(), b"ab3".to_vec());
-        db.write(b, Durability::Sync).unwrap();
-        let scanned: Vec<Vec<u8>> = db
-            .scan(Bound::Included(b"aa".to_vec()), Bound::Unbounded, Direction::Forward)
-            .map(|kv| kv.unwrap().0)
-            .collect();
-        assert_eq!(scanned, [&b"ab1"[..], b"ab2", b"ab3", b"ac1", b"ad1"]);
-        let mut across = db.cursor(b"aa".to_vec(), Some(b"ae".to_vec()));
-        across.seek(b"aa").unwrap();
-        assert_eq!(across.current().map(|(k, _)| k.to_vec()), Some(b"ab1".to_vec()));
-        across.seek(b"ac").unwrap();
-        assert_eq!(across.current().map(|(k, _)| k.to_vec()), Some(b"ac1".to_vec()));
-        let mut within = db.cursor(b"ab".to_vec(), Some(b"ab\xff".to_vec()));
-        let mut found = Vec::new();
-        within.seek(b"ab").unwrap();
-        while let Some((k, _)) = within.current() {
-            found.push(k.to_vec());
-            within.next().unwrap();
-        }
-        assert_eq!(found, [&b"ab1"[..], b"ab2", b"ab3"], "from two files and the memtable");
-        let mut absent = db.cursor(b"aa".to_vec(), Some(b"aa\xff".to_vec()));
-        absent.seek(b"aa").unwrap();
-        assert!(absent.current().is_none());
     }
 
     #[test]
