@@ -3,7 +3,8 @@
 //!
 //! Keys and values are encoded as MessagePack `bin` (`serde_bytes`), not as
 //! arrays of integers: one copy instead of a marker per byte. Entries written
-//! before that (arrays) still decode: `serde_bytes` accepts both.
+//! before that (arrays) still decode: `serde_bytes` accepts both, and so
+//! does `Bytes` (values, which records and puts share instead of copying).
 //!
 //! Transactions are one-shot (Calvin style): every key they may touch is
 //! known from the request, so the sequencer can route and lock them before
@@ -259,7 +260,8 @@ mod tests {
         assert_eq!(rmp_serde::from_slice::<Op>(&old).unwrap(), put);
         assert_eq!(rmp_serde::from_slice::<Op>(&new).unwrap(), put);
         let record = Record { value: value.into(), version: 2, create_stamp: 3, mod_stamp: 4 };
-        let old = rmp_serde::to_vec(&(record.value.clone(), 2u64, 3u64, 4u64)).unwrap();
+        // A `Vec<u8>` serializes as an array of integers: the old encoding.
+        let old = rmp_serde::to_vec(&(record.value.to_vec(), 2u64, 3u64, 4u64)).unwrap();
         assert_eq!(rmp_serde::from_slice::<Record>(&old).unwrap(), record);
     }
 
