@@ -20,7 +20,7 @@ use crate::keys::Key;
 use crate::raft::eager::EagerReplication;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{GroupNetwork, Peers, TimeoutNow};
-use crate::raft::read_index::ReadBarrier;
+use crate::raft::read_index::{confirm_leadership, ReadBarrier, ReadIndexError};
 use crate::raft::snapshot_policy::{LogGrowth, SnapshotPolicy};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::{NodeId, Raft};
@@ -70,11 +70,6 @@ pub struct Group {
     /// Linearizable reads share read-index rounds through this.
     read_barrier: ReadBarrier<ReadIndexError>,
 }
-
-/// Why a read-index round failed (openraft's error, shared by every read of
-/// the round).
-type ReadIndexError =
-    openraft::error::RaftError<NodeId, openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>;
 
 /// How long a leader transfer waits for the target to hold the leader's
 /// whole log before it is refused.
@@ -341,10 +336,11 @@ impl Node {
                 "group started"
             );
             let read_barrier = ReadBarrier::spawn({
-                let raft = raft.clone();
+                let (raft, peers, group, me) = (raft.clone(), peers.clone(), range.group, config.node_id);
+                let ttl = Duration::from_millis(config.raft.heartbeat_ms);
                 move || {
-                    let raft = raft.clone();
-                    async move { raft.ensure_linearizable().await.map(|_| ()) }
+                    let (raft, peers) = (raft.clone(), peers.clone());
+                    async move { confirm_leadership(&raft, &peers, group, me, ttl).await }
                 }
             });
             let group = Group {
@@ -368,6 +364,11 @@ impl Node {
 
     pub fn node_id(&self) -> NodeId {
         self.meta.node_id
+    }
+
+    /// This node's links to its peers, shared by its groups.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Refuses a snapshot chunk of `bytes` for `group` that would leave less
@@ -442,15 +443,12 @@ impl Node {
             ReadMode::Linearizable => {
                 let round = group.read_barrier.wait().await;
                 let round = round.ok_or_else(|| Error::Unavailable(format!("group {g} is shutting down")))?;
-                if let Err(e) = round {
-                    return Err(match e.forward_to_leader() {
-                        Some(f) => Error::NotLeader {
-                            group: g,
-                            leader: f.leader_id,
-                            leader_addr: f.leader_node.clone().map(|n| n.addr),
-                        },
-                        None => Error::Unavailable(format!("group {g}: {e}")),
-                    });
+                match round {
+                    Ok(()) => {}
+                    Err(ReadIndexError::NotLeader { leader, leader_addr }) => {
+                        return Err(Error::NotLeader { group: g, leader, leader_addr })
+                    }
+                    Err(ReadIndexError::Unavailable(why)) => return Err(Error::Unavailable(why)),
                 }
             }
             ReadMode::SnapshotAt(t) => self.wait_closed(group, t, timeout).await?,

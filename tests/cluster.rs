@@ -107,6 +107,72 @@ async fn writes_replicate_and_survive_leader_loss_and_full_restart() {
     assert_eq!(client.get("/t/after").await.unwrap().unwrap().value, b"x");
 }
 
+/// Commit notices (`arbor::raft::commit_notice`): under a write load the
+/// leader answers the AppendEntries that only carry a commit index itself,
+/// and an idle follower still learns the last commit at once, not at the
+/// next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_learn_each_commit_though_the_leader_answers_commit_notices() {
+    // Heartbeats every 4 s (a notice is answered up to 2 s after the
+    // follower's last acceptance) and no empty epochs: only the notice the
+    // leader still owes can tell an idle follower of the last commit within
+    // the 1.5 s allowed below.
+    let config = "[raft]\nheartbeat_ms = 4000\nelection_timeout_min_ms = 10000\nelection_timeout_max_ms = 12000\n\
+                  [reads]\nclose_interval_ms = 0\n";
+    let c = Cluster::start_with_config(3, config, &[]);
+    let leader = c.wait_for_leader(1).await;
+    let client = c.client();
+
+    phase("eight writers, 40 puts each: the leader answers commit notices itself");
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = c.client();
+            tokio::spawn(async move { put_numbered(&client, 40, |i| format!("/n/w{w}/k{i:02}")).await })
+        })
+        .collect();
+    let mut last_index = 0;
+    for w in writers {
+        last_index = last_index.max(w.await.unwrap());
+    }
+    c.wait_applied(1, last_index).await;
+    for i in 0..3 {
+        let answered = c.group_status(i, 1).await.unwrap().commit_notices_answered;
+        if c.nodes[i].id == leader {
+            assert!(answered > 0, "the leader answered no commit notice in 320 writes");
+        } else {
+            assert_eq!(answered, 0, "node {} is a follower", c.nodes[i].id);
+        }
+    }
+
+    phase("one write at a time on an idle group: every follower applies it within 1.5 s");
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = client.put(format!("/n/idle{round}"), "x").await.unwrap();
+        let index = r.header.unwrap().log_index;
+        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+        for i in 0..3 {
+            loop {
+                let applied = c.group_status(i, 1).await.map_or(0, |g| g.applied_index);
+                if applied >= index {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node {} applied {applied} < {index} 1.5 s after the write (round {round})",
+                    c.nodes[i].id
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    phase("linearizable reads still see every write");
+    for round in 0..3 {
+        assert_eq!(client.get(format!("/n/idle{round}")).await.unwrap().unwrap().value, b"x");
+    }
+    assert_eq!(client.scan("/n/w", 0).await.unwrap().kvs.len(), 320);
+}
+
 /// The name of the Raft log's column family (`keys::raft_log_keys`).
 const LOG_FAMILY: &str = "keys-05-06";
 

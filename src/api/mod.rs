@@ -269,6 +269,7 @@ impl Cluster for ClusterService {
                     snapshots_installed: g.snapshots_installed.load(std::sync::atomic::Ordering::Relaxed),
                     eager_appends: g.eager.as_ref().map_or(0, |e| e.sent()),
                     eager_answers: g.eager.as_ref().map_or(0, |e| e.answered()),
+                    commit_notices_answered: self.node.peers().commit_notices().answered(g.range.group),
                     closed_stamp: g.shared.stamp.load(std::sync::atomic::Ordering::Acquire),
                     gc_horizon: g.shared.gc_horizon.load(std::sync::atomic::Ordering::Acquire),
                 }

@@ -426,6 +426,7 @@ async fn cluster_status(client: &Client, endpoints: &[String], json: bool) -> Re
                         "learners": g.learners, "log_entries": g.log_entries, "log_bytes": g.log_bytes,
                         "vshard_lag": g.vshard_lag, "snapshots_installed": g.snapshots_installed,
                         "eager_appends": g.eager_appends, "eager_answers": g.eager_answers,
+                        "commit_notices_answered": g.commit_notices_answered,
                         "closed_stamp": g.closed_stamp, "gc_horizon": g.gc_horizon, "fault": g.fault,
                     })).collect::<Vec<_>>(),
                 })

@@ -46,6 +46,7 @@ use openraft::{BasicNode, OptionalSend, Snapshot, Vote};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::raft::commit_notice::{CommitNotices, Notice, OWED_DELAY};
 use crate::raft::eager::EagerReplies;
 use crate::raft::{NodeId, TypeConfig};
 
@@ -65,6 +66,8 @@ pub struct Peers {
     heartbeat: Duration,
     /// Replies to eager AppendEntries, for the replication streams.
     eager_replies: EagerReplies,
+    /// Commit notices answered here ([`crate::raft::commit_notice`]).
+    commit_notices: CommitNotices,
 }
 
 /// The payload of a `TimeoutNow` request: "campaign now", from the leader
@@ -104,6 +107,7 @@ impl Peers {
             paused: Mutex::new(HashSet::new()),
             heartbeat,
             eager_replies: EagerReplies::default(),
+            commit_notices: CommitNotices::new(heartbeat / 2),
         })
     }
 
@@ -162,6 +166,11 @@ impl Peers {
     /// The eager AppendEntries sent and their replies ([`crate::raft::eager`]).
     pub fn eager_replies(&self) -> &EagerReplies {
         &self.eager_replies
+    }
+
+    /// The commit notices this node answers for its followers.
+    pub fn commit_notices(&self) -> &CommitNotices {
+        &self.commit_notices
     }
 
     /// The channel to `id` at `addr` (reconnecting if its address changed).
@@ -377,7 +386,23 @@ impl PeerConnection {
             let e = TransportError(format!("group {} holds back AppendEntries during a leader transfer", self.group));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         }
-        self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
+        self.peers.commit_notices.telling(self.group, &rpc);
+        let reply = self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await;
+        if let Ok(AppendEntriesResponse::Success) = reply {
+            self.peers.commit_notices.accepted(self.group, self.target, &rpc, Instant::now());
+        }
+        reply
+    }
+
+    /// Sends the commit notice still owed to the follower after
+    /// [`OWED_DELAY`], unless a real request carried its commit index
+    /// meanwhile (see [`crate::raft::commit_notice`]).
+    async fn deliver_owed(mut self) {
+        tokio::time::sleep(OWED_DELAY).await;
+        let Some(notice) = self.peers.commit_notices.take_owed(self.group, self.target) else { return };
+        if let Err(e) = self.send_append_entries(notice, RPCOption::new(self.peers.heartbeat)).await {
+            tracing::debug!(group = self.group, target = self.target, error = %e, "an owed commit notice failed");
+        }
     }
 }
 
@@ -392,6 +417,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let eager = &self.peers.eager_replies;
         if let Some(reply) = eager.claim(self.group, self.target, &rpc) {
             if eager.accepted(self.group, reply, option.soft_ttl()).await {
+                return Ok(AppendEntriesResponse::Success);
+            }
+        }
+        // A commit notice to a follower that keeps receiving entries is
+        // answered here (see `crate::raft::commit_notice`).
+        if !self.peers.replication_paused(self.group) {
+            if let Notice::Answer { owe } =
+                self.peers.commit_notices.answer(self.group, self.target, &rpc, Instant::now())
+            {
+                if owe {
+                    tokio::spawn(self.clone().deliver_owed());
+                }
                 return Ok(AppendEntriesResponse::Success);
             }
         }
