@@ -48,7 +48,7 @@ use openraft::Vote;
 use tokio::sync::watch;
 
 use crate::raft::network::{GroupNetwork, Peers};
-use crate::raft::{Entry, LogId, Metrics, NodeId, TypeConfig};
+use crate::raft::{other_voters, Entry, LogId, Metrics, NodeId, TypeConfig};
 
 /// How long an eager AppendEntries may take before it is abandoned (the
 /// replication stream delivers the entry anyway).
@@ -261,15 +261,7 @@ impl EagerSink for EagerReplication {
 
     fn send(&self, req: AppendEntriesRequest<TypeConfig>) {
         let Some(metrics) = self.metrics.get() else { return };
-        let targets: Vec<_> = {
-            let m = metrics.borrow();
-            let membership = m.membership_config.membership();
-            membership
-                .voter_ids()
-                .filter(|id| *id != self.me)
-                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
-                .collect()
-        };
+        let targets = other_voters(metrics.borrow().membership_config.membership(), self.me);
         for (target, node) in targets {
             // One at a time per follower: a follower that does not answer
             // (partitioned, paused) holds at most one request, not one per

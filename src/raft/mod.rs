@@ -57,6 +57,19 @@ pub type Metrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 /// membership.
 pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>;
 
+/// The voters of `membership` other than `me`, with their addresses: the
+/// followers a leader sends to.
+pub fn other_voters(
+    membership: &openraft::Membership<NodeId, openraft::BasicNode>,
+    me: NodeId,
+) -> Vec<(NodeId, openraft::BasicNode)> {
+    membership
+        .voter_ids()
+        .filter(|id| *id != me)
+        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+        .collect()
+}
+
 /// Wraps a node failure as openraft's storage error (which stops the group).
 pub fn storage_error(e: impl std::fmt::Display, verb: openraft::ErrorVerb) -> StorageError {
     openraft::StorageIOError::new(openraft::ErrorSubject::Store, verb, openraft::AnyError::error(e.to_string())).into()

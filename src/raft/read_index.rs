@@ -57,7 +57,7 @@ use openraft::Vote;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::network::{GroupNetwork, Peers};
-use crate::raft::{Metrics, NodeId, Raft};
+use crate::raft::{other_voters, Metrics, NodeId, Raft};
 
 type Waiter<E> = oneshot::Sender<Result<(), E>>;
 
@@ -148,11 +148,7 @@ pub async fn confirm_leadership(
             return Err(not_leader(&m));
         }
         let membership = m.membership_config.membership();
-        let followers: Vec<_> = membership
-            .voter_ids()
-            .filter(|id| *id != me)
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
-            .collect();
+        let followers = other_voters(membership, me);
         // A leader's vote is committed (a quorum granted it), though the
         // metrics may still show it as it was before being saved so.
         let vote = Vote::new_committed(m.vote.leader_id().get_term(), me);
