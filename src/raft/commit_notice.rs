@@ -89,22 +89,23 @@ struct Link {
 pub struct CommitNotices {
     window: Duration,
     links: Mutex<HashMap<(u64, NodeId), Link>>,
-    /// Notices answered here, per group.
-    answered: Mutex<HashMap<u64, u64>>,
-    /// The highest commit index sent to any follower, per group.
-    told: Mutex<HashMap<u64, u64>>,
+    groups: Mutex<HashMap<u64, Tally>>,
+}
+
+/// What a group's leader told its followers, since this node started.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    /// Notices answered here.
+    answered: u64,
+    /// The highest commit index sent to any follower.
+    told: u64,
 }
 
 impl CommitNotices {
     /// `window`: how recently the follower must have accepted a real
     /// request for a notice to be answered here.
     pub fn new(window: Duration) -> Self {
-        Self {
-            window,
-            links: Mutex::new(HashMap::new()),
-            answered: Mutex::new(HashMap::new()),
-            told: Mutex::new(HashMap::new()),
-        }
+        Self { window, links: Mutex::new(HashMap::new()), groups: Mutex::new(HashMap::new()) }
     }
 
     /// Records that `target` accepted `req` (a real AppendEntries of
@@ -152,7 +153,7 @@ impl CommitNotices {
         let owe = !link.delivering;
         link.delivering = true;
         drop(links);
-        *self.answered.lock().unwrap_or_else(|e| e.into_inner()).entry(group).or_default() += 1;
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).entry(group).or_default().answered += 1;
         Notice::Answer { owe }
     }
 
@@ -169,21 +170,25 @@ impl CommitNotices {
     /// its commit index.
     pub fn telling(&self, group: u64, req: &AppendEntriesRequest<TypeConfig>) {
         let Some(commit) = req.leader_commit else { return };
-        let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
-        let highest = told.entry(group).or_default();
-        *highest = (*highest).max(commit.index);
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let tally = groups.entry(group).or_default();
+        tally.told = tally.told.max(commit.index);
     }
 
     /// The highest commit index this node sent any follower of `group`: a
     /// follower may have applied up to it (the read barrier waits for it,
     /// see [`crate::raft::read_index`]).
     pub fn told(&self, group: u64) -> u64 {
-        self.told.lock().unwrap_or_else(|e| e.into_inner()).get(&group).copied().unwrap_or(0)
+        self.tally(group).told
     }
 
     /// How many of `group`'s notices this node answered itself.
     pub fn answered(&self, group: u64) -> u64 {
-        self.answered.lock().unwrap_or_else(|e| e.into_inner()).get(&group).copied().unwrap_or(0)
+        self.tally(group).answered
+    }
+
+    fn tally(&self, group: u64) -> Tally {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).get(&group).copied().unwrap_or_default()
     }
 }
 
