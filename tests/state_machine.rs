@@ -3,16 +3,18 @@
 //! from the past stop the replica; redelivered entries are skipped; a
 //! restarted replica resumes where it stopped.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use arbor::hlc::{Hlc, ManualClock};
+use arbor::keys::Key;
 use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
 use arbor::sequencer::apply::HISTORY_GC_INTERVAL;
 use arbor::sequencer::driver::{epoch_number, Waiting};
 use arbor::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
 use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, TreeRead, Txn, VersionedTree};
-use arbor_storage::{Durability, Engine, Memory, ReadView};
+use arbor_storage::{BatchOp, Cursor, Direction, Durability, Engine, Memory, ReadView, ScanIter, WriteBatch};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -256,13 +258,110 @@ fn version_gc_keeps_an_overwrite_heavy_load_bounded() {
     assert_eq!(horizon.get(b"/hot/3").unwrap().unwrap().value, &b"1995"[..]);
 }
 
+/// An in-memory engine that keeps every range deletion written to it.
+#[derive(Default)]
+struct RangeDeletions {
+    inner: Memory,
+    seen: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl RangeDeletions {
+    fn take(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl ReadView for RangeDeletions {
+    fn get(&self, key: &[u8]) -> arbor_storage::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
+        self.inner.scan(start, end, direction)
+    }
+    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
+        self.inner.cursor(start, end)
+    }
+}
+
+impl Engine for RangeDeletions {
+    fn write(&self, batch: WriteBatch, durability: Durability) -> arbor_storage::Result<()> {
+        let ranges = batch.ops().iter().filter_map(|op| match op {
+            BatchOp::DeleteRange(start, end) => Some((start.clone(), end.clone())),
+            _ => None,
+        });
+        self.seen.lock().unwrap().extend(ranges);
+        self.inner.write(batch, durability)
+    }
+    fn flush(&self) -> arbor_storage::Result<()> {
+        self.inner.flush()
+    }
+    fn snapshot(&self) -> Box<dyn ReadView + '_> {
+        self.inner.snapshot()
+    }
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> arbor_storage::Result<u64> {
+        self.inner.approximate_size(start, end)
+    }
+    fn locate(&self, key: &[u8]) -> String {
+        self.inner.locate(key)
+    }
+}
+
+/// The history is deleted by range from its first version at or below the
+/// horizon, and not at all while there is none: a range deletion reaching
+/// down to the front of the history would make RocksDB rewrite all of it at
+/// each compaction (docs/BENCHMARKS.md, item 46).
+#[test]
+fn history_is_deleted_from_its_first_version_below_the_horizon_and_only_if_there_is_one() {
+    let engine = Arc::new(RangeDeletions::default());
+    let mut sm = open(engine.clone(), 4);
+    let history_of = |key: &[u8]| key.starts_with(&arbor::keys::history_prefix(1));
+    let mut apply = |index: u64, gc_before: u64| {
+        let stamp = 1_000 + index;
+        let txns = vec![put_txn("/hot".into(), index)];
+        let batch = EpochBatch { epoch: epoch_number(1, index), stamp, txns, gc_before };
+        sm.apply(entry(1, index, &batch)).unwrap();
+    };
+    // A horizon below every version: nothing to delete, no deletion.
+    for index in 1..=HISTORY_GC_INTERVAL {
+        apply(index, 500);
+    }
+    let ranges: Vec<_> = engine.take().into_iter().filter(|(start, _)| history_of(start)).collect();
+    assert_eq!(ranges, vec![], "no range deletion while nothing is at or below the horizon");
+
+    // The horizon passes the first half of the versions superseded so far:
+    // the deletion starts at the first of them, the one superseded at
+    // stamp 1_002 (the first write created the key, the second superseded it).
+    let horizon = 1_000 + HISTORY_GC_INTERVAL / 2;
+    for index in HISTORY_GC_INTERVAL + 1..=2 * HISTORY_GC_INTERVAL {
+        apply(index, horizon);
+    }
+    let ranges = engine.take();
+    let first = Key::History(1, 1_002, 0, b"/hot").encode();
+    assert_eq!(ranges, vec![(first, arbor::keys::history_after(1, horizon))]);
+    let history = |engine: &RangeDeletions| dump(engine).into_iter().filter(|(k, _)| history_of(k)).count();
+    let kept = history(&engine);
+    // Superseded at stamps 1_002..=1_000 + 2 * INTERVAL; those up to the
+    // horizon are gone.
+    assert_eq!(kept as u64, 2 * HISTORY_GC_INTERVAL - (HISTORY_GC_INTERVAL / 2));
+
+    // The next deletion starts where the last one ended, not at the front.
+    let horizon = 1_000 + HISTORY_GC_INTERVAL;
+    for index in 2 * HISTORY_GC_INTERVAL + 1..=3 * HISTORY_GC_INTERVAL {
+        apply(index, horizon);
+    }
+    let ranges = engine.take();
+    let first = Key::History(1, 1_000 + HISTORY_GC_INTERVAL / 2 + 1, 0, b"/hot").encode();
+    assert_eq!(ranges, vec![(first, arbor::keys::history_after(1, horizon))]);
+    let at_horizon = VersionedTree::new(engine.as_ref(), 1, horizon);
+    assert_eq!(at_horizon.get(b"/hot").unwrap().unwrap().value, HISTORY_GC_INTERVAL.to_string().as_bytes());
+}
+
 /// Data dirs written before the per-epoch index lists hold one `VersionGc`
 /// entry per key and one `DedupExpiry` entry per request id, with empty
 /// values: they are still collected. (Their versions were converted into
 /// current versions and history as the node opened.)
 #[test]
 fn per_key_index_entries_of_older_data_dirs_are_still_collected() {
-    use arbor::keys::Key;
     use arbor::tree::encode_stored;
     let engine: Arc<Memory> = Arc::new(Memory::new());
     let record =

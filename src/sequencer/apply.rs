@@ -46,7 +46,9 @@
 //! superseded at or below it; the group's history is written in stamp
 //! order, so everything up to the horizon is one range at its front, deleted
 //! with one range deletion every [`HISTORY_GC_INTERVAL`] log entries (one
-//! per epoch would pile up hundreds of range deletions a second). A key's
+//! per epoch would pile up hundreds of range deletions a second). The range
+//! starts at the group's first version still stored, and there is none if
+//! no version is at or below the horizon (see `collect_history`). A key's
 //! current version is only collected if it is a tombstone: an epoch at
 //! stamp `s` that left keys deleted stores one index entry
 //! `VersionGc(group, s)` listing them, and once the horizon reaches `s` each
@@ -55,8 +57,8 @@
 //! alike. Request ids for dedup expire the same way, through one
 //! `DedupExpiry(group, s)` list per epoch.
 //!
-//! So collecting the history costs a range deletion now and then, and no
-//! reads. Earlier versions of Arbor kept every version of a key beside its
+//! So collecting the history costs a seek and a range deletion now and
+//! then. Earlier versions of Arbor kept every version of a key beside its
 //! current one, and collecting meant seeking each written key's versions:
 //! at tens of thousands of writes a second that took more than the writes
 //! themselves once the horizon caught up with the first of them
@@ -93,6 +95,7 @@
 //! stops the group's Raft instance: the replica stops rather than diverge.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -264,6 +267,29 @@ pub struct GroupStateMachine {
     gc_cursor: GcCursor,
 }
 
+/// Deletes `group`'s history up to `horizon`: one range deletion from its
+/// first version at or below it, none if there is no such version.
+///
+/// The range starts at that version, not at the front of the group's
+/// history, because a range deletion's span is what RocksDB compacts by. A
+/// flush carrying one that reached down to the front would overlap every
+/// older file of the history, so each compaction of new history would read
+/// and rewrite all of it, and more of it with every minute the group lives
+/// (docs/BENCHMARKS.md, item 46). Which versions are deleted is the same on
+/// every replica, whatever its files hold: the first version left is part
+/// of the state they share.
+fn collect_history(view: &dyn ReadView, group: u64, horizon: u64, wb: &mut WriteBatch) -> Result<()> {
+    let end = keys::history_after(group, horizon);
+    let first = view
+        .scan(Bound::Included(keys::history_prefix(group)), Bound::Excluded(end.clone()), Direction::Forward)
+        .next();
+    if let Some(item) = first {
+        let (start, _) = item?;
+        wb.delete_range(start, end);
+    }
+    Ok(())
+}
+
 /// Deletes `key`'s current version if it is a tombstone from stamp `s` or
 /// earlier: once the horizon passed `s`, no read can see a version before
 /// it, and no version is left after it.
@@ -323,10 +349,10 @@ enum ScanEnd {
 }
 
 impl IndexCursor {
-    fn start(&self, prefix: Vec<u8>) -> std::ops::Bound<Vec<u8>> {
+    fn start(&self, prefix: Vec<u8>) -> Bound<Vec<u8>> {
         match &self.after {
-            Some(last_deleted) => std::ops::Bound::Excluded(last_deleted.clone()),
-            None => std::ops::Bound::Included(prefix),
+            Some(last_deleted) => Bound::Excluded(last_deleted.clone()),
+            None => Bound::Included(prefix),
         }
     }
 
@@ -358,10 +384,10 @@ pub fn read_applied(view: &dyn ReadView, group: u64) -> Result<AppliedState> {
 }
 
 /// The end of the keys under `prefix` (exclusive).
-fn prefix_end_bound(prefix: &[u8]) -> std::ops::Bound<Vec<u8>> {
+fn prefix_end_bound(prefix: &[u8]) -> Bound<Vec<u8>> {
     match arbor_storage::prefix_end(prefix) {
-        Some(end) => std::ops::Bound::Excluded(end),
-        None => std::ops::Bound::Unbounded,
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
     }
 }
 
@@ -667,10 +693,10 @@ impl GroupStateMachine {
         if horizon == 0 {
             return Ok(());
         }
-        if index % HISTORY_GC_INTERVAL == 0 {
-            wb.delete_range(keys::history_prefix(self.group), keys::history_after(self.group, horizon));
-        }
         let view: &dyn ReadView = self.engine.as_ref();
+        if index % HISTORY_GC_INTERVAL == 0 {
+            collect_history(view, self.group, horizon, wb)?;
+        }
         let prefix = keys::version_gc_prefix(self.group);
         let bound = horizon.saturating_add(1);
         self.walk_index(
