@@ -10,7 +10,7 @@ use arbor::hlc::{Hlc, ManualClock};
 use arbor::keys::Key;
 use arbor::raft::Entry;
 use arbor::routing::RangeDesc;
-use arbor::sequencer::apply::HISTORY_GC_INTERVAL;
+use arbor::sequencer::apply::{history_gc_boundary, HISTORY_GC_INTERVAL};
 use arbor::sequencer::driver::{epoch_number, Waiting};
 use arbor::sequencer::{Compression, EpochBatch, EpochResponse, GroupShared, GroupStateMachine};
 use arbor::tree::{CmpOp, CmpTarget, Compare, KeyRange, Op, RangeSpec, Record, TreeRead, Txn, VersionedTree};
@@ -306,54 +306,75 @@ impl Engine for RangeDeletions {
     }
 }
 
-/// The history is deleted by range from its first version at or below the
-/// horizon, and not at all while there is none: a range deletion reaching
-/// down to the front of the history would make RocksDB rewrite all of it at
-/// each compaction (docs/BENCHMARKS.md, item 46).
+/// The history is deleted a period at a time, by range from its first
+/// version stored, and not at all while no version is older than the
+/// period's boundary: a range deletion reaching down to the front of the
+/// history in every flush made RocksDB rewrite all of it at each compaction
+/// (docs/BENCHMARKS.md, item 46).
 #[test]
-fn history_is_deleted_from_its_first_version_below_the_horizon_and_only_if_there_is_one() {
+fn history_is_deleted_a_period_at_a_time_from_its_first_version_stored() {
     let engine = Arc::new(RangeDeletions::default());
     let mut sm = open(engine.clone(), 4);
-    let history_of = |key: &[u8]| key.starts_with(&arbor::keys::history_prefix(1));
-    let mut apply = |index: u64, gc_before: u64| {
-        let stamp = 1_000 + index;
-        let txns = vec![put_txn("/hot".into(), index)];
-        let batch = EpochBatch { epoch: epoch_number(1, index), stamp, txns, gc_before };
-        sm.apply(entry(1, index, &batch)).unwrap();
+    let in_history = |key: &[u8]| key.starts_with(&arbor::keys::history_prefix(1));
+    let history = |engine: &RangeDeletions| dump(engine).into_iter().filter(|(k, _)| in_history(k)).count() as u64;
+    // Entry `index` writes `/hot` at stamp 1_000 + index; from the second
+    // on, each moves the version before it into the history.
+    let mut apply = |entries: std::ops::RangeInclusive<u64>, gc_before: u64| {
+        for index in entries {
+            let stamp = 1_000 + index;
+            let txns = vec![put_txn("/hot".into(), index)];
+            let batch = EpochBatch { epoch: epoch_number(1, index), stamp, txns, gc_before };
+            sm.apply(entry(1, index, &batch)).unwrap();
+        }
     };
-    // A horizon below every version: nothing to delete, no deletion.
-    for index in 1..=HISTORY_GC_INTERVAL {
-        apply(index, 500);
-    }
-    let ranges: Vec<_> = engine.take().into_iter().filter(|(start, _)| history_of(start)).collect();
-    assert_eq!(ranges, vec![], "no range deletion while nothing is at or below the horizon");
+    let version = |stamp: u64| Key::History(1, stamp, 0, b"/hot").encode();
+    let n = HISTORY_GC_INTERVAL;
 
-    // The horizon passes the first half of the versions superseded so far:
-    // the deletion starts at the first of them, the one superseded at
-    // stamp 1_002 (the first write created the key, the second superseded it).
-    let horizon = 1_000 + HISTORY_GC_INTERVAL / 2;
-    for index in HISTORY_GC_INTERVAL + 1..=2 * HISTORY_GC_INTERVAL {
-        apply(index, horizon);
-    }
-    let ranges = engine.take();
-    let first = Key::History(1, 1_002, 0, b"/hot").encode();
-    assert_eq!(ranges, vec![(first, arbor::keys::history_after(1, horizon))]);
-    let history = |engine: &RangeDeletions| dump(engine).into_iter().filter(|(k, _)| history_of(k)).count();
-    let kept = history(&engine);
-    // Superseded at stamps 1_002..=1_000 + 2 * INTERVAL; those up to the
-    // horizon are gone.
-    assert_eq!(kept as u64, 2 * HISTORY_GC_INTERVAL - (HISTORY_GC_INTERVAL / 2));
+    // A horizon below every version: no deletion.
+    apply(1..=n, 900);
+    assert_eq!(engine.take(), vec![], "nothing is old enough");
 
-    // The next deletion starts where the last one ended, not at the front.
-    let horizon = 1_000 + HISTORY_GC_INTERVAL;
-    for index in 2 * HISTORY_GC_INTERVAL + 1..=3 * HISTORY_GC_INTERVAL {
-        apply(index, horizon);
-    }
-    let ranges = engine.take();
-    let first = Key::History(1, 1_000 + HISTORY_GC_INTERVAL / 2 + 1, 0, b"/hot").encode();
-    assert_eq!(ranges, vec![(first, arbor::keys::history_after(1, horizon))]);
+    // The horizon passes a boundary: the versions superseded before it go,
+    // in one range deletion from the first one (superseded at 1_002).
+    apply(n + 1..=2 * n, 1_000 + n);
+    let boundary = history_gc_boundary(1_000 + 2 * n, 1_000 + n);
+    assert!(1_002 < boundary && boundary <= 1_000 + n, "boundary {boundary}");
+    assert_eq!(engine.take(), vec![(version(1_002), arbor::keys::history_after(1, boundary - 1))]);
+    assert_eq!(history(&engine), 1_000 + 2 * n - boundary + 1, "the versions superseded from {boundary} on");
+
+    // The horizon stays within the period: nothing more to delete.
+    apply(2 * n + 1..=3 * n, 1_000 + n + 1);
+    assert_eq!(history_gc_boundary(1_000 + 3 * n, 1_000 + n + 1), boundary);
+    assert_eq!(engine.take(), vec![], "the period's versions were deleted already");
+
+    // The next boundary: the deletion starts where the last one ended.
+    let horizon = 1_000 + 3 * n / 2;
+    apply(3 * n + 1..=4 * n, horizon);
+    let next = history_gc_boundary(1_000 + 4 * n, horizon);
+    assert!(next > boundary, "{next} > {boundary}");
+    assert_eq!(engine.take(), vec![(version(boundary), arbor::keys::history_after(1, next - 1))]);
     let at_horizon = VersionedTree::new(engine.as_ref(), 1, horizon);
-    assert_eq!(at_horizon.get(b"/hot").unwrap().unwrap().value, HISTORY_GC_INTERVAL.to_string().as_bytes());
+    assert_eq!(at_horizon.get(b"/hot").unwrap().unwrap().value, (3 * n / 2).to_string().as_bytes());
+}
+
+/// A period is about a quarter of the retention, and groups whose horizons
+/// differ by less than a period mostly share its boundary.
+#[test]
+fn history_gc_periods_are_a_quarter_of_the_retention_at_most() {
+    use arbor::hlc::pack;
+    let retention = 600_000;
+    for now in [1_795_000_000_000u64, 1_795_000_123_457, 1_795_000_299_999] {
+        let (stamp, horizon) = (pack(now, 7), pack(now - retention, 7));
+        let boundary = history_gc_boundary(stamp, horizon);
+        assert!(boundary <= horizon);
+        assert!(
+            horizon - boundary < (stamp - horizon) / 4,
+            "{now}: at most a quarter of the retention is kept beyond it"
+        );
+        // A group a second behind.
+        let other = history_gc_boundary(pack(now - 1_000, 3), pack(now - 1_000 - retention, 3));
+        assert!(other == boundary || horizon - boundary < pack(1_000, 0), "{now}: {other} against {boundary}");
+    }
 }
 
 /// Data dirs written before the per-epoch index lists hold one `VersionGc`
@@ -386,7 +407,7 @@ fn per_key_index_entries_of_older_data_dirs_are_still_collected() {
     for index in 1..=HISTORY_GC_INTERVAL {
         let stamp = 11 * minute + index;
         let txns = vec![put_txn("/new".into(), index)];
-        let batch = EpochBatch { epoch: epoch_number(1, index), stamp, txns, gc_before: 300 };
+        let batch = EpochBatch { epoch: epoch_number(1, index), stamp, txns, gc_before: stamp - minute };
         sm.apply(entry(1, index, &batch)).unwrap();
     }
     let keys: Vec<Vec<u8>> = dump(engine.as_ref()).into_iter().map(|(k, _)| k).collect();

@@ -46,9 +46,12 @@
 //! superseded at or below it; the group's history is written in stamp
 //! order, so everything up to the horizon is one range at its front, deleted
 //! with one range deletion every [`HISTORY_GC_INTERVAL`] log entries (one
-//! per epoch would pile up hundreds of range deletions a second). The range
-//! starts at the group's first version still stored, and there is none if
-//! no version is at or below the horizon (see `collect_history`). A key's
+//! per epoch would pile up hundreds of range deletions a second). It deletes
+//! a period at a time, up to the horizon rounded down to about a quarter of
+//! the retention, and starts at the group's first version still stored:
+//! RocksDB compacts by the span of a file's keys, and a deletion reaching
+//! the front of the history in every flush made each compaction rewrite all
+//! of it (see `collect_history`). A key's
 //! current version is only collected if it is a tombstone: an epoch at
 //! stamp `s` that left keys deleted stores one index entry
 //! `VersionGc(group, s)` listing them, and once the horizon reaches `s` each
@@ -267,19 +270,23 @@ pub struct GroupStateMachine {
     gc_cursor: GcCursor,
 }
 
-/// Deletes `group`'s history up to `horizon`: one range deletion from its
-/// first version at or below it, none if there is no such version.
+/// Deletes `group`'s history up to the boundary of [`history_gc_boundary`]
+/// below `horizon`: one range deletion from its first version stored, if
+/// that one was superseded before the boundary; nothing otherwise.
 ///
-/// The range starts at that version, not at the front of the group's
-/// history, because a range deletion's span is what RocksDB compacts by. A
-/// flush carrying one that reached down to the front would overlap every
-/// older file of the history, so each compaction of new history would read
-/// and rewrite all of it, and more of it with every minute the group lives
-/// (docs/BENCHMARKS.md, item 46). Which versions are deleted is the same on
-/// every replica, whatever its files hold: the first version left is part
-/// of the state they share.
-fn collect_history(view: &dyn ReadView, group: u64, horizon: u64, wb: &mut WriteBatch) -> Result<()> {
-    let end = keys::history_after(group, horizon);
+/// Both ends are chosen for RocksDB's compactions, which pick files by the
+/// span of their keys, range deletions included. A range deletion that
+/// reached down to the front of the group's history would make each flushed
+/// file of it overlap every older one, so that each compaction of new
+/// history read and rewrote all of it. Starting at the first version stored
+/// and deleting only once a period keeps that to one such compaction per
+/// period (docs/BENCHMARKS.md, item 46). Which versions are deleted is the
+/// same on every replica, whatever its files hold: the versions stored, the
+/// stamp and the horizon are state they share.
+fn collect_history(view: &dyn ReadView, group: u64, stamp: u64, horizon: u64, wb: &mut WriteBatch) -> Result<()> {
+    let boundary = history_gc_boundary(stamp, horizon);
+    let Some(last) = boundary.checked_sub(1) else { return Ok(()) };
+    let end = keys::history_after(group, last);
     let first = view
         .scan(Bound::Included(keys::history_prefix(group)), Bound::Excluded(end.clone()), Direction::Forward)
         .next();
@@ -288,6 +295,19 @@ fn collect_history(view: &dyn ReadView, group: u64, horizon: u64, wb: &mut Write
         wb.delete_range(start, end);
     }
     Ok(())
+}
+
+/// The stamp below which an epoch at `stamp` collects the history, given
+/// the GC `horizon`: the horizon rounded down to a multiple of the largest
+/// power of two (in stamp units) up to a quarter of the retention (`stamp -
+/// horizon`). So the history is deleted once a period of about a quarter of
+/// the retention, and keeps at most that much more than the retention asks
+/// for; groups with the same retention share the boundaries, so they delete
+/// at about the same time, into the same few flushes.
+pub fn history_gc_boundary(stamp: u64, horizon: u64) -> u64 {
+    let quarter = (stamp.saturating_sub(horizon) / 4).max(1);
+    let period = 1u64 << quarter.ilog2();
+    horizon / period * period
 }
 
 /// Deletes `key`'s current version if it is a tombstone from stamp `s` or
@@ -672,7 +692,7 @@ impl GroupStateMachine {
             wb.put(Key::DedupExpiry(self.group, stamp, "").encode(), encode(&recorded));
         }
         self.expire_dedup(stamp, wb, &mut gc_cursor.dedup)?;
-        self.collect_versions(index, gc_horizon, wb, &mut gc_cursor.versions)?;
+        self.collect_versions(index, stamp, gc_horizon, wb, &mut gc_cursor.versions)?;
         // After the scans, which read the engine without this batch.
         if indexed {
             gc_cursor.versions.added(stamp);
@@ -685,17 +705,25 @@ impl GroupStateMachine {
     }
 
     /// Deletes what no read at or above `horizon` can see (see "Version GC"
-    /// in the module docs): the group's history up to it if the epoch's log
-    /// `index` is a multiple of [`HISTORY_GC_INTERVAL`], and the tombstones
+    /// in the module docs): the group's history up to a period boundary
+    /// below it if the epoch's log `index` is a multiple of
+    /// [`HISTORY_GC_INTERVAL`] (`stamp` is the epoch's), and the tombstones
     /// of the index entries up to the one in which [`VERSION_GC_PER_EPOCH`]
     /// keys have been looked at.
-    fn collect_versions(&self, index: u64, horizon: u64, wb: &mut WriteBatch, cursor: &mut IndexCursor) -> Result<()> {
+    fn collect_versions(
+        &self,
+        index: u64,
+        stamp: u64,
+        horizon: u64,
+        wb: &mut WriteBatch,
+        cursor: &mut IndexCursor,
+    ) -> Result<()> {
         if horizon == 0 {
             return Ok(());
         }
         let view: &dyn ReadView = self.engine.as_ref();
         if index % HISTORY_GC_INTERVAL == 0 {
-            collect_history(view, self.group, horizon, wb)?;
+            collect_history(view, self.group, stamp, horizon, wb)?;
         }
         let prefix = keys::version_gc_prefix(self.group);
         let bound = horizon.saturating_add(1);
