@@ -180,12 +180,7 @@ impl StorageConfig {
             write_buffer_bytes: bytes(staggered(self.write_buffer_bytes, node_id, self.stagger_percent)),
             background_write_bytes_per_sec: self.background_write_bytes_per_sec,
             direct_background_writes: self.direct_background_writes,
-            own_column_families: vec![
-                crate::keys::raft_log_keys(),
-                crate::keys::history_keys(),
-                crate::keys::current_keys(),
-            ],
-            data_families: vec![crate::keys::current_keys()],
+            own_column_families: vec![crate::keys::raft_log_keys(), crate::keys::history_keys()],
         }
     }
 }

@@ -115,15 +115,6 @@ impl Key<'_> {
     }
 }
 
-/// The `Current` keys (every key's current version), which the node's
-/// RocksDB keeps in a column family of their own, as data
-/// (`RocksOptions::data_families`): its memtable then follows the size of
-/// the current versions rather than the rest of the state's, and each write
-/// searches fewer versions of the keys (docs/BENCHMARKS.md, item 47).
-pub fn current_keys() -> arbor_storage::KeyRange {
-    arbor_storage::KeyRange { start: vec![CURRENT], end: vec![CURRENT + 1] }
-}
-
 /// The `History` keys of every group, which the node's RocksDB keeps in a
 /// column family of their own (`RocksOptions::own_column_families`): they
 /// are written in time order and collected from the front, so their files

@@ -178,7 +178,6 @@ impl Node {
             );
         }
         let engine = Arc::new(engine);
-        tokio::spawn(fit_memtables(Arc::downgrade(&engine)));
         let (meta, fresh) = match engine.get(&Key::NodeMeta.encode())? {
             Some(bytes) => {
                 let meta: NodeMeta =
@@ -757,22 +756,6 @@ impl Node {
     /// The applied epoch of a group.
     pub fn epoch(&self, group: &Group) -> u64 {
         group.shared.epoch.load(Ordering::Acquire)
-    }
-}
-
-/// Keeps the memtables of the engine's data families fitted to their size
-/// ([`Rocks::fit_memtables`]), every 10 s, until the engine is dropped.
-async fn fit_memtables(engine: std::sync::Weak<Rocks>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(rocks) = engine.upgrade() else { return };
-        match tokio::task::spawn_blocking(move || rocks.fit_memtables()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("cannot fit the memtables to the data: {e}"),
-            Err(_) => return, // the runtime is shutting down
-        }
     }
 }
 

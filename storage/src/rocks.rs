@@ -8,7 +8,6 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Mutex;
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBIterator, DBRawIterator, IteratorMode, Options,
@@ -50,29 +49,6 @@ pub struct RocksOptions {
     /// and gains the ones asked for: the keys of a new range are moved into
     /// its family when the database is opened.
     pub own_column_families: Vec<KeyRange>,
-    /// Those of `own_column_families` that hold data a node reads and
-    /// rewrites at random, such as the current version of every key:
-    /// compressed like the default family, and with a memtable that
-    /// follows the family's size ([`Rocks::fit_memtables`]) rather than
-    /// `write_buffer_bytes`. A memtable much larger than the data it
-    /// overwrites holds many versions of each key, and every write searches
-    /// all of them: with 10,000 keys, a 4 MiB memtable made writes ~10%
-    /// cheaper than a 32 MiB one (docs/BENCHMARKS.md, item 47).
-    pub data_families: Vec<KeyRange>,
-}
-
-/// The smallest memtable of a [`RocksOptions::data_families`] family.
-pub const MIN_DATA_MEMTABLE_BYTES: usize = 4 << 20;
-
-/// The memtable size for a data family whose flushed files hold
-/// `family_bytes`: a quarter of that, from [`MIN_DATA_MEMTABLE_BYTES`] up
-/// to `max` (the other families' size). A quarter: each flush then
-/// overwrites a good part of what the family holds, and compactions merge
-/// files of comparable size; a family much larger than `max` gets the
-/// usual memtable.
-pub fn data_memtable_bytes(family_bytes: u64, max: usize) -> usize {
-    let quarter = usize::try_from(family_bytes / 4).unwrap_or(usize::MAX);
-    quarter.clamp(MIN_DATA_MEMTABLE_BYTES.min(max), max)
 }
 
 /// The keys `start..end` (end excluded).
@@ -125,7 +101,6 @@ impl Default for RocksOptions {
             background_write_bytes_per_sec: 0,
             direct_background_writes: true,
             own_column_families: Vec::new(),
-            data_families: Vec::new(),
         }
     }
 }
@@ -135,10 +110,6 @@ pub struct Rocks {
     db: DB,
     layout: Layout,
     direct_background_writes: bool,
-    /// Each data family's name and the memtable size last set for it.
-    data_memtables: Mutex<Vec<(String, usize)>>,
-    /// [`RocksOptions::write_buffer_bytes`].
-    max_memtable_bytes: usize,
 }
 
 fn map_err(e: rocksdb::Error) -> Error {
@@ -175,32 +146,13 @@ impl Rocks {
         // would start every key's search from the top of the skip list.
         opts.set_allow_concurrent_memtable_write(false);
         let layout = Layout::of(path, &opts, options)?;
-        let data: Vec<String> = options.data_families.iter().map(KeyRange::family_name).collect();
-        let first_data_memtable = data_memtable_bytes(0, options.write_buffer_bytes);
-        let own = layout.own.iter().map(|(_, name)| {
-            let is_data = data.contains(name);
-            let mut family = family_options(options, &cache, is_data);
-            if is_data {
-                family.set_write_buffer_size(first_data_memtable);
-            }
-            ColumnFamilyDescriptor::new(name, family)
-        });
-        let families = std::iter::once(ColumnFamilyDescriptor::new(DEFAULT_FAMILY, opts.clone())).chain(own);
-        let db = DB::open_cf_descriptors(&opts, path, families).map_err(map_err)?;
-        let data_memtables = layout
+        let own = layout
             .own
             .iter()
-            .filter(|(_, name)| data.contains(name))
-            .map(|(_, name)| (name.clone(), first_data_memtable))
-            .collect();
-        let rocks = Self {
-            db,
-            layout,
-            direct_background_writes,
-            data_memtables: Mutex::new(data_memtables),
-            max_memtable_bytes: options.write_buffer_bytes,
-        };
-        rocks.fit_memtables()?;
+            .map(|(_, name)| ColumnFamilyDescriptor::new(name, family_options(options, &cache, false)));
+        let families = std::iter::once(ColumnFamilyDescriptor::new(DEFAULT_FAMILY, opts.clone())).chain(own);
+        let db = DB::open_cf_descriptors(&opts, path, families).map_err(map_err)?;
+        let rocks = Self { db, layout, direct_background_writes };
         rocks.move_into_own_families()?;
         Ok(rocks)
     }
@@ -235,25 +187,6 @@ impl Rocks {
             }
         }
         Ok(())
-    }
-
-    /// Sets each data family's memtable size to [`data_memtable_bytes`] of
-    /// the bytes its flushed files hold now, where that changed; the new
-    /// size takes effect from the family's next memtable. Call it now and
-    /// then (an Arbor node: every 10 s). Returns each data family's name and
-    /// memtable size.
-    pub fn fit_memtables(&self) -> Result<Vec<(String, usize)>> {
-        let mut memtables = self.data_memtables.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, bytes) in memtables.iter_mut() {
-            let family = self.family(name);
-            let held = self.db.property_int_value_cf(family, "rocksdb.live-sst-files-size").map_err(map_err)?;
-            let fit = data_memtable_bytes(held.unwrap_or(0), self.max_memtable_bytes);
-            if fit != *bytes {
-                self.db.set_options_cf(family, &[("write_buffer_size", &fit.to_string())]).map_err(map_err)?;
-                *bytes = fit;
-            }
-        }
-        Ok(memtables.clone())
     }
 
     fn family(&self, name: &str) -> &ColumnFamily {
@@ -963,69 +896,6 @@ mod tests {
         let family = family.split("[TableOptions").next().unwrap();
         assert!(family.contains("\n  compression=kNoCompression"), "{family}");
         assert!(family.contains("bottommost_compression=kNoCompression"), "{family}");
-    }
-
-    #[test]
-    fn a_data_family_memtable_is_a_quarter_of_its_files_within_bounds() {
-        let max = 32 << 20;
-        assert_eq!(data_memtable_bytes(0, max), MIN_DATA_MEMTABLE_BYTES);
-        assert_eq!(data_memtable_bytes(10 << 20, max), MIN_DATA_MEMTABLE_BYTES);
-        assert_eq!(data_memtable_bytes(100 << 20, max), 25 << 20);
-        assert_eq!(data_memtable_bytes(1 << 40, max), max);
-        assert_eq!(data_memtable_bytes(0, 1 << 20), 1 << 20, "never above the other families' memtables");
-    }
-
-    #[test]
-    fn a_data_family_is_compressed_and_its_memtable_follows_its_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = RocksOptions {
-            own_column_families: vec![range(b"\x05", b"\x06")],
-            data_families: vec![range(b"\x05", b"\x06")],
-            ..RocksOptions::default()
-        };
-        let family_options = |dir: &Path| {
-            let text = options_files(dir);
-            // The newest OPTIONS file is read last.
-            let family = text.rsplit("[CFOptions \"keys-05-06\"]").next().expect("the family's options").to_string();
-            family.split("[TableOptions").next().unwrap().to_string()
-        };
-        let db = Rocks::open(dir.path(), &options).unwrap();
-        let family = family_options(dir.path());
-        assert!(family.contains("bottommost_compression=kLZ4Compression"), "{family}");
-        assert!(family.contains(&format!("write_buffer_size={MIN_DATA_MEMTABLE_BYTES}\n")), "{family}");
-        assert_eq!(db.fit_memtables().unwrap(), vec![("keys-05-06".to_string(), MIN_DATA_MEMTABLE_BYTES)]);
-
-        // 48 MiB of distinct, incompressible keys and values in the family.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect()
-        };
-        for chunk in 0..48u32 {
-            let mut b = WriteBatch::new();
-            for i in 0..1024u32 {
-                b.put([&b"\x05"[..], &(chunk * 1024 + i).to_be_bytes()].concat(), noise(1024));
-            }
-            db.write(b, Durability::Unlogged).unwrap();
-        }
-        db.flush().unwrap();
-        let fitted = db.fit_memtables().unwrap();
-        let held =
-            db.db.property_int_value_cf(db.family("keys-05-06"), "rocksdb.live-sst-files-size").unwrap().unwrap();
-        assert!(held >= 40 << 20, "{held} bytes in the family's files");
-        // Compactions may have run since: a quarter of about what it holds.
-        let expected = data_memtable_bytes(held, 32 << 20);
-        assert_eq!(fitted[0].0, "keys-05-06");
-        assert!(fitted[0].1.abs_diff(expected) < expected / 10, "{fitted:?}, a quarter of {held} bytes");
-        assert!(fitted[0].1 > MIN_DATA_MEMTABLE_BYTES);
-        let family = family_options(dir.path());
-        assert!(family.contains(&format!("write_buffer_size={}\n", fitted[0].1)), "{family}");
     }
 
     #[test]
