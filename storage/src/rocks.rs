@@ -48,6 +48,14 @@ pub struct RocksOptions {
     /// families it has (a range left out of the options stays where it is)
     /// and gains the ones asked for: the keys of a new range are moved into
     /// its family when the database is opened.
+    ///
+    /// Each family is flushed on its own. Writes made without the WAL
+    /// ([`Durability::Unlogged`]) are therefore atomic across families only
+    /// until a crash: after one, a family may hold the writes of a batch
+    /// whose other families lost them. Keep in an own family only keys whose
+    /// writes can be made again over themselves with the same result (an
+    /// Arbor replica re-applies the log after a crash; its history is such
+    /// data, the current versions are not: docs/BENCHMARKS.md, item 47).
     pub own_column_families: Vec<KeyRange>,
 }
 
