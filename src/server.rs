@@ -512,7 +512,8 @@ impl Node {
 
     /// Adds `id` at `addr` to `group`: as a learner first (returns once it
     /// has caught up), then as a voter (joint consensus). Leader only.
-    pub async fn add_node(&self, group: &Group, id: NodeId, addr: String) -> Result<()> {
+    /// Returns the membership the change committed.
+    pub async fn add_node(&self, group: &Group, id: NodeId, addr: String) -> Result<RaftMembership> {
         let g = group.range.group;
         if addr.is_empty() || !addr.contains(':') {
             return Err(Error::InvalidArgument(format!("node address {addr:?} is not host:port")));
@@ -522,18 +523,19 @@ impl Node {
             .add_learner(id, BasicNode { addr }, true)
             .await
             .map_err(|e| crate::raft::client_write_error(g, e))?;
-        group
+        let done = group
             .raft
             .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
             .await
             .map_err(|e| crate::raft::client_write_error(g, e))?;
         tracing::info!(group = g, node = id, "node added as voter");
-        Ok(())
+        Ok(committed_membership(group, done.membership))
     }
 
     /// Removes `id` from `group`. Refused when the remaining voters this
-    /// leader hears from would not be a quorum, unless `force`.
-    pub async fn remove_node(&self, group: &Group, id: NodeId, force: bool) -> Result<()> {
+    /// leader hears from would not be a quorum, unless `force`. Returns the
+    /// membership the change committed.
+    pub async fn remove_node(&self, group: &Group, id: NodeId, force: bool) -> Result<RaftMembership> {
         let g = group.range.group;
         let m = group.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -560,13 +562,13 @@ impl Node {
                 )));
             }
         }
-        group
+        let done = group
             .raft
             .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
             .await
             .map_err(|e| crate::raft::client_write_error(g, e))?;
         tracing::info!(group = g, node = id, "node removed");
-        Ok(())
+        Ok(committed_membership(group, done.membership))
     }
 
     /// Moves the leadership of `group` to the voter `to`; returns the new
@@ -757,6 +759,17 @@ impl Node {
     pub fn epoch(&self, group: &Group) -> u64 {
         group.shared.epoch.load(Ordering::Acquire)
     }
+}
+
+/// A group's membership as seen by the API.
+pub type RaftMembership = openraft::Membership<NodeId, BasicNode>;
+
+/// The membership a membership change committed: the one in openraft's
+/// answer, which always carries it for such a change. The group's metrics
+/// may not show it yet when the change returns (a leader that removed
+/// itself still showed the old one), so they are only the fallback.
+fn committed_membership(group: &Group, committed: Option<RaftMembership>) -> RaftMembership {
+    committed.unwrap_or_else(|| group.raft.metrics().borrow().membership_config.membership().clone())
 }
 
 /// Asks openraft for a snapshot of `group` whenever `policy` says one is

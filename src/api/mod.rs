@@ -295,7 +295,7 @@ impl Cluster for ClusterService {
         check_cluster(&self.node, &req)?;
         let r = req.into_inner();
         let group = self.node.group(r.group_id).map_err(status)?;
-        match r.change {
+        let membership = match r.change {
             Some(pb::change_membership_request::Change::Add(m)) if m.id > 0 => {
                 self.node.add_node(group, m.id, m.addr).await.map_err(status)?
             }
@@ -307,9 +307,7 @@ impl Cluster for ClusterService {
                     "a membership change needs a node id (> 0) to add or remove".into(),
                 )))
             }
-        }
-        let m = group.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
+        };
         Ok(Response::new(pb::ChangeMembershipResponse {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
