@@ -94,10 +94,7 @@ fn random_log(seed: u64, epochs: usize) -> Vec<EpochBatch> {
 }
 
 fn dump(engine: &dyn ReadView) -> Vec<(Vec<u8>, Vec<u8>)> {
-    engine
-        .scan(std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, arbor_storage::Direction::Forward)
-        .collect::<Result<_, _>>()
-        .unwrap()
+    engine.scan(Bound::Unbounded, Bound::Unbounded, Direction::Forward).collect::<Result<_, _>>().unwrap()
 }
 
 #[test]
@@ -258,24 +255,33 @@ fn version_gc_keeps_an_overwrite_heavy_load_bounded() {
     assert_eq!(horizon.get(b"/hot/3").unwrap().unwrap().value, &b"1995"[..]);
 }
 
-/// An in-memory engine that keeps every range deletion written to it.
+/// A Memory engine that records where each scan of the GC indexes starts,
+/// and every range deletion written to it.
 #[derive(Default)]
-struct RangeDeletions {
+struct Observed {
     inner: Memory,
-    seen: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    gc_scan_starts: std::sync::Mutex<Vec<Bound<Vec<u8>>>>,
+    range_deletions: std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
-impl RangeDeletions {
-    fn take(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
+impl Observed {
+    /// The range deletions written since the last call.
+    fn take_range_deletions(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut *self.range_deletions.lock().unwrap())
     }
 }
 
-impl ReadView for RangeDeletions {
+impl ReadView for Observed {
     fn get(&self, key: &[u8]) -> arbor_storage::Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, direction: Direction) -> ScanIter<'_> {
+        let indexes = [arbor::keys::version_gc_prefix(1), arbor::keys::dedup_expiry_prefix(1)];
+        if let Bound::Included(k) | Bound::Excluded(k) = &start {
+            if indexes.iter().any(|p| k.starts_with(p)) {
+                self.gc_scan_starts.lock().unwrap().push(start.clone());
+            }
+        }
         self.inner.scan(start, end, direction)
     }
     fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn Cursor + '_> {
@@ -283,13 +289,13 @@ impl ReadView for RangeDeletions {
     }
 }
 
-impl Engine for RangeDeletions {
+impl Engine for Observed {
     fn write(&self, batch: WriteBatch, durability: Durability) -> arbor_storage::Result<()> {
         let ranges = batch.ops().iter().filter_map(|op| match op {
             BatchOp::DeleteRange(start, end) => Some((start.clone(), end.clone())),
             _ => None,
         });
-        self.seen.lock().unwrap().extend(ranges);
+        self.range_deletions.lock().unwrap().extend(ranges);
         self.inner.write(batch, durability)
     }
     fn flush(&self) -> arbor_storage::Result<()> {
@@ -313,10 +319,10 @@ impl Engine for RangeDeletions {
 /// (docs/BENCHMARKS.md, item 46).
 #[test]
 fn history_is_deleted_a_period_at_a_time_from_its_first_version_stored() {
-    let engine = Arc::new(RangeDeletions::default());
+    let engine = Arc::new(Observed::default());
     let mut sm = open(engine.clone(), 4);
     let in_history = |key: &[u8]| key.starts_with(&arbor::keys::history_prefix(1));
-    let history = |engine: &RangeDeletions| dump(engine).into_iter().filter(|(k, _)| in_history(k)).count() as u64;
+    let history = |engine: &Observed| dump(engine).into_iter().filter(|(k, _)| in_history(k)).count() as u64;
     // Entry `index` writes `/hot` at stamp 1_000 + index; from the second
     // on, each moves the version before it into the history.
     let mut apply = |entries: std::ops::RangeInclusive<u64>, gc_before: u64| {
@@ -332,27 +338,27 @@ fn history_is_deleted_a_period_at_a_time_from_its_first_version_stored() {
 
     // A horizon below every version: no deletion.
     apply(1..=n, 900);
-    assert_eq!(engine.take(), vec![], "nothing is old enough");
+    assert_eq!(engine.take_range_deletions(), vec![], "nothing is old enough");
 
     // The horizon passes a boundary: the versions superseded before it go,
     // in one range deletion from the first one (superseded at 1_002).
     apply(n + 1..=2 * n, 1_000 + n);
     let boundary = history_gc_boundary(1_000 + 2 * n, 1_000 + n);
     assert!(1_002 < boundary && boundary <= 1_000 + n, "boundary {boundary}");
-    assert_eq!(engine.take(), vec![(version(1_002), arbor::keys::history_after(1, boundary - 1))]);
+    assert_eq!(engine.take_range_deletions(), vec![(version(1_002), arbor::keys::history_after(1, boundary - 1))]);
     assert_eq!(history(&engine), 1_000 + 2 * n - boundary + 1, "the versions superseded from {boundary} on");
 
     // The horizon stays within the period: nothing more to delete.
     apply(2 * n + 1..=3 * n, 1_000 + n + 1);
     assert_eq!(history_gc_boundary(1_000 + 3 * n, 1_000 + n + 1), boundary);
-    assert_eq!(engine.take(), vec![], "the period's versions were deleted already");
+    assert_eq!(engine.take_range_deletions(), vec![], "the period's versions were deleted already");
 
     // The next boundary: the deletion starts where the last one ended.
     let horizon = 1_000 + 3 * n / 2;
     apply(3 * n + 1..=4 * n, horizon);
     let next = history_gc_boundary(1_000 + 4 * n, horizon);
     assert!(next > boundary, "{next} > {boundary}");
-    assert_eq!(engine.take(), vec![(version(boundary), arbor::keys::history_after(1, next - 1))]);
+    assert_eq!(engine.take_range_deletions(), vec![(version(boundary), arbor::keys::history_after(1, next - 1))]);
     let at_horizon = VersionedTree::new(engine.as_ref(), 1, horizon);
     assert_eq!(at_horizon.get(b"/hot").unwrap().unwrap().value, (3 * n / 2).to_string().as_bytes());
 }
@@ -536,55 +542,6 @@ fn epoch_gaps_within_a_term_are_counted() {
     assert_eq!(sm.applied().epoch_gaps, 1);
 }
 
-/// A Memory engine that records where each scan of the GC indexes starts.
-struct ScanLog {
-    inner: Memory,
-    gc_scan_starts: std::sync::Mutex<Vec<std::ops::Bound<Vec<u8>>>>,
-}
-
-impl ReadView for ScanLog {
-    fn get(&self, key: &[u8]) -> arbor_storage::Result<Option<Vec<u8>>> {
-        self.inner.get(key)
-    }
-
-    fn scan(
-        &self,
-        start: std::ops::Bound<Vec<u8>>,
-        end: std::ops::Bound<Vec<u8>>,
-        direction: arbor_storage::Direction,
-    ) -> arbor_storage::ScanIter<'_> {
-        let indexes = [arbor::keys::version_gc_prefix(1), arbor::keys::dedup_expiry_prefix(1)];
-        if let std::ops::Bound::Included(k) | std::ops::Bound::Excluded(k) = &start {
-            if indexes.iter().any(|p| k.starts_with(p)) {
-                self.gc_scan_starts.lock().unwrap().push(start.clone());
-            }
-        }
-        self.inner.scan(start, end, direction)
-    }
-
-    fn cursor(&self, start: Vec<u8>, end: Option<Vec<u8>>) -> Box<dyn arbor_storage::Cursor + '_> {
-        self.inner.cursor(start, end)
-    }
-}
-
-impl Engine for ScanLog {
-    fn write(&self, batch: arbor_storage::WriteBatch, durability: Durability) -> arbor_storage::Result<()> {
-        self.inner.write(batch, durability)
-    }
-    fn flush(&self) -> arbor_storage::Result<()> {
-        self.inner.flush()
-    }
-    fn snapshot(&self) -> Box<dyn ReadView + '_> {
-        self.inner.snapshot()
-    }
-    fn approximate_size(&self, start: &[u8], end: &[u8]) -> arbor_storage::Result<u64> {
-        self.inner.approximate_size(start, end)
-    }
-    fn locate(&self, key: &[u8]) -> String {
-        self.inner.locate(key)
-    }
-}
-
 /// Version GC and dedup expiry resume their index scans after the last
 /// entry they deleted (not at the index's start, where the tombstones of
 /// everything collected before pile up in RocksDB), and a replica that
@@ -601,7 +558,7 @@ fn gc_scans_resume_after_the_last_collected_entry_with_the_same_result() {
             EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp.saturating_sub(minute / 2) }
         })
         .collect();
-    let engine = Arc::new(ScanLog { inner: Memory::new(), gc_scan_starts: Default::default() });
+    let engine = Arc::new(Observed::default());
     let mut sm = open(engine.clone(), 2);
     for (i, batch) in log.iter().enumerate() {
         if i == 60 {
@@ -611,7 +568,7 @@ fn gc_scans_resume_after_the_last_collected_entry_with_the_same_result() {
         sm.apply(entry(1, i as u64 + 1, batch)).unwrap();
     }
     let starts = engine.gc_scan_starts.lock().unwrap().clone();
-    let resumed = starts.iter().filter(|s| matches!(s, std::ops::Bound::Excluded(_))).count();
+    let resumed = starts.iter().filter(|s| matches!(s, Bound::Excluded(_))).count();
     let from_the_start = starts.len() - resumed;
     // Each index is scanned from its start until its first collection, and
     // once more after the restart; every other scan resumes.
@@ -647,7 +604,7 @@ fn gc_scans_are_skipped_while_nothing_can_be_collected() {
             EpochBatch { epoch: epoch_number(1, e), stamp, txns, gc_before: stamp - 60 * second }
         })
         .collect();
-    let engine = Arc::new(ScanLog { inner: Memory::new(), gc_scan_starts: Default::default() });
+    let engine = Arc::new(Observed::default());
     let mut sm = open(engine.clone(), 2);
     let scans = || engine.gc_scan_starts.lock().unwrap().len();
     for (i, batch) in log.iter().enumerate().take(60) {
