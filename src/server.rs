@@ -23,7 +23,7 @@ use crate::raft::network::{GroupNetwork, Peers, TimeoutNow};
 use crate::raft::read_index::{confirm_leadership, ReadBarrier, ReadIndexError};
 use crate::raft::snapshot_policy::{LogGrowth, SnapshotPolicy};
 use crate::raft::state_machine::StateMachine;
-use crate::raft::{NodeId, Raft};
+use crate::raft::{MembershipConfig, NodeId, Raft};
 use crate::routing::{Catalog, RangeDesc, Span};
 use crate::scheduler::VshardProgress;
 use crate::sequencer::batcher::BatcherConfig;
@@ -513,7 +513,7 @@ impl Node {
     /// Adds `id` at `addr` to `group`: as a learner first (returns once it
     /// has caught up), then as a voter (joint consensus). Leader only.
     /// Returns the membership the change committed.
-    pub async fn add_node(&self, group: &Group, id: NodeId, addr: String) -> Result<RaftMembership> {
+    pub async fn add_node(&self, group: &Group, id: NodeId, addr: String) -> Result<MembershipConfig> {
         let g = group.range.group;
         if addr.is_empty() || !addr.contains(':') {
             return Err(Error::InvalidArgument(format!("node address {addr:?} is not host:port")));
@@ -535,7 +535,7 @@ impl Node {
     /// Removes `id` from `group`. Refused when the remaining voters this
     /// leader hears from would not be a quorum, unless `force`. Returns the
     /// membership the change committed.
-    pub async fn remove_node(&self, group: &Group, id: NodeId, force: bool) -> Result<RaftMembership> {
+    pub async fn remove_node(&self, group: &Group, id: NodeId, force: bool) -> Result<MembershipConfig> {
         let g = group.range.group;
         let m = group.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -761,14 +761,11 @@ impl Node {
     }
 }
 
-/// A group's membership as seen by the API.
-pub type RaftMembership = openraft::Membership<NodeId, BasicNode>;
-
 /// The membership a membership change committed: the one in openraft's
 /// answer, which always carries it for such a change. The group's metrics
 /// may not show it yet when the change returns (a leader that removed
 /// itself still showed the old one), so they are only the fallback.
-fn committed_membership(group: &Group, committed: Option<RaftMembership>) -> RaftMembership {
+fn committed_membership(group: &Group, committed: Option<MembershipConfig>) -> MembershipConfig {
     committed.unwrap_or_else(|| group.raft.metrics().borrow().membership_config.membership().clone())
 }
 

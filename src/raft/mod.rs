@@ -51,6 +51,9 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// One membership configuration (voters, learners, their addresses), as a
+/// membership entry sets it; [`Membership`] is one with its log id.
+pub type MembershipConfig = openraft::Membership<NodeId, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type Metrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 /// The part of [`Metrics`] sent only when it changes: vote, role, leader,
@@ -59,10 +62,7 @@ pub type ServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, openraft::
 
 /// The voters of `membership` other than `me`, with their addresses: the
 /// followers a leader sends to.
-pub fn other_voters(
-    membership: &openraft::Membership<NodeId, openraft::BasicNode>,
-    me: NodeId,
-) -> Vec<(NodeId, openraft::BasicNode)> {
+pub fn other_voters(membership: &MembershipConfig, me: NodeId) -> Vec<(NodeId, openraft::BasicNode)> {
     membership
         .voter_ids()
         .filter(|id| *id != me)
